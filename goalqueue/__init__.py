@@ -1,0 +1,19 @@
+"""goalqueue: durable delivery of server-side DataFast goals through Celery on Redis.
+
+    import goalqueue
+    event_id = goalqueue.track_goal(visitor_id, "signup", metadata={"plan": "pro"})
+"""
+
+from goalqueue.config import Settings
+from goalqueue.errors import ConfigError, EnqueueError, GoalQueueError, InvalidGoal
+from goalqueue.producer import GoalQueue, track_goal
+
+__all__ = [
+    "ConfigError",
+    "EnqueueError",
+    "GoalQueue",
+    "GoalQueueError",
+    "InvalidGoal",
+    "Settings",
+    "track_goal",
+]

@@ -1,0 +1,171 @@
+"""The ``goalqueue`` command: send goals, run workers, inspect and repair the queue."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+
+from goalqueue.config import get_settings
+from goalqueue.deadletters import DeadLetters
+from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
+from goalqueue.producer import GoalQueue, connect
+from goalqueue.stats import collect
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def printable(value: object) -> str:
+    """``value`` as text with terminal control characters escaped: event data is untrusted."""
+    return str(value).translate(_CONTROL)
+
+
+@click.group()
+@click.version_option(package_name="goalqueue")
+def main() -> None:
+    """Durable delivery of server-side DataFast goals through Celery on Redis."""
+
+
+def _queue() -> GoalQueue:
+    try:
+        return GoalQueue(settings=get_settings())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument("visitor_id")
+@click.argument("name")
+@click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
+@click.option("--description", "-d", default=None, help="Free text stored with the goal.")
+def send(visitor_id: str, name: str, metadata: Sequence[str], description: str | None) -> None:
+    """Validate and enqueue one goal; prints its event id."""
+    pairs = {}
+    for item in metadata:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--metadata")
+        pairs[key] = value
+    try:
+        event_id = _queue().track_goal(
+            visitor_id, name, metadata=pairs or None, description=description
+        )
+    except InvalidGoal as exc:
+        click.echo("error: the goal was not enqueued:", err=True)
+        for field, reasons in exc.errors.items():
+            for reason in reasons:
+                click.echo(f"  {printable(field)}: {printable(reason)}", err=True)
+        sys.exit(2)
+    except EnqueueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(event_id)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: Sequence[str]) -> None:
+    """Run a delivery worker (takes any `celery worker` option)."""
+    from workers import app
+
+    app.worker_main(["worker", "--loglevel=INFO", *celery_args])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(as_json: bool) -> None:
+    """Goals queued, waiting, delivered and dead, and whether delivery is paused."""
+    figures = _read(collect)
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    for name, value in figures.items():
+        if name == "paused_until" and value is not None:
+            value = f"{value:.0f} (in {max(0.0, value - time.time()):.0f} s)"
+        click.echo(f"{name:>20}  {printable('-' if value is None else value)}")
+
+
+@main.group()
+def dead() -> None:
+    """Inspect, replay and purge dead letters."""
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+def dead_list(as_json: bool) -> None:
+    """List the dead letters, oldest first."""
+    letters = sorted(_read(lambda client: list(DeadLetters(client))), key=lambda d: d.dead_at)
+    if as_json:
+        click.echo(json.dumps([letter.summary() for letter in letters]))
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    rows = [
+        (s["event_id"], s["name"], s["visitor_id"], s["status_code"], s["reason"], s["attempts"],
+         s["error"])
+        for s in (letter.summary() for letter in letters)
+    ]
+    _table(("EVENT_ID", "NAME", "VISITOR", "STATUS", "REASON", "ATTEMPTS", "ERROR"), rows)
+
+
+@dead.command("replay")
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+def dead_replay(event_ids: Sequence[str], replay_all: bool) -> None:
+    """Put dead goals back on the queue with their event ids."""
+    if replay_all == bool(event_ids):
+        raise click.UsageError("give either --all or one or more EVENT_IDs")
+
+    def replay(client: Any) -> tuple[list[str], list[str]]:
+        letters = DeadLetters(client)
+        wanted = letters.all_ids() if replay_all else list(event_ids)
+        with click.progressbar(length=len(wanted), label="replaying", file=sys.stderr) as bar:
+            done = []
+            for start in range(0, len(wanted), 100):
+                chunk = wanted[start : start + 100]
+                done += letters.replay(chunk)
+                bar.update(len(chunk))
+        return wanted, done
+
+    wanted, done = _read(replay)
+    click.echo(f"replayed {len(done)} of {len(wanted)} dead letter(s)")
+    missing = sorted(set(wanted) - set(done))
+    for event_id in missing:
+        click.echo(f"  not replayed (not a dead letter, or poison): {printable(event_id)}", err=True)
+    if missing and not replay_all:
+        sys.exit(1)
+
+
+@dead.command("purge")
+@click.confirmation_option(prompt="Delete every dead letter for good?")
+def dead_purge() -> None:
+    """Delete every dead letter."""
+    count = _read(lambda client: DeadLetters(client).purge())
+    click.echo(f"purged {count} dead letter(s)")
+
+
+def _read(action: Any) -> Any:
+    """Run ``action(redis)``, turning connection trouble into a one-line error."""
+    import redis
+
+    try:
+        return action(connect(get_settings()))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot reach Redis: {exc}") from exc
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    cells = [[printable("-" if v is None else v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i][:60]) for r in cells)) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(c[:60].ljust(w) for c, w in zip(row, widths, strict=True)))

@@ -1,0 +1,163 @@
+"""Settings, read once from the environment into a frozen object.
+
+Every variable is documented in the README. A bad value raises :class:`ConfigError` naming the
+variable, so a misconfigured process fails at start instead of at its first goal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from urllib.parse import urlsplit
+
+from goalqueue.errors import ConfigError
+
+DEFAULT_API_URL = "https://datafa.st/api/v1/goals"
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+BROKER_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything goalqueue reads from the environment.
+
+    Durations are seconds as floats; sub-second values work (the tests use them).
+    """
+
+    broker_url: str = DEFAULT_BROKER_URL
+    api_key: str | None = field(default=None, repr=False)
+    website_id: str | None = None
+    api_url: str = DEFAULT_API_URL
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 900.0
+    max_age_seconds: float = 72 * 3600.0
+    http_timeout_seconds: float = 10.0
+    visibility_timeout_seconds: float = 60.0
+    sweep_interval_seconds: float = 1.0
+    delivered_ttl_seconds: float = 24 * 3600.0
+    enqueue_timeout_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "retry_base_seconds",
+            "retry_max_seconds",
+            "max_age_seconds",
+            "http_timeout_seconds",
+            "visibility_timeout_seconds",
+            "sweep_interval_seconds",
+            "delivered_ttl_seconds",
+            "enqueue_timeout_seconds",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{ENV_NAMES[name]} must be a positive number of seconds")
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ConfigError(
+                "GOALQUEUE_RETRY_MAX_SECONDS must not be smaller than GOALQUEUE_RETRY_BASE_SECONDS"
+            )
+        if self.visibility_timeout_seconds <= self.http_timeout_seconds:
+            raise ConfigError(
+                "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS must exceed GOALQUEUE_HTTP_TIMEOUT_SECONDS: "
+                "a goal still being delivered would otherwise be sent twice"
+            )
+        _check_broker_url(self.broker_url)
+        _check_api_url(self.api_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: ``os.environ``); unset variables keep defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, var in ENV_NAMES.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            values[name] = _parse_seconds(var, raw) if name.endswith("_seconds") else raw
+        return cls(**values)  # type: ignore[arg-type]
+
+    def require_credentials(self) -> None:
+        """Fail unless the DataFast credentials are complete; workers call this at start."""
+        if not self.api_key:
+            raise ConfigError("DATAFAST_API_KEY is not set: workers need a DataFast API key")
+        if self.api_key.startswith("dft_") and not self.website_id:
+            raise ConfigError(
+                "DATAFAST_WEBSITE_ID is not set: a dft_ account token needs the website id"
+            )
+
+    @property
+    def key_fingerprint(self) -> str:
+        """A short, one-way tag of the API key, so a pause for a bad key can tell keys apart."""
+        return hashlib.sha256((self.api_key or "").encode()).hexdigest()[:16]
+
+
+ENV_NAMES: dict[str, str] = {
+    "broker_url": "GOALQUEUE_BROKER_URL",
+    "api_key": "DATAFAST_API_KEY",
+    "website_id": "DATAFAST_WEBSITE_ID",
+    "api_url": "DATAFAST_API_URL",
+    "retry_base_seconds": "GOALQUEUE_RETRY_BASE_SECONDS",
+    "retry_max_seconds": "GOALQUEUE_RETRY_MAX_SECONDS",
+    "max_age_seconds": "GOALQUEUE_MAX_AGE_SECONDS",
+    "http_timeout_seconds": "GOALQUEUE_HTTP_TIMEOUT_SECONDS",
+    "visibility_timeout_seconds": "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS",
+    "sweep_interval_seconds": "GOALQUEUE_SWEEP_INTERVAL_SECONDS",
+    "delivered_ttl_seconds": "GOALQUEUE_DELIVERED_TTL_SECONDS",
+    "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
+}
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()
+
+
+def _parse_seconds(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+
+
+def _check_broker_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in BROKER_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
+        raise ConfigError(
+            f"GOALQUEUE_BROKER_URL must look like redis://host:6379/0 (or rediss://, unix://), "
+            f"got {_redact(url)!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ConfigError(f"GOALQUEUE_BROKER_URL has a bad port: {_redact(url)!r}") from None
+
+
+def _check_api_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return
+    raise ConfigError(
+        f"DATAFAST_API_URL must be an https:// URL (plain http only for a loopback host), got {url!r}"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)

@@ -1,0 +1,108 @@
+"""A goal event as it travels through Redis, and its compact JSON form.
+
+The stored form uses one-letter keys and leaves out empty fields: a backlog after an outage can
+run to millions of events, and every byte is paid for once per waiting goal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+# field name -> key in the stored JSON
+_WIRE = {
+    "event_id": "i",
+    "visitor_id": "v",
+    "name": "n",
+    "metadata": "m",
+    "description": "d",
+    "enqueued_at": "t",
+    "attempts": "a",
+    "first_attempt_at": "f",
+    "last_attempt_at": "l",
+    "last_status": "s",
+    "last_error": "e",
+}
+_FIELD = {wire: name for name, wire in _WIRE.items()}
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class GoalEvent:
+    """One goal, with what delivery has learnt about it so far."""
+
+    event_id: str
+    visitor_id: str
+    name: str
+    enqueued_at: float
+    metadata: dict[str, str] | None = None
+    description: str | None = None
+    attempts: int = 0
+    first_attempt_at: float | None = None
+    last_attempt_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+
+    def to_json(self) -> str:
+        """The compact stored form."""
+        return _dumps({_WIRE[k]: v for k, v in asdict(self).items() if v is not None})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> GoalEvent:
+        """Parse the stored form; ``ValueError`` says why a payload is unusable (poison)."""
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"undecodable event: {exc}") from exc
+        if not isinstance(data, dict) or not set(data) <= set(_FIELD):
+            raise ValueError("event is not an object of known fields")
+        try:
+            event = cls(**{_FIELD[k]: v for k, v in data.items()})
+        except TypeError as exc:
+            raise ValueError(f"event lacks a field: {exc}") from exc
+        event._check_types()
+        return event
+
+    def attempted(self, at: float, status: int | None, error: str | None) -> GoalEvent:
+        """This event after one more delivery attempt at ``at``."""
+        return replace(
+            self,
+            attempts=self.attempts + 1,
+            first_attempt_at=self.first_attempt_at or at,
+            last_attempt_at=at,
+            last_status=status,
+            last_error=error,
+        )
+
+    def api_body(self) -> dict[str, Any]:
+        """The JSON body DataFast's goals endpoint expects."""
+        body: dict[str, Any] = {"datafast_visitor_id": self.visitor_id, "name": self.name}
+        if self.metadata:
+            body["metadata"] = self.metadata
+        if self.description is not None:
+            body["description"] = self.description
+        return body
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field under its full name, for people and ``--json`` output."""
+        return asdict(self)
+
+    def _check_types(self) -> None:
+        strings = (self.event_id, self.visitor_id, self.name)
+        if not all(isinstance(s, str) and s for s in strings):
+            raise ValueError("event id, visitor id and name must be non-empty strings")
+        if self.metadata is not None and not (
+            isinstance(self.metadata, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items())
+        ):
+            raise ValueError("metadata must map strings to strings")
+        if self.description is not None and not isinstance(self.description, str):
+            raise ValueError("description must be a string")
+        if not isinstance(self.enqueued_at, int | float) or not isinstance(self.attempts, int):
+            raise ValueError("enqueued_at and attempts must be numbers")
+
+
+def dumps(value: object) -> str:
+    """Compact JSON, as every goalqueue record in Redis is written."""
+    return _dumps(value)

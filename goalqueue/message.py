@@ -1,0 +1,38 @@
+"""The Celery task message for one goal, written straight into kombu's Redis queue.
+
+The producer does not go through ``apply_async``: it writes the message, its ledger entry and
+the next sequence number in one Lua call, so a goal is either fully enqueued or not at all, in
+one round trip. The message is a protocol-2 Celery task message in the envelope kombu's Redis
+transport stores, cut to what a worker reads:
+
+* the task id is the goal's event id, so Flower shows one row per goal;
+* the arguments are ``(event_id, seq)``: the goal itself stays in the ledger, so the message
+  holds no personal data and no secret, and the queue stays small;
+* the delivery tag is the sequence number, unique for every enqueue.
+
+``TEMPLATE`` has four ``string.format`` slots for the Lua side: event id, sequence, event id,
+sequence.
+"""
+
+from __future__ import annotations
+
+import json
+
+from goalqueue import keys
+
+
+def _template() -> str:
+    envelope = {
+        "body": '[["%s",%d],{},{}]',
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"id": "%s", "task": keys.TASK_NAME},
+        "properties": {
+            "delivery_tag": "%d",
+            "delivery_info": {"exchange": "", "routing_key": keys.QUEUE},
+        },
+    }
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+TEMPLATE = _template()

@@ -1,0 +1,185 @@
+"""The Lua scripts that move a goal between queue, ledger and waiting set atomically.
+
+Each script is one Redis call, so many producers and workers can run them at once without a
+goal being lost or doubled. Every script that puts a goal on the queue uses the same ``push``:
+take the next sequence number, (re)score the goal's ledger entry with it, and LPUSH the Celery
+message (see :mod:`goalqueue.message`). The queue is FIFO, so once a worker has started on
+sequence N, every goal with a smaller sequence has left the queue: that is what lets the
+reconciler find goals lost between kombu's BRPOP and its unacked bookkeeping without scanning.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.commands.core import Script
+
+from goalqueue import keys
+
+_PUSH = """
+local function push(template, eid, payload)
+  local seq = redis.call('INCR', KEYS_SEQ)
+  redis.call('ZADD', KEYS_LEDGER, seq, payload)
+  redis.call('LPUSH', KEYS_QUEUE, string.format(template, eid, seq, eid, seq))
+  return seq
+end
+local function event_id(payload)
+  local ok, event = pcall(cjson.decode, payload)
+  if ok and type(event) == 'table' and type(event['i']) == 'string' then return event['i'] end
+  return 'unreadable'
+end
+"""
+
+# ARGV: template, then (event id, payload) pairs. Returns the last sequence number.
+ENQUEUE = """
+local last = 0
+for i = 2, #ARGV, 2 do last = push(ARGV[1], ARGV[i], ARGV[i + 1]) end
+return last
+"""
+
+# ARGV: seq, event id, now, key fingerprint, probe lease (ms).
+# Returns {verdict, ledger entry, pause streak}; verdict is one of
+#   gone  - the entry was settled or re-queued under another sequence: drop this copy
+#   done  - the goal was already delivered: settle without sending
+#   hold  - delivery is paused for everyone: park the goal in the waiting set
+#   probe - the pause is over and this goal is the one allowed to test the API
+#   send  - deliver it
+TAKE = """
+local seq = tonumber(ARGV[1])
+if seq > tonumber(redis.call('GET', KEYS_TAKEN) or '0') then redis.call('SET', KEYS_TAKEN, seq) end
+local entry = redis.call('ZRANGEBYSCORE', KEYS_LEDGER, seq, seq)[1]
+if not entry then return {'gone'} end
+if redis.call('EXISTS', KEYS_DELIVERED) == 1 then return {'done', entry} end
+local pause = redis.call('HMGET', KEYS_PAUSE, 'until', 'reason', 'key', 'streak')
+if pause[1] and pause[2] == 'auth' and pause[3] ~= ARGV[4] then
+  redis.call('DEL', KEYS_PAUSE, KEYS_PROBE)
+elseif pause[1] then
+  local probe = redis.call('GET', KEYS_PROBE)
+  if probe == ARGV[2] then return {'probe', entry, pause[4]} end
+  if not probe and tonumber(ARGV[3]) >= tonumber(pause[1]) then
+    redis.call('SET', KEYS_PROBE, ARGV[2], 'PX', ARGV[5])
+    return {'probe', entry, pause[4]}
+  end
+  return {'hold', entry, pause[4]}
+end
+return {'send', entry}
+"""
+
+# ARGV: template, now, limit, key fingerprint, probe lease (ms). Returns how many were moved.
+SWEEP = """
+local now, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local pause = redis.call('HMGET', KEYS_PAUSE, 'until', 'reason', 'key')
+local probing = false
+if pause[1] and pause[2] == 'auth' and pause[3] ~= ARGV[4] then
+  redis.call('DEL', KEYS_PAUSE, KEYS_PROBE)
+elseif pause[1] then
+  if now < tonumber(pause[1]) or redis.call('EXISTS', KEYS_PROBE) == 1 then return 0 end
+  probing, limit = true, 1
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS_WAITING, '-inf', now, 'LIMIT', 0, limit)
+for _, payload in ipairs(due) do
+  local eid = event_id(payload)
+  if probing then redis.call('SET', KEYS_PROBE, eid, 'PX', ARGV[5]) end
+  redis.call('ZREM', KEYS_WAITING, payload)
+  push(ARGV[1], eid, payload)
+end
+return #due
+"""
+
+# ARGV: template, now, threshold (s), limit. Returns how many lost goals were re-queued.
+RECONCILE = """
+local now = tonumber(ARGV[2])
+local taken = redis.call('GET', KEYS_TAKEN)
+if taken then redis.call('ZADD', KEYS_CHECKPOINTS, 'NX', now, taken) end
+local seen = redis.call('ZREVRANGEBYSCORE', KEYS_CHECKPOINTS, now - tonumber(ARGV[3]), '-inf',
+                        'WITHSCORES', 'LIMIT', 0, 1)
+if #seen == 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS_CHECKPOINTS, '-inf', '(' .. seen[2])
+local lost = redis.call('ZRANGEBYSCORE', KEYS_LEDGER, '-inf', seen[1], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, payload in ipairs(lost) do push(ARGV[1], event_id(payload), payload) end
+return #lost
+"""
+
+# ARGV: template, event id, payload. Enqueues a dead letter's event if it is still dead;
+# returns its new sequence number, or 0 when another replay took it first.
+REPLAY = """
+if redis.call('HDEL', KEYS_DEAD, ARGV[2]) == 0 then return 0 end
+return push(ARGV[1], ARGV[2], ARGV[3])
+"""
+
+# The settling scripts act only if this copy still owns the ledger entry: when two copies of a
+# goal race (a slow worker and a re-queued copy), exactly one of them moves it on.
+
+# ARGV: entry, DataFast's event id, marker TTL (ms). Returns 1 if this copy settled the entry.
+DELIVERED = """
+local owned = redis.call('ZREM', KEYS_LEDGER, ARGV[1])
+redis.call('SET', KEYS_DELIVERED, ARGV[2], 'PX', ARGV[3])
+if owned == 1 then redis.call('INCR', KEYS_COUNT) end
+return owned
+"""
+
+# ARGV: entry, event id, dead letter JSON.
+BURY = """
+local owned = redis.call('ZREM', KEYS_LEDGER, ARGV[1])
+if owned == 1 then redis.call('HSET', KEYS_DEAD, ARGV[2], ARGV[3]) end
+return owned
+"""
+
+# ARGV: entry, due time, event JSON after this attempt.
+PARK = """
+local owned = redis.call('ZREM', KEYS_LEDGER, ARGV[1])
+if owned == 1 then redis.call('ZADD', KEYS_WAITING, ARGV[2], ARGV[3]) end
+return owned
+"""
+
+
+class Scripts:
+    """The scripts above, registered on one Redis client, with the keys each one touches."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.enqueue = _register(redis, ENQUEUE, "SEQ", "LEDGER", "QUEUE")
+        self.take = _register(
+            redis, TAKE, "TAKEN", "LEDGER", "DELIVERED", "PAUSE", "PROBE"
+        )
+        self.sweep = _register(
+            redis, SWEEP, "PAUSE", "PROBE", "WAITING", "SEQ", "LEDGER", "QUEUE"
+        )
+        self.reconcile = _register(
+            redis, RECONCILE, "TAKEN", "CHECKPOINTS", "SEQ", "LEDGER", "QUEUE"
+        )
+        self.replay = _register(redis, REPLAY, "DEAD", "SEQ", "LEDGER", "QUEUE")
+        self.delivered = _register(redis, DELIVERED, "LEDGER", "DELIVERED", "COUNT")
+        self.bury = _register(redis, BURY, "LEDGER", "DEAD")
+        self.park = _register(redis, PARK, "LEDGER", "WAITING")
+
+
+_STATIC_KEYS = {
+    "SEQ": keys.SEQ,
+    "LEDGER": keys.LEDGER,
+    "QUEUE": keys.QUEUE,
+    "TAKEN": keys.TAKEN,
+    "CHECKPOINTS": keys.CHECKPOINTS,
+    "WAITING": keys.WAITING,
+    "PAUSE": keys.PAUSE,
+    "PROBE": keys.PROBE,
+    "DEAD": keys.DEAD,
+    "COUNT": keys.DELIVERED_COUNT,
+}
+
+
+class BoundScript:
+    """A registered script and the keys it declares, in order; per-call keys are passed in."""
+
+    def __init__(self, script: Script, names: tuple[str, ...]) -> None:
+        self.script = script
+        self.names = names
+
+    def __call__(self, args: list[object], client: Redis | None = None, **dynamic: str) -> object:
+        keys_ = [dynamic.get(name) or _STATIC_KEYS[name] for name in self.names]
+        return self.script(keys=keys_, args=args, client=client)
+
+
+def _register(redis: Redis, body: str, *names: str) -> BoundScript:
+    source = (_PUSH if "SEQ" in names else "") + body
+    for index, name in enumerate(names, start=1):
+        source = source.replace(f"KEYS_{name}", f"KEYS[{index}]")
+    return BoundScript(redis.register_script(source), names)

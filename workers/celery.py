@@ -1,0 +1,151 @@
+"""The Celery app that ``celery -A workers worker`` runs, configured for zero loss.
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a goal leaves Redis only after its
+  outcome is recorded, and a killed pool process puts its goal back.
+* A short ``visibility_timeout``: nothing waits inside the broker (waits live in the waiting
+  set), so a dead worker's unacknowledged goals come back within about that long.
+* ``worker_prefetch_multiplier = 1``: each worker holds no more goals than it runs at once.
+* The threads pool: delivery is I/O bound, so one process drives many requests at once over
+  one keep-alive HTTP client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
+
+from goalqueue import keys
+from goalqueue.config import Settings, get_settings
+from goalqueue.errors import ConfigError
+from workers.client import build_client
+from workers.delivery import Deliverer
+from workers.sweeper import Sweeper
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 32
+
+settings = get_settings()
+
+app = Celery("goalqueue", broker=settings.broker_url, include=["workers.tasks"])
+app.conf.update(
+    task_default_queue=keys.QUEUE,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    worker_pool="threads",
+    worker_concurrency=DEFAULT_CONCURRENCY,
+    worker_prefetch_multiplier=1,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    worker_consumer="workers.consumer:Consumer",
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        # kombu sweeps for a dead worker's unacked goals every interval x throttle seconds
+        # (10 x 10 by default); scan every few seconds instead so recovery stays quick.
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+    },
+)
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.broker_url, decode_responses=True)
+
+
+class _Runtime:
+    """The per-process delivery state: created at process start, closed at shutdown."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._deliverer: Deliverer | None = None
+        self.pool_size = DEFAULT_CONCURRENCY
+
+    def get(self) -> Deliverer:
+        with self._lock:
+            if self._deliverer is None or self._pid != os.getpid():
+                http = build_client(settings, self.pool_size)
+                self._deliverer = Deliverer(settings, redis_client(settings), http)
+                self._pid = os.getpid()
+            return self._deliverer
+
+    def close(self) -> None:
+        with self._lock:
+            if self._deliverer is not None and self._pid == os.getpid():
+                self._deliverer.http.close()
+                self._deliverer.redis.close()
+            self._deliverer = None
+
+
+runtime = _Runtime()
+
+
+@worker_init.connect
+def _check_before_start(sender: Any = None, **_: Any) -> None:
+    """Refuse to start without usable credentials; warn about a Redis that may evict goals."""
+    try:
+        settings.require_credentials()
+    except ConfigError as exc:
+        logger.critical("goalqueue worker cannot start: %s", exc)
+        raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
+    runtime.pool_size = max(int(getattr(sender, "concurrency", 0) or 0), 1)
+    warn_if_lossy(redis_client(settings))
+
+
+def warn_if_lossy(client: redis.Redis) -> None:
+    """Warn when Redis may evict keys under memory pressure: evicted goals are lost goals."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError:
+        return
+    if policy and policy != "noeviction":
+        logger.warning(
+            "Redis maxmemory-policy is %r: under memory pressure Redis may evict queued goals. "
+            "Set maxmemory-policy noeviction.",
+            policy,
+        )
+
+
+@worker_process_init.connect
+def _start_process(**_: Any) -> None:
+    runtime.get()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _stop_process(**_: Any) -> None:
+    runtime.close()
+
+
+class SweeperStep(bootsteps.StartStopStep):
+    """Runs the sweeper thread alongside the worker's consumer."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.sweeper: Sweeper | None = None
+
+    def start(self, worker: Any) -> None:
+        runtime.get()
+        self.sweeper = Sweeper(settings, redis_client(settings))
+        self.sweeper.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+
+
+app.steps["worker"].add(SweeperStep)
+
+__all__ = ["app"]

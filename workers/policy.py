@@ -1,0 +1,124 @@
+"""The outcome policy: what one answer from DataFast means for the goal, as a pure function.
+
+    2xx                         DELIVERED
+    400, 404, other 4xx         PERMANENT  dead letter at once, never retried
+    401                         DEFERRED   pause everyone: the key is wrong, not the goal
+    403                         DEFERRED   pause everyone: tracking suspended or no permission
+    429                         DEFERRED   pause everyone for Retry-After (seconds or HTTP date)
+    5xx, anything else,
+    timeouts, network errors    TRANSIENT  retry this goal after backoff with full jitter
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+import httpx
+
+ERROR_LIMIT = 500
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    PERMANENT = "permanent"
+    DEFERRED = "deferred"
+    TRANSIENT = "transient"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a goal after one attempt.
+
+    ``reason`` names the dead-letter reason (PERMANENT) or the pause reason (DEFERRED);
+    ``retry_after`` is the server's hint in seconds, already clamped; ``remote_id`` is the
+    event id DataFast gave a delivered goal.
+    """
+
+    outcome: Outcome
+    status_code: int | None = None
+    error: str | None = None
+    reason: str | None = None
+    retry_after: float | None = None
+    remote_id: str | None = None
+
+
+_PERMANENT_REASONS = {400: "bad_request", 404: "unknown_visitor"}
+_PAUSE_REASONS = {401: "auth", 403: "suspended", 429: "rate_limited"}
+
+
+def classify(result: httpx.Response | httpx.HTTPError, *, now: float, max_wait: float) -> Verdict:
+    """Decide what one attempt's result means; ``max_wait`` bounds a Retry-After hint."""
+    if isinstance(result, httpx.HTTPError):
+        return Verdict(Outcome.TRANSIENT, error=f"{type(result).__name__}: {result}"[:ERROR_LIMIT])
+    status = result.status_code
+    if 200 <= status < 300:
+        return Verdict(Outcome.DELIVERED, status, remote_id=_remote_id(result))
+    error = _error_message(result)
+    if status in _PAUSE_REASONS:
+        hint = retry_after(result.headers.get("retry-after"), now=now, max_wait=max_wait)
+        return Verdict(Outcome.DEFERRED, status, error, _PAUSE_REASONS[status], hint)
+    if 400 <= status < 500:
+        return Verdict(Outcome.PERMANENT, status, error, _PERMANENT_REASONS.get(status, "client_error"))
+    return Verdict(Outcome.TRANSIENT, status, error)
+
+
+def retry_after(value: str | None, *, now: float, max_wait: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), clamped to
+    ``[0, max_wait]``; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), max_wait)
+
+
+def backoff(attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff: uniform in ``[0, min(cap, base * 2**(attempt-1))]``."""
+    return rand() * pause_length(attempt - 1, base=base, cap=cap)
+
+
+def pause_length(streak: int, *, base: float, cap: float) -> float:
+    """How long a pause without a Retry-After lasts after ``streak`` earlier pauses in a row."""
+    return min(cap, base * 2 ** min(max(streak, 0), 62))
+
+
+def _remote_id(response: httpx.Response) -> str | None:
+    """DataFast's event id from ``{"data": [{"eventId": ...}]}`` or ``{"data": {...}}``."""
+    try:
+        data = response.json().get("data")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(data, list):
+        data = data[0] if data else None
+    event_id = data.get("eventId") if isinstance(data, dict) else None
+    return str(event_id) if event_id is not None else None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The message from DataFast's error body, or the start of whatever the body was."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return response.text[:ERROR_LIMIT] or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:ERROR_LIMIT]
+        if isinstance(error, str):
+            return error[:ERROR_LIMIT]
+        if body.get("message"):
+            return str(body["message"])[:ERROR_LIMIT]
+    return json.dumps(body)[:ERROR_LIMIT]

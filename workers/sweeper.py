@@ -1,0 +1,75 @@
+"""The sweeper: a thread in every worker that keeps waiting and lost goals moving.
+
+Each round it
+
+* moves due goals from the waiting set back onto the queue (only the single probe while
+  delivery is paused), and
+* re-queues ledger entries that a worker took off the queue but never settled, older than the
+  visibility timeout: the goals a worker killed right after kombu's BRPOP would otherwise lose.
+
+Both steps are single Lua calls, so any number of workers can sweep at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import redis
+
+from goalqueue.config import Settings
+from goalqueue.message import TEMPLATE
+from goalqueue.scripts import Scripts
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+class Sweeper:
+    """Runs :meth:`sweep_once` every ``sweep_interval_seconds`` (jittered) until stopped."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.scripts = Scripts(client)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def sweep_once(self, now: float | None = None) -> tuple[int, int]:
+        """One round; returns (goals moved from waiting, lost goals re-queued)."""
+        now = time.time() if now is None else now
+        moved = 0
+        while True:
+            count = int(self.scripts.sweep(  # type: ignore[arg-type]
+                [TEMPLATE, now, BATCH, self.settings.key_fingerprint, self._probe_lease_ms]
+            ))
+            moved += count
+            if count < BATCH:
+                break
+        recovered = int(self.scripts.reconcile(  # type: ignore[arg-type]
+            [TEMPLATE, now, self.settings.visibility_timeout_seconds, BATCH]
+        ))
+        if recovered:
+            logger.warning("re-queued %d goal(s) a lost worker had taken but not settled", recovered)
+        return moved, recovered
+
+    @property
+    def _probe_lease_ms(self) -> int:
+        return int(self.settings.visibility_timeout_seconds * 1000)
+
+    def _run(self) -> None:
+        interval = self.settings.sweep_interval_seconds
+        while not self._stop.wait(interval * (0.75 + random.random() / 2)):
+            try:
+                self.sweep_once()
+            except redis.RedisError as exc:
+                logger.warning("sweeper could not reach Redis: %s", exc)

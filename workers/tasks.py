@@ -1,0 +1,18 @@
+"""The delivery task. Its message is written by :mod:`goalqueue.message`, not ``apply_async``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from goalqueue import keys
+from workers.celery import app, runtime
+
+
+@app.task(name=keys.TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def deliver(*args: Any, **kwargs: Any) -> str:
+    """Deliver the goal ``(event_id, seq)``; any other arguments go to the dead letters."""
+    match args:
+        case (str() as event_id, int() as seq) if not kwargs:
+            return runtime.get().deliver(event_id, seq)
+    runtime.get().bury_message(args, kwargs, "task arguments must be (event_id, seq)")
+    return "poison"
