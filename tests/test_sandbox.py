@@ -1,0 +1,290 @@
+"""The DataFast sandbox, exercised over real HTTP through uvicorn in a background thread."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from goalqueue.sandbox import DEFAULT_KEY, Sandbox, SandboxState, sandbox_command
+
+AUTH = {"Authorization": f"Bearer {DEFAULT_KEY}"}
+GOAL: dict[str, Any] = {"datafast_visitor_id": "visitor-1", "name": "signup"}
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[Sandbox]:
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def sandbox(shared_sandbox: Sandbox) -> Sandbox:
+    """The module's sandbox, back to its defaults before each test."""
+    shared_sandbox.reset()
+    state = shared_sandbox.state
+    state.key, state.visitor_mode = DEFAULT_KEY, "any"
+    state.visitors.clear()
+    state.bots.clear()
+    return shared_sandbox
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sandbox.base_url, timeout=5.0) as http:
+        yield http
+
+
+def post_goal(
+    client: httpx.Client, body: Any = None, headers: dict[str, str] | None = None, **params: str
+) -> httpx.Response:
+    return client.post(
+        "/api/v1/goals", json=GOAL if body is None else body, headers=headers or AUTH, params=params
+    )
+
+
+def assert_error(response: httpx.Response, status: int, message_part: str = "") -> None:
+    assert response.status_code == status
+    payload = response.json()
+    assert payload["status"] == "error"
+    assert payload["error"]["code"] == status
+    assert message_part.lower() in payload["error"]["message"].lower()
+
+
+def test_accepts_a_goal_with_datafasts_success_shape(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    body = {**GOAL, "name": "Trial Started", "metadata": {"plan": "pro"}, "description": "d"}
+    response = post_goal(client, body, {**AUTH, "Idempotency-Key": "evt-1"})
+
+    assert response.status_code == 200
+    payload = response.json()
+    assert payload["status"] == "success"
+    [item] = payload["data"]
+    assert item["message"] == "Custom event created successfully"
+    assert re.fullmatch(r"[0-9a-f]{24}", item["eventId"])
+    [event] = sandbox.events()
+    assert (event.status, event.body, event.idempotency_key) == (200, body, "evt-1")
+    assert event.event_id == item["eventId"]
+
+
+def test_visitor_id_alias_is_accepted(client: httpx.Client) -> None:
+    assert post_goal(client, {"visitorId": "v", "name": "signup"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {DEFAULT_KEY}"}],
+    ids=["missing", "wrong-key", "wrong-scheme"],
+)
+def test_refuses_a_bad_key_with_401(client: httpx.Client, headers: dict[str, str]) -> None:
+    response = client.post("/api/v1/goals", json=GOAL, headers=headers)
+    assert_error(response, 401, "api key")
+
+
+@pytest.mark.parametrize(
+    ("body", "message_part"),
+    [
+        ({"name": "signup"}, "datafast_visitor_id"),
+        ({**GOAL, "datafast_visitor_id": ""}, "datafast_visitor_id"),
+        ({"datafast_visitor_id": "v"}, "name"),
+        ({**GOAL, "name": "sign/up"}, "name"),
+        ({**GOAL, "name": "x" * 65}, "name"),
+        ({**GOAL, "name": "Identify"}, "reserved"),
+        ({**GOAL, "metadata": {f"k{i}": "v" for i in range(11)}}, "10 keys"),
+        ({**GOAL, "metadata": {"Bad Key": "v"}}, "metadata key"),
+        ({**GOAL, "metadata": {"plan": 3}}, "metadata value"),
+        ({**GOAL, "metadata": {"plan": "x" * 256}}, "metadata value"),
+        ({**GOAL, "metadata": ["plan"]}, "metadata"),
+        ({**GOAL, "description": 7}, "description"),
+        (["not", "an", "object"], "object"),
+    ],
+)
+def test_refuses_invalid_goals_with_400(client: httpx.Client, body: Any, message_part: str) -> None:
+    assert_error(post_goal(client, body), 400, message_part)
+
+
+def test_normalises_names_before_checking_them(client: httpx.Client) -> None:
+    assert post_goal(client, {**GOAL, "name": "Plan Upgraded:Pro"}).status_code == 200
+
+
+def test_refuses_malformed_json_with_400(sandbox: Sandbox, client: httpx.Client) -> None:
+    response = client.post("/api/v1/goals", content=b"{nope", headers=AUTH)
+    assert_error(response, 400, "json")
+    assert sandbox.events()[0].body == "{nope"
+
+
+def test_refuses_bots_with_400(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.add_bots("visitor-1")
+    assert_error(post_goal(client), 400, "bot")
+
+
+def test_registered_mode_refuses_visitors_without_pageviews(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    response = client.post("/_sandbox/visitors", json={"visitors": ["known"], "mode": "registered"})
+    assert response.json() == {"mode": "registered", "visitors": 1}
+
+    assert_error(post_goal(client), 404, "pageviews")
+    assert post_goal(client, {**GOAL, "datafast_visitor_id": "known"}).status_code == 200
+
+
+def test_account_tokens_need_a_website_id(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_key("dft_account")
+    headers = {"Authorization": "Bearer dft_account"}
+
+    assert_error(post_goal(client, headers=headers), 400, "websiteId")
+    assert post_goal(client, headers=headers, websiteId="site-1").status_code == 200
+    assert sandbox.events(200)[0].website_id == "site-1"
+
+
+def test_key_can_change_at_run_time(sandbox: Sandbox, client: httpx.Client) -> None:
+    assert client.post("/_sandbox/key", json={"key": "df_rotated"}).status_code == 200
+    assert_error(post_goal(client), 401)
+
+    sandbox.set_key(DEFAULT_KEY)
+    assert post_goal(client).status_code == 200
+
+
+def test_fail_next_503_then_recovers(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.fail_next(503, count=2)
+
+    statuses = [post_goal(client).status_code for _ in range(3)]
+
+    assert statuses == [503, 503, 200]
+    assert [e.status for e in sandbox.events()] == [503, 503, 200]
+
+
+def test_fail_next_429_carries_retry_after_set_over_http(client: httpx.Client) -> None:
+    fault = {"fail_next": {"status": 429, "count": 1, "retry_after": 2}}
+    faults = client.post("/_sandbox/faults", json=fault).json()["faults"]
+    assert faults["fail_next"] == {"status": 429, "count": 1, "retry_after": 2}
+
+    response = post_goal(client)
+
+    assert_error(response, 429)
+    assert response.headers["Retry-After"] == "2"
+    assert client.get("/_sandbox/faults").json()["faults"]["fail_next"] is None
+
+
+def test_fail_next_429_without_retry_after_sends_no_header(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    sandbox.fail_next(429)
+    response = post_goal(client)
+    assert_error(response, 429)
+    assert "Retry-After" not in response.headers
+
+
+def test_rate_limit_lasts_until_cleared(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_faults(rate_limit={"retry_after": 1})
+    for _ in range(2):
+        response = post_goal(client)
+        assert_error(response, 429)
+        assert response.headers["Retry-After"] == "1"
+
+    assert client.delete("/_sandbox/faults").status_code == 200
+    assert post_goal(client).status_code == 200
+
+
+def test_suspended_website_gets_403(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_faults(suspended=True)
+    assert_error(post_goal(client), 403, "tracking suspended")
+    sandbox.clear_faults()
+    assert post_goal(client).status_code == 200
+
+
+def test_error_rate_one_always_answers_503(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_faults(error_rate=1.0)
+    assert_error(post_goal(client), 503)
+
+
+def test_latency_delays_answers(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_faults(latency_ms=100)
+    started = time.monotonic()
+    assert post_goal(client).status_code == 200
+    assert time.monotonic() - started >= 0.1
+
+
+def test_hang_trips_client_timeouts_and_is_released_when_cleared(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    sandbox.set_faults(hang=True)
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/api/v1/goals", json=GOAL, headers=AUTH, timeout=0.3)
+
+    sandbox.clear_faults()
+
+    # The abandoned request completes server-side: a lost response, as in production.
+    [event] = sandbox.wait_for_events(1)
+    assert event.status == 200
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"nope": 1}, {"error_rate": 2}, {"fail_next": {"status": 200}}, {"hang": "yes"}],
+)
+def test_admin_refuses_bad_faults(client: httpx.Client, fault: dict[str, Any]) -> None:
+    assert_error(client.post("/_sandbox/faults", json=fault), 400)
+
+
+def test_admin_events_filter_and_duplicate_stats(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.fail_next(503)
+    for key in ["a", "a", "b", "a"]:  # the 503 eats the first "a"
+        post_goal(client, headers={**AUTH, "Idempotency-Key": key})
+    post_goal(client)  # accepted without a key
+
+    events = client.get("/_sandbox/events", params={"status": 200}).json()["events"]
+    assert [e["idempotency_key"] for e in events] == ["a", "b", "a", None]
+    assert len(client.get("/_sandbox/events").json()["events"]) == 5
+    assert client.get("/_sandbox/stats").json() == {
+        "total": 5,
+        "by_status": {"200": 4, "503": 1},
+        "accepted": 4,
+        "distinct_keys": 2,
+        "duplicates": 1,
+        "accepted_without_key": 1,
+    }
+
+
+def test_admin_reset_forgets_events_and_faults(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_faults(suspended=True)
+    post_goal(client)
+
+    assert client.post("/_sandbox/reset").status_code == 200
+
+    assert sandbox.events() == []
+    assert post_goal(client).status_code == 200
+
+
+def test_unknown_paths_and_wrong_methods(client: httpx.Client) -> None:
+    assert_error(client.get("/nowhere"), 404)
+    assert_error(client.get("/_sandbox/nowhere"), 404)
+    response = client.get("/api/v1/goals")
+    assert_error(response, 405)
+    assert response.headers["Allow"] == "POST"
+    assert_error(client.post("/_sandbox/stats"), 405)
+
+
+def test_sandbox_picks_a_free_port_and_stops_cleanly() -> None:
+    with Sandbox(SandboxState(key="df_other")) as sandbox:
+        assert sandbox.url == f"{sandbox.base_url}/api/v1/goals"
+        assert sandbox.port > 0
+        response = httpx.post(sandbox.url, json=GOAL, headers={"Authorization": "Bearer df_other"})
+        assert response.status_code == 200
+    with pytest.raises(RuntimeError):
+        _ = sandbox.url
+
+
+def test_cli_help_lists_the_options() -> None:
+    result = CliRunner().invoke(sandbox_command, ["--help"])
+    assert result.exit_code == 0
+    for option in ["--host", "--port", "--key", "--latency-ms", "--error-rate"]:
+        assert option in result.output
+    for option in ["--registered-only", "--bot", "--visitor"]:
+        assert option in result.output
