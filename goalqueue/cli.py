@@ -14,6 +14,7 @@ from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetters
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.producer import GoalQueue, connect
+from goalqueue.sandbox import sandbox_command
 from goalqueue.stats import collect
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
@@ -149,6 +150,9 @@ def dead_purge() -> None:
     """Delete every dead letter."""
     count = _read(lambda client: DeadLetters(client).purge())
     click.echo(f"purged {count} dead letter(s)")
+
+
+main.add_command(sandbox_command)
 
 
 def _read(action: Any) -> Any:

@@ -23,7 +23,14 @@ from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent, dumps
 from goalqueue.scripts import Scripts
 from workers.client import post_goal
-from workers.policy import Outcome, Verdict, backoff, classify, pause_length
+from workers.policy import (
+    RETRY_AFTER_MAX_SECONDS,
+    Outcome,
+    Verdict,
+    backoff,
+    classify,
+    pause_length,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ class Deliverer:
         verdict = classify(
             post_goal(self.http, self.settings.api_url, event),
             now=self.clock(),
-            max_wait=self.settings.retry_max_seconds,
+            max_wait=RETRY_AFTER_MAX_SECONDS,
         )
         return self._settle(entry, event.attempted(now, verdict.status_code, verdict.error),
                             verdict, probe=state == "probe", streak=streak)

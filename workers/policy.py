@@ -21,6 +21,9 @@ from enum import StrEnum
 import httpx
 
 ERROR_LIMIT = 500
+# A Retry-After hint is honoured up to this long; a longer one is most likely a mistake, and the
+# probe after the pause will simply be told to wait again.
+RETRY_AFTER_MAX_SECONDS = 3600.0
 
 
 class Outcome(StrEnum):

@@ -1,0 +1,327 @@
+"""One goal through the delivery path: real Redis, DataFast faked with httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+import httpx
+import pytest
+import redis
+
+from goalqueue import GoalQueue, keys
+from goalqueue.config import Settings
+from goalqueue.deadletters import DeadLetters
+from goalqueue.event import GoalEvent
+from goalqueue.message import TEMPLATE
+from tests.conftest import API_KEY, pop_message
+from workers.client import build_client
+from workers.delivery import Deliverer
+from workers.sweeper import Sweeper
+
+VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeDataFast:
+    """A MockTransport handler answering from a script of responses; records every request."""
+
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.answers:
+            return self.answers.pop(0)
+        return ok()
+
+
+def ok() -> httpx.Response:
+    return httpx.Response(200, json={"status": "success", "data": [{"eventId": "e" * 24}]})
+
+
+def error(status: int, message: str = "nope", **headers: str) -> httpx.Response:
+    body = {"status": "error", "error": {"code": status, "message": message}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def deliverer(
+    settings: Settings, handler: Handler, clock: Clock | None = None
+) -> Deliverer:
+    http = build_client(settings, 4)
+    http._transport = httpx.MockTransport(handler)
+    client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+    return Deliverer(settings, client, http, clock=clock or Clock(1e10), rand=lambda: 1.0)
+
+
+def run_next(worker: Deliverer, client: redis.Redis) -> str:
+    """What a worker does with the next message on the queue."""
+    return worker.deliver(*pop_message(client))
+
+
+@pytest.fixture
+def clock(queue: GoalQueue) -> Clock:
+    return Clock(1e10)
+
+
+def enqueue(queue: GoalQueue, clock: Clock, name: str = "signup") -> str:
+    event_id = queue.track_goal(VISITOR, name, metadata={"plan": "pro"})
+    clock.now = _enqueued_at(queue.redis, event_id)
+    return event_id
+
+
+def _enqueued_at(client: redis.Redis, event_id: str) -> float:
+    for raw in client.zrange(keys.LEDGER, 0, -1):
+        event = GoalEvent.from_json(raw)
+        if event.event_id == event_id:
+            return event.enqueued_at
+    raise AssertionError("not in the ledger")
+
+
+def test_a_delivered_goal_is_posted_once_with_auth_and_idempotency_key(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    # Given a queued goal
+    event_id = enqueue(queue, clock)
+    api = FakeDataFast(ok())
+    # When a worker delivers it
+    assert run_next(deliverer(settings, api, clock), redis_client) == "delivered"
+    # Then DataFast saw one authenticated request carrying the event id
+    (request,) = api.requests
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["idempotency-key"] == event_id
+    assert json.loads(request.content) == {
+        "datafast_visitor_id": VISITOR, "name": "signup", "metadata": {"plan": "pro"},
+    }
+    # And the goal is settled: marker set, counted, nothing left waiting
+    assert redis_client.get(keys.delivered(event_id)) == "e" * 24
+    assert redis_client.get(keys.DELIVERED_COUNT) == "1"
+    assert redis_client.zcard(keys.LEDGER) == 0
+    assert redis_client.zcard(keys.WAITING) == 0
+
+
+def test_a_dft_token_sends_the_website_id(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    enqueue(queue, clock)
+    api = FakeDataFast()
+    token = replace(settings, api_key="dft_token", website_id="site-1")
+    run_next(deliverer(token, api, clock), redis_client)
+    assert api.requests[0].url.params["websiteId"] == "site-1"
+    assert api.requests[0].headers["authorization"] == "Bearer dft_token"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"), [(400, "bad_request"), (404, "unknown_visitor"), (422, "client_error")]
+)
+def test_a_permanent_failure_is_dead_lettered_after_one_request(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock,
+    status: int, reason: str,
+) -> None:
+    event_id = enqueue(queue, clock)
+    api = FakeDataFast(error(status, "visitor has no pageviews"))
+    worker = deliverer(settings, api, clock)
+
+    assert run_next(worker, redis_client) == "permanent"
+    Sweeper(settings, redis_client).sweep_once(clock.now + 3600)
+
+    assert len(api.requests) == 1
+    letter = DeadLetters(redis_client).get(event_id)
+    assert letter is not None and letter.event is not None
+    assert (letter.reason, letter.status_code, letter.attempts) == (reason, status, 1)
+    assert letter.error == "visitor has no pageviews"
+    assert letter.event.visitor_id == VISITOR
+    assert redis_client.llen(keys.QUEUE) == 0
+    assert redis_client.zcard(keys.LEDGER) + redis_client.zcard(keys.WAITING) == 0
+
+
+def test_a_server_error_waits_with_backoff_then_is_delivered(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    event_id = enqueue(queue, clock)
+    api = FakeDataFast(error(503), error(502))
+    worker = deliverer(settings, api, clock)
+    sweeper = Sweeper(settings, redis_client)
+
+    # First attempt: 503, waits base * 2**0 (rand pinned to 1.0)
+    assert run_next(worker, redis_client) == "transient"
+    ((_, due),) = redis_client.zrange(keys.WAITING, 0, -1, withscores=True)
+    assert due == pytest.approx(clock.now + settings.retry_base_seconds)
+    assert sweeper.sweep_once(due - 0.01) == (0, 0)
+    assert sweeper.sweep_once(due) == (1, 0)
+    # Second attempt: 502, waits twice as long
+    assert run_next(worker, redis_client) == "transient"
+    ((raw, due2),) = redis_client.zrange(keys.WAITING, 0, -1, withscores=True)
+    assert due2 == pytest.approx(clock.now + 2 * settings.retry_base_seconds)
+    assert GoalEvent.from_json(raw).attempts == 2
+    sweeper.sweep_once(due2)
+    # Third attempt succeeds, same event id throughout
+    assert run_next(worker, redis_client) == "delivered"
+    assert {r.headers["idempotency-key"] for r in api.requests} == {event_id}
+    assert len(api.requests) == 3
+
+
+def test_a_timeout_is_transient(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    enqueue(queue, clock)
+
+    def hang(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    assert run_next(deliverer(settings, hang, clock), redis_client) == "transient"
+    (raw,) = redis_client.zrange(keys.WAITING, 0, -1)
+    assert "ReadTimeout" in (GoalEvent.from_json(raw).last_error or "")
+
+
+def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    # Given three goals and an API that rate-limits the first request for 2 s
+    first, second, third = (enqueue(queue, clock) for _ in range(3))
+    api = FakeDataFast(error(429, "slow down", **{"Retry-After": "2"}))
+    worker = deliverer(settings, api, clock)
+    sweeper = Sweeper(settings, redis_client)
+
+    # When the first is rate-limited, delivery pauses for 2 s
+    assert run_next(worker, redis_client) == "deferred (rate_limited)"
+    assert float(redis_client.hget(keys.PAUSE, "until") or 0) == pytest.approx(clock.now + 2)
+    # Then the others wait without an HTTP call
+    assert run_next(worker, redis_client) == "held while paused"
+    assert run_next(worker, redis_client) == "held while paused"
+    assert len(api.requests) == 1
+    assert redis_client.zcard(keys.WAITING) == 3
+    # And before the pause ends nothing moves; after it, exactly one probe goes out
+    assert sweeper.sweep_once(clock.now + 1.9) == (0, 0)
+    clock.now += 2
+    assert sweeper.sweep_once(clock.now) == (1, 0)
+    assert sweeper.sweep_once(clock.now) == (0, 0)
+    assert run_next(worker, redis_client) == "delivered"
+    # When the probe is accepted the pause lifts and the rest flow
+    assert not redis_client.exists(keys.PAUSE)
+    assert sweeper.sweep_once(clock.now) == (2, 0)
+    assert run_next(worker, redis_client) == "delivered"
+    assert run_next(worker, redis_client) == "delivered"
+    delivered = {r.headers["idempotency-key"] for r in api.requests[1:]}
+    assert delivered == {first, second, third}
+
+
+def test_a_pause_without_retry_after_grows_with_backoff(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    enqueue(queue, clock)
+    api = FakeDataFast(error(403), error(403), error(403))
+    worker = deliverer(settings, api, clock)
+    sweeper = Sweeper(settings, redis_client)
+    lengths = []
+    for _ in range(3):
+        start = clock.now
+        assert run_next(worker, redis_client) == "deferred (suspended)"
+        until = float(redis_client.hget(keys.PAUSE, "until") or 0)
+        lengths.append(round(until - start, 3))
+        clock.now = until
+        assert sweeper.sweep_once(clock.now) == (1, 0)
+    base = settings.retry_base_seconds
+    assert lengths == [base, 2 * base, 4 * base]
+    assert run_next(worker, redis_client) == "delivered"
+
+
+def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a worker with a wrong key
+    event_id = enqueue(queue, clock)
+    api = FakeDataFast(error(401, "invalid token"))
+    with caplog.at_level(logging.ERROR):
+        assert run_next(deliverer(settings, api, clock), redis_client) == "deferred (auth)"
+    assert "DATAFAST_API_KEY" in caplog.text
+    assert redis_client.hget(keys.PAUSE, "reason") == "auth"
+    assert DeadLetters(redis_client).get(event_id) is None
+    # When a worker with a fixed key starts sweeping, the pause for the old key is dropped
+    fixed = replace(settings, api_key="df_fixed")
+    assert Sweeper(fixed, redis_client).sweep_once(clock.now) == (1, 0)
+    assert not redis_client.exists(keys.PAUSE)
+    # Then the goal goes out at once, with the new key
+    assert run_next(deliverer(fixed, api, clock), redis_client) == "delivered"
+    assert api.requests[-1].headers["authorization"] == "Bearer df_fixed"
+
+
+def test_a_goal_older_than_the_maximum_age_is_dead_lettered_as_expired(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    event_id = enqueue(queue, clock)
+    clock.now += settings.max_age_seconds + 1
+    api = FakeDataFast()
+    assert run_next(deliverer(settings, api, clock), redis_client) == "expired"
+    assert api.requests == []
+    letter = DeadLetters(redis_client).get(event_id)
+    assert letter is not None and letter.reason == "expired"
+
+
+def test_a_redelivered_copy_of_a_delivered_goal_is_not_posted_again(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    # Given a goal whose message kombu restored after it was delivered
+    enqueue(queue, clock)
+    raw = redis_client.lindex(keys.QUEUE, 0)
+    api = FakeDataFast()
+    worker = deliverer(settings, api, clock)
+    run_next(worker, redis_client)
+    redis_client.rpush(keys.QUEUE, raw)
+    # When the copy is processed, nothing is sent
+    assert run_next(worker, redis_client) == "stale copy"
+    assert len(api.requests) == 1
+    assert redis_client.get(keys.DELIVERED_COUNT) == "1"
+
+
+def test_a_marked_goal_still_in_the_ledger_is_settled_without_a_request(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    # Given a goal delivered by a copy that died before settling its ledger entry
+    event_id = enqueue(queue, clock)
+    redis_client.set(keys.delivered(event_id), "x")
+    api = FakeDataFast()
+    assert run_next(deliverer(settings, api, clock), redis_client) == "already delivered"
+    assert api.requests == []
+    assert redis_client.zcard(keys.LEDGER) == 0
+
+
+def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
+    settings: Settings, redis_client: redis.Redis, clock: Clock
+) -> None:
+    # Given a ledger entry that is not an event, with its message on the queue
+    GoalQueue(settings=settings).scripts.enqueue([TEMPLATE, "evt-1", '{"i": "e", "bogus": 1}'])
+    api = FakeDataFast()
+    assert run_next(deliverer(settings, api, clock), redis_client) == "poison"
+    (letter,) = DeadLetters(redis_client)
+    assert letter.reason == "poison" and "bogus" in (letter.raw or "")
+    assert api.requests == []
+    assert redis_client.zcard(keys.LEDGER) == 0
+
+
+def test_the_api_key_is_stored_nowhere_in_redis(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+) -> None:
+    for _ in range(4):
+        enqueue(queue, clock)
+    api = FakeDataFast(ok(), error(400), error(429, **{"Retry-After": "1"}), error(401))
+    worker = deliverer(settings, api, clock)
+    for _ in range(4):
+        run_next(worker, redis_client)
+    dump = []
+    for key in redis_client.scan_iter():
+        dump.append(key)
+        dump.append(repr(redis_client.dump(key)))
+    assert API_KEY not in " ".join(dump)

@@ -1,0 +1,130 @@
+"""End to end: track_goal -> Redis -> real `celery -A workers worker` processes -> the sandbox."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from goalqueue import GoalQueue, keys
+from goalqueue.deadletters import DeadLetters
+from goalqueue.sandbox import Sandbox
+from tests.conftest import Workers, pop_message, wait_for
+
+
+def accepted_keys(sandbox: Sandbox) -> set[str | None]:
+    return {event.idempotency_key for event in sandbox.events(status=200)}
+
+
+def test_good_goals_are_delivered_and_permanent_failures_dead_lettered_after_one_request(
+    queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
+) -> None:
+    # Given a sandbox that knows one visitor and one bot
+    sandbox.register_visitors("known", mode="registered")
+    sandbox.add_bots("bot")
+    workers.start("-c", "4")
+    # When the app tracks good goals, a bot's goal and an unknown visitor's goal
+    good = [queue.track_goal("known", "signup", metadata={"n": i}) for i in range(20)]
+    bot = queue.track_goal("bot", "signup")
+    unknown = queue.track_goal("stranger", "signup")
+    # Then the good ones are delivered and the others are dead letters
+    wait_for(lambda: set(good) <= accepted_keys(sandbox))
+    letters = DeadLetters(redis_client)
+    wait_for(lambda: len(letters) == 2)
+    assert (letters.get(bot).reason, letters.get(bot).status_code) == ("bad_request", 400)  # type: ignore[union-attr]
+    assert letters.get(unknown).status_code == 404  # type: ignore[union-attr]
+    # And each dead letter cost exactly one request
+    requests = [event.idempotency_key for event in sandbox.events()]
+    assert requests.count(bot) == 1 and requests.count(unknown) == 1
+    assert redis_client.get(keys.DELIVERED_COUNT) == "20"
+
+
+def test_a_429_with_retry_after_is_delivered_after_the_wait(
+    queue: GoalQueue, sandbox: Sandbox, workers: Workers
+) -> None:
+    sandbox.fail_next(429, count=1, retry_after=1)
+    workers.start("-c", "4")
+    event_id = queue.track_goal("v", "upgrade")
+    (ok,) = sandbox.wait_for_events(1, status=200, timeout=30)
+    (limited,) = sandbox.events(status=429)
+    assert ok.idempotency_key == limited.idempotency_key == event_id
+    assert ok.time - limited.time >= 1.0
+
+
+def test_a_run_of_503s_is_delivered_afterwards(
+    queue: GoalQueue, sandbox: Sandbox, workers: Workers
+) -> None:
+    sandbox.fail_next(503, count=15)
+    workers.start("-c", "4")
+    ids = [queue.track_goal(f"v{i}", "purchase") for i in range(5)]
+    wait_for(lambda: set(ids) <= accepted_keys(sandbox))
+    assert len(sandbox.events(status=503)) == 15
+    assert sandbox.stats().duplicates == 0
+
+
+def test_a_goal_taken_by_a_worker_killed_right_after_brpop_is_still_delivered(
+    queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
+) -> None:
+    # Given a goal whose message left the queue and vanished, as when a worker is killed between
+    # kombu's BRPOP and its unacked bookkeeping
+    lost = queue.track_goal("v", "signup")
+    assert pop_message(redis_client)[0] == lost
+    assert redis_client.llen(keys.QUEUE) == 0
+    # When delivery goes on with later goals
+    workers.start("-c", "2")
+    later = queue.track_goal("v", "signup")
+    # Then the lost goal is delivered too, once
+    wait_for(lambda: {lost, later} <= accepted_keys(sandbox))
+    assert sandbox.stats().duplicates == 0
+
+
+def test_workers_sigkilled_again_and_again_lose_no_goal(
+    queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
+) -> None:
+    # Given 2,000 goals flowing to two workers, through a slightly slow endpoint
+    sandbox.set_faults(latency_ms=20)
+    ids = set(queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(2000)]))
+    live = [workers.start("-c", "8"), workers.start("-c", "8")]
+    # When workers are SIGKILLed at random moments, ten times, and replaced
+    rng = random.Random(7)
+    delivered_at_kill = []
+    for _ in range(10):
+        time.sleep(rng.uniform(0.05, 0.3))  # a random moment to kill, not a wait for a condition
+        live.pop(rng.randrange(len(live))).kill()
+        delivered_at_kill.append(len(accepted_keys(sandbox)))
+        live.append(workers.start("-c", "8"))
+    # Then every kill hit a flow of goals, and every goal is delivered
+    assert delivered_at_kill[-1] < 2000, delivered_at_kill
+    wait_for(lambda: ids <= accepted_keys(sandbox), timeout=120)
+    stats = sandbox.stats()
+    assert stats.distinct_keys == 2000
+    wait_for(lambda: redis_client.zcard(keys.LEDGER) == 0, timeout=30)
+    assert redis_client.zcard(keys.WAITING) == 0
+    assert len(DeadLetters(redis_client)) == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "DATAFAST_API_KEY is not set"),
+        ({"DATAFAST_API_KEY": "dft_token"}, "DATAFAST_WEBSITE_ID is not set"),
+    ],
+)
+def test_a_worker_without_credentials_refuses_to_start(
+    redis_url: str, env: dict[str, str], message: str
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATAFAST_", "GOALQUEUE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--without-mingle"],
+        env={**clean, "GOALQUEUE_BROKER_URL": redis_url, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr

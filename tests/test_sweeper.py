@@ -1,0 +1,124 @@
+"""The sweeper and the reconciler against the real Redis: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import redis
+
+from goalqueue import GoalQueue, keys
+from goalqueue.config import Settings
+from goalqueue.event import GoalEvent
+from goalqueue.scripts import Scripts
+from tests.conftest import pop_message
+from workers.sweeper import Sweeper
+
+
+def queued_ids(client: redis.Redis) -> list[str]:
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(keys.QUEUE, 0, -1)]
+
+
+def take(client: redis.Redis, settings: Settings, event_id: str, seq: int, now: float) -> str:
+    """A worker starting on a message: what TAKE says about it."""
+    reply = Scripts(client).take(
+        [seq, event_id, now, settings.key_fingerprint, 1000], DELIVERED=keys.delivered(event_id)
+    )
+    return reply[0]  # type: ignore[index,no-any-return]
+
+
+def test_a_goal_lost_right_after_brpop_is_requeued_after_the_visibility_timeout(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given three goals, the first taken off the queue by a worker that died at once
+    lost, started, untouched = (queue.track_goal("v", "signup") for _ in range(3))
+    now = time.time()
+    assert pop_message(redis_client)[0] == lost
+    # And a live worker that started on the second
+    event_id, seq = pop_message(redis_client)
+    assert (event_id, take(redis_client, settings, event_id, seq, now)) == (started, "send")
+    sweeper = Sweeper(settings, redis_client)
+
+    # When the reconciler runs before the visibility timeout, nothing moves
+    assert sweeper.sweep_once(now) == (0, 0)
+    assert sweeper.sweep_once(now + settings.visibility_timeout_seconds - 0.1) == (0, 0)
+    # Then after it, both taken-but-unsettled goals come back, and the untouched one stays put
+    assert sweeper.sweep_once(now + settings.visibility_timeout_seconds + 0.1) == (0, 2)
+    assert queued_ids(redis_client) == [started, lost, untouched]
+    assert redis_client.zcard(keys.LEDGER) == 3
+    # And the reconciler does not repeat itself for goals it already re-queued
+    assert sweeper.sweep_once(now + settings.visibility_timeout_seconds + 0.2) == (0, 0)
+
+
+def test_a_backlog_nobody_has_taken_is_never_requeued(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(1000)])
+    sweeper = Sweeper(settings, redis_client)
+    now = time.time()
+    for later in (0, 3600, 86400):
+        assert sweeper.sweep_once(now + later) == (0, 0)
+    assert redis_client.llen(keys.QUEUE) == 1000
+
+
+def test_the_old_copy_of_a_requeued_goal_is_dropped(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given a goal re-queued by the reconciler while kombu still held its first message
+    event_id = queue.track_goal("v", "signup")
+    first = pop_message(redis_client)
+    now = time.time()
+    take(redis_client, settings, *first, now)
+    sweeper = Sweeper(settings, redis_client)
+    sweeper.sweep_once(now)
+    sweeper.sweep_once(now + settings.visibility_timeout_seconds + 1)
+    second = pop_message(redis_client)
+    assert second[0] == event_id and second[1] > first[1]
+    # When kombu restores the first message too, only the new one is worth sending
+    assert take(redis_client, settings, *first, now) == "gone"
+    assert take(redis_client, settings, *second, now) == "send"
+
+
+def test_many_sweepers_at_once_move_each_due_goal_exactly_once(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given 3,000 goals due in the waiting set
+    now = time.time()
+    waiting = {
+        GoalEvent(f"id-{i}", "v", "signup", enqueued_at=now).to_json(): now - 1 for i in range(3000)
+    }
+    redis_client.zadd(keys.WAITING, waiting)  # type: ignore[arg-type]
+    # When eight sweepers race
+    sweepers = [Sweeper(settings, redis.Redis.from_url(settings.broker_url)) for _ in range(8)]
+    threads = [threading.Thread(target=s.sweep_once, args=(now,)) for s in sweepers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then each goal is on the queue once, with a ledger entry under a distinct sequence
+    ids = queued_ids(redis_client)
+    assert len(ids) == 3000 and len(set(ids)) == 3000
+    assert redis_client.zcard(keys.WAITING) == 0
+    assert redis_client.zcard(keys.LEDGER) == 3000
+
+
+def test_nothing_is_released_early_or_while_paused(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    now = time.time()
+    for i, due in enumerate((now + 10, now - 1, now - 2)):
+        event = GoalEvent(f"id-{i}", "v", "signup", enqueued_at=now)
+        redis_client.zadd(keys.WAITING, {event.to_json(): due})
+    redis_client.hset(keys.PAUSE, mapping={"until": now + 5, "reason": "rate_limited", "key": ""})
+    sweeper = Sweeper(settings, redis_client)
+    assert sweeper.sweep_once(now) == (0, 0)
+    # The pause has ended: one probe, the earliest due
+    assert sweeper.sweep_once(now + 5) == (1, 0)
+    assert queued_ids(redis_client) == ["id-2"]
+    assert redis_client.get(keys.PROBE) == "id-2"
+    assert sweeper.sweep_once(now + 6) == (0, 0)
+    # The probe succeeded
+    redis_client.delete(keys.PAUSE, keys.PROBE)
+    assert sweeper.sweep_once(now + 6) == (1, 0)
+    assert sweeper.sweep_once(now + 10) == (1, 0)
