@@ -109,8 +109,15 @@ def dead_list(as_json: bool) -> None:
         click.echo("no dead letters")
         return
     rows = [
-        (s["event_id"], s["name"], s["visitor_id"], s["status_code"], s["reason"], s["attempts"],
-         s["error"])
+        (
+            s["event_id"],
+            s["name"],
+            s["visitor_id"],
+            s["status_code"],
+            s["reason"],
+            s["attempts"],
+            s["error"],
+        )
         for s in (letter.summary() for letter in letters)
     ]
     _table(("EVENT_ID", "NAME", "VISITOR", "STATUS", "REASON", "ATTEMPTS", "ERROR"), rows)
@@ -139,7 +146,9 @@ def dead_replay(event_ids: Sequence[str], replay_all: bool) -> None:
     click.echo(f"replayed {len(done)} of {len(wanted)} dead letter(s)")
     missing = sorted(set(wanted) - set(done))
     for event_id in missing:
-        click.echo(f"  not replayed (not a dead letter, or poison): {printable(event_id)}", err=True)
+        click.echo(
+            f"  not replayed (not a dead letter, or poison): {printable(event_id)}", err=True
+        )
     if missing and not replay_all:
         sys.exit(1)
 

@@ -68,7 +68,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``environ`` (default: ``os.environ``); unset variables keep defaults."""
+        """Settings from ``environ`` (default ``os.environ``); unset variables keep defaults."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for name, var in ENV_NAMES.items():
@@ -142,7 +142,8 @@ def _check_api_url(url: str) -> None:
     if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
         return
     raise ConfigError(
-        f"DATAFAST_API_URL must be an https:// URL (plain http only for a loopback host), got {url!r}"
+        "DATAFAST_API_URL must be an https:// URL (plain http only for a loopback host), "
+        f"got {url!r}"
     )
 
 

@@ -80,7 +80,7 @@ class DeadLetter:
         return dumps(record)
 
     @classmethod
-    def from_json(cls, raw: str) -> DeadLetter:
+    def from_json(cls, raw: str | bytes) -> DeadLetter:
         record = json.loads(raw)
         event = record.pop("event")
         return cls(**record, event=GoalEvent.from_json(event) if event else None)

@@ -1,9 +1,9 @@
 """The one exception tree of goalqueue.
 
     GoalQueueError
-    ├── InvalidGoal        (also a ValueError) the goal breaks DataFast's rules; nothing was enqueued
+    ├── InvalidGoal        (a ValueError too) the goal breaks DataFast's rules; nothing enqueued
     ├── ConfigError        a setting is missing or malformed; raised once, at start
-    └── EnqueueError       Redis could not take the goal in time; nothing was enqueued
+    └── EnqueueError       Redis could not take the goal in time; nothing enqueued
 
 Lower-layer errors (redis-py, marshmallow) are translated once, at the edge, with
 ``raise ... from exc``.
@@ -18,7 +18,7 @@ class GoalQueueError(Exception):
     """Root of every error goalqueue raises on purpose."""
 
 
-class InvalidGoal(GoalQueueError, ValueError):  # noqa: N818 - the public name the issue asks for
+class InvalidGoal(GoalQueueError, ValueError):
     """A goal event that DataFast would refuse; ``errors`` maps each bad field to its reasons."""
 
     def __init__(self, errors: Mapping[str, Sequence[str]]) -> None:

@@ -1,17 +1,17 @@
 """Every Redis key goalqueue uses, in one place.
 
-    goalqueue                     list    the Celery queue (kombu's Redis transport, priority 0)
-    goalqueue:seq                 string  last enqueue sequence number handed out
-    goalqueue:ledger              zset    event JSON scored by its enqueue sequence; an entry lives
-                                          from enqueue until a final outcome or a deferral
-    goalqueue:taken               string  highest sequence any worker has started on
-    goalqueue:checkpoints         zset    taken values scored by when they were first seen
-    goalqueue:waiting             zset    event JSON scored by the unix time it is due again
-    goalqueue:dead                hash    event id -> dead letter JSON
-    goalqueue:delivered:<id>      string  DataFast's event id for a delivered goal (with a TTL)
-    goalqueue:count:delivered     string  goals delivered, ever
-    goalqueue:pause               hash    until, reason, streak, key: delivery paused for everyone
-    goalqueue:probe               string  id of the one event allowed through when a pause ends
+goalqueue                     list    the Celery queue (kombu's Redis transport, priority 0)
+goalqueue:seq                 string  last enqueue sequence number handed out
+goalqueue:ledger              zset    event JSON scored by its enqueue sequence; an entry lives
+                                      from enqueue until a final outcome or a deferral
+goalqueue:taken               string  highest sequence any worker has started on
+goalqueue:checkpoints         zset    taken values scored by when they were first seen
+goalqueue:waiting             zset    event JSON scored by the unix time it is due again
+goalqueue:dead                hash    event id -> dead letter JSON
+goalqueue:delivered:<id>      string  DataFast's event id for a delivered goal (with a TTL)
+goalqueue:count:delivered     string  goals delivered, ever
+goalqueue:pause               hash    until, reason, streak, key: delivery paused for everyone
+goalqueue:probe               string  id of the one event allowed through when a pause ends
 """
 
 from __future__ import annotations

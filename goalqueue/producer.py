@@ -17,7 +17,7 @@ from goalqueue.errors import EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
 from goalqueue.message import TEMPLATE
 from goalqueue.schema import validate_goal
-from goalqueue.scripts import Scripts
+from goalqueue.scripts import ScriptArg, Scripts
 
 # Goals per Lua call in a bulk enqueue: large enough to amortise the call, small enough that one
 # call never holds Redis for long.
@@ -135,8 +135,8 @@ def _goal_fields(goal: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _script_args(events: list[GoalEvent]) -> list[object]:
-    args: list[object] = [TEMPLATE]
+def _script_args(events: list[GoalEvent]) -> list[ScriptArg]:
+    args: list[ScriptArg] = [TEMPLATE]
     for event in events:
         args += (event.event_id, event.to_json())
     return args
@@ -156,6 +156,4 @@ def track_goal(
     description: str | None = None,
 ) -> str:
     """Validate and enqueue one goal on the queue configured by the environment."""
-    return default_queue().track_goal(
-        visitor_id, name, metadata=metadata, description=description
-    )
+    return default_queue().track_goal(visitor_id, name, metadata=metadata, description=description)

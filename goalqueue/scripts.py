@@ -10,6 +10,9 @@ reconciler find goals lost between kombu's BRPOP and its unacked bookkeeping wit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from redis import Redis
 from redis.commands.core import Script
 
@@ -94,7 +97,8 @@ local seen = redis.call('ZREVRANGEBYSCORE', KEYS_CHECKPOINTS, now - tonumber(ARG
                         'WITHSCORES', 'LIMIT', 0, 1)
 if #seen == 0 then return 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS_CHECKPOINTS, '-inf', '(' .. seen[2])
-local lost = redis.call('ZRANGEBYSCORE', KEYS_LEDGER, '-inf', seen[1], 'LIMIT', 0, tonumber(ARGV[4]))
+local lost = redis.call('ZRANGEBYSCORE', KEYS_LEDGER, '-inf', seen[1],
+                        'LIMIT', 0, tonumber(ARGV[4]))
 for _, payload in ipairs(lost) do push(ARGV[1], event_id(payload), payload) end
 return #lost
 """
@@ -137,12 +141,8 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self.enqueue = _register(redis, ENQUEUE, "SEQ", "LEDGER", "QUEUE")
-        self.take = _register(
-            redis, TAKE, "TAKEN", "LEDGER", "DELIVERED", "PAUSE", "PROBE"
-        )
-        self.sweep = _register(
-            redis, SWEEP, "PAUSE", "PROBE", "WAITING", "SEQ", "LEDGER", "QUEUE"
-        )
+        self.take = _register(redis, TAKE, "TAKEN", "LEDGER", "DELIVERED", "PAUSE", "PROBE")
+        self.sweep = _register(redis, SWEEP, "PAUSE", "PROBE", "WAITING", "SEQ", "LEDGER", "QUEUE")
         self.reconcile = _register(
             redis, RECONCILE, "TAKEN", "CHECKPOINTS", "SEQ", "LEDGER", "QUEUE"
         )
@@ -166,6 +166,9 @@ _STATIC_KEYS = {
 }
 
 
+ScriptArg = str | int | float
+
+
 class BoundScript:
     """A registered script and the keys it declares, in order; per-call keys are passed in."""
 
@@ -173,7 +176,9 @@ class BoundScript:
         self.script = script
         self.names = names
 
-    def __call__(self, args: list[object], client: Redis | None = None, **dynamic: str) -> object:
+    def __call__(
+        self, args: Sequence[ScriptArg], client: Redis | None = None, **dynamic: str
+    ) -> Any:
         keys_ = [dynamic.get(name) or _STATIC_KEYS[name] for name in self.names]
         return self.script(keys=keys_, args=args, client=client)
 

@@ -23,7 +23,9 @@ REDIS_URL = os.environ.get("GOALQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 API_KEY = "df_sandbox"
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> None:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05
+) -> None:
     """Poll ``condition`` until it is truthy; fail the test with a clear message otherwise."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -118,12 +120,23 @@ class Workers:
     env: dict[str, str]
     started: list[WorkerProcess] = field(default_factory=list)
 
-    def start(self, *args: str, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, ready: bool = True
+    ) -> WorkerProcess:
         index = len(self.started)
         log = self.tmp_path / f"worker-{index}.log"
         command = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
-            f"--hostname=test{index}@%h", "--without-mingle", "--without-gossip", *args,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "--loglevel=INFO",
+            f"--hostname=test{index}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            *args,
         ]
         with log.open("wb") as out:
             process = subprocess.Popen(

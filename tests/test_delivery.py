@@ -56,9 +56,7 @@ class Clock:
         return self.now
 
 
-def deliverer(
-    settings: Settings, handler: Handler, clock: Clock | None = None
-) -> Deliverer:
+def deliverer(settings: Settings, handler: Handler, clock: Clock | None = None) -> Deliverer:
     http = build_client(settings, 4)
     http._transport = httpx.MockTransport(handler)
     client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
@@ -102,7 +100,9 @@ def test_a_delivered_goal_is_posted_once_with_auth_and_idempotency_key(
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
     assert request.headers["idempotency-key"] == event_id
     assert json.loads(request.content) == {
-        "datafast_visitor_id": VISITOR, "name": "signup", "metadata": {"plan": "pro"},
+        "datafast_visitor_id": VISITOR,
+        "name": "signup",
+        "metadata": {"plan": "pro"},
     }
     # And the goal is settled: marker set, counted, nothing left waiting
     assert redis_client.get(keys.delivered(event_id)) == "e" * 24
@@ -126,8 +126,12 @@ def test_a_dft_token_sends_the_website_id(
     ("status", "reason"), [(400, "bad_request"), (404, "unknown_visitor"), (422, "client_error")]
 )
 def test_a_permanent_failure_is_dead_lettered_after_one_request(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock,
-    status: int, reason: str,
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    status: int,
+    reason: str,
 ) -> None:
     event_id = enqueue(queue, clock)
     api = FakeDataFast(error(status, "visitor has no pageviews"))
@@ -238,7 +242,10 @@ def test_a_pause_without_retry_after_grows_with_backoff(
 
 
 def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock,
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a worker with a wrong key

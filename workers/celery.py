@@ -18,7 +18,12 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from goalqueue import keys
 from goalqueue.config import Settings, get_settings

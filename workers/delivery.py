@@ -1,9 +1,9 @@
 """Deliver one goal: the path a worker runs for every task, top to bottom.
 
-    take it from the ledger  (gone? already delivered? paused?)
-    POST it to DataFast
-    classify the answer      (workers.policy)
-    settle it                delivered marker | dead letter | waiting set (+ pause)
+take it from the ledger  (gone? already delivered? paused?)
+POST it to DataFast
+classify the answer      (workers.policy)
+settle it                delivered marker | dead letter | waiting set (+ pause)
 """
 
 from __future__ import annotations
@@ -80,8 +80,13 @@ class Deliverer:
             now=self.clock(),
             max_wait=RETRY_AFTER_MAX_SECONDS,
         )
-        return self._settle(entry, event.attempted(now, verdict.status_code, verdict.error),
-                            verdict, probe=state == "probe", streak=streak)
+        return self._settle(
+            entry,
+            event.attempted(now, verdict.status_code, verdict.error),
+            verdict,
+            probe=state == "probe",
+            streak=streak,
+        )
 
     def bury_message(self, args: Any, kwargs: Any, error: str) -> None:
         """Dead-letter a task message whose arguments are not ``(event_id, seq)``."""
@@ -90,7 +95,7 @@ class Deliverer:
         logger.error("dead-lettered an unreadable task message as %s: %s", letter.event_id, error)
 
     def _take(self, event_id: str, seq: int, now: float) -> tuple[str, str, int]:
-        reply: list[Any] = self.scripts.take(  # type: ignore[assignment]
+        reply: list[Any] = self.scripts.take(
             [seq, event_id, now, self.settings.key_fingerprint, self.probe_lease_ms],
             DELIVERED=keys.delivered(event_id),
         )
@@ -109,7 +114,9 @@ class Deliverer:
                 DELIVERED=keys.delivered(event.event_id),
             )
         elif verdict.outcome is Outcome.PERMANENT:
-            self._bury(entry, event.event_id, DeadLetter.of(event, verdict.reason or "client_error"))
+            self._bury(
+                entry, event.event_id, DeadLetter.of(event, verdict.reason or "client_error")
+            )
         elif verdict.outcome is Outcome.DEFERRED:
             self._pause(verdict, now=now, streak=streak + 1 if probe else 0)
             self._park(entry, event, due=now)
@@ -155,8 +162,10 @@ class Deliverer:
             )
         else:
             logger.warning(
-                "DataFast answered %s (%s): delivery paused for %.1f s", verdict.status_code,
-                verdict.reason, length,
+                "DataFast answered %s (%s): delivery paused for %.1f s",
+                verdict.status_code,
+                verdict.reason,
+                length,
             )
 
     def _park(self, entry: str, event: GoalEvent, *, due: float) -> None:
@@ -166,5 +175,8 @@ class Deliverer:
         self.scripts.bury([entry, letter.event_id, letter.to_json()])
         logger.warning(
             "goal %s dead-lettered: %s (status %s) %s",
-            event_id, letter.reason, letter.status_code, letter.error or "",
+            event_id,
+            letter.reason,
+            letter.status_code,
+            letter.error or "",
         )

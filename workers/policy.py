@@ -1,12 +1,12 @@
 """The outcome policy: what one answer from DataFast means for the goal, as a pure function.
 
-    2xx                         DELIVERED
-    400, 404, other 4xx         PERMANENT  dead letter at once, never retried
-    401                         DEFERRED   pause everyone: the key is wrong, not the goal
-    403                         DEFERRED   pause everyone: tracking suspended or no permission
-    429                         DEFERRED   pause everyone for Retry-After (seconds or HTTP date)
-    5xx, anything else,
-    timeouts, network errors    TRANSIENT  retry this goal after backoff with full jitter
+2xx                         DELIVERED
+400, 404, other 4xx         PERMANENT  dead letter at once, never retried
+401                         DEFERRED   pause everyone: the key is wrong, not the goal
+403                         DEFERRED   pause everyone: tracking suspended or no permission
+429                         DEFERRED   pause everyone for Retry-After (seconds or HTTP date)
+5xx, anything else,
+timeouts, network errors    TRANSIENT  retry this goal after backoff with full jitter
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def classify(result: httpx.Response | httpx.HTTPError, *, now: float, max_wait: 
         hint = retry_after(result.headers.get("retry-after"), now=now, max_wait=max_wait)
         return Verdict(Outcome.DEFERRED, status, error, _PAUSE_REASONS[status], hint)
     if 400 <= status < 500:
-        return Verdict(Outcome.PERMANENT, status, error, _PERMANENT_REASONS.get(status, "client_error"))
+        return Verdict(
+            Outcome.PERMANENT, status, error, _PERMANENT_REASONS.get(status, "client_error")
+        )
     return Verdict(Outcome.TRANSIENT, status, error)
 
 
@@ -88,7 +90,9 @@ def retry_after(value: str | None, *, now: float, max_wait: float) -> float | No
     return min(max(seconds, 0.0), max_wait)
 
 
-def backoff(attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+def backoff(
+    attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
     """Full-jitter exponential backoff: uniform in ``[0, min(cap, base * 2**(attempt-1))]``."""
     return rand() * pause_length(attempt - 1, base=base, cap=cap)
 

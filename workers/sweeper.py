@@ -49,17 +49,21 @@ class Sweeper:
         now = time.time() if now is None else now
         moved = 0
         while True:
-            count = int(self.scripts.sweep(  # type: ignore[arg-type]
-                [TEMPLATE, now, BATCH, self.settings.key_fingerprint, self._probe_lease_ms]
-            ))
+            count = int(
+                self.scripts.sweep(
+                    [TEMPLATE, now, BATCH, self.settings.key_fingerprint, self._probe_lease_ms]
+                )
+            )
             moved += count
             if count < BATCH:
                 break
-        recovered = int(self.scripts.reconcile(  # type: ignore[arg-type]
-            [TEMPLATE, now, self.settings.visibility_timeout_seconds, BATCH]
-        ))
+        recovered = int(
+            self.scripts.reconcile([TEMPLATE, now, self.settings.visibility_timeout_seconds, BATCH])
+        )
         if recovered:
-            logger.warning("re-queued %d goal(s) a lost worker had taken but not settled", recovered)
+            logger.warning(
+                "re-queued %d goal(s) a lost worker had taken but not settled", recovered
+            )
         return moved, recovered
 
     @property
