@@ -7,6 +7,7 @@
 from goalqueue.config import Settings
 from goalqueue.errors import ConfigError, EnqueueError, GoalQueueError, InvalidGoal
 from goalqueue.producer import GoalQueue, track_goal
+from goalqueue.web import VISITOR_COOKIE, visitor_id_from_cookies
 
 __all__ = [
     "ConfigError",
@@ -15,5 +16,7 @@ __all__ = [
     "GoalQueueError",
     "InvalidGoal",
     "Settings",
+    "VISITOR_COOKIE",
     "track_goal",
+    "visitor_id_from_cookies",
 ]
