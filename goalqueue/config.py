@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from functools import cache
 from urllib.parse import urlsplit
 
@@ -40,6 +40,7 @@ class Settings:
     sweep_interval_seconds: float = 1.0
     delivered_ttl_seconds: float = 24 * 3600.0
     enqueue_timeout_seconds: float = 2.0
+    allow_insecure_api_url: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -64,18 +65,18 @@ class Settings:
                 "a goal still being delivered would otherwise be sent twice"
             )
         _check_broker_url(self.broker_url)
-        _check_api_url(self.api_url)
+        _check_api_url(self.api_url, allow_insecure=self.allow_insecure_api_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``environ`` (default ``os.environ``); unset variables keep defaults."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        for name, var in ENV_NAMES.items():
+        for spec in fields(cls):
+            var = ENV_NAMES[spec.name]
             raw = env.get(var, "").strip()
-            if not raw:
-                continue
-            values[name] = _parse_seconds(var, raw) if name.endswith("_seconds") else raw
+            if raw:
+                values[spec.name] = _PARSERS.get(str(spec.type), _text)(var, raw)
         return cls(**values)  # type: ignore[arg-type]
 
     def require_credentials(self) -> None:
@@ -106,6 +107,7 @@ ENV_NAMES: dict[str, str] = {
     "sweep_interval_seconds": "GOALQUEUE_SWEEP_INTERVAL_SECONDS",
     "delivered_ttl_seconds": "GOALQUEUE_DELIVERED_TTL_SECONDS",
     "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
+    "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
 }
 
 
@@ -122,6 +124,22 @@ def _parse_seconds(var: str, raw: str) -> float:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
 
 
+def _parse_flag(var: str, raw: str) -> bool:
+    value = raw.lower()
+    if value not in _FLAGS:
+        raise ConfigError(f"{var} must be 1/true/yes or 0/false/no, got {raw!r}")
+    return _FLAGS[value]
+
+
+def _text(var: str, raw: str) -> str:
+    return raw
+
+
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+# How a variable's value is read, by the type of its field.
+_PARSERS: dict[str, Callable[[str, str], object]] = {"float": _parse_seconds, "bool": _parse_flag}
+
+
 def _check_broker_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in BROKER_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
@@ -135,15 +153,19 @@ def _check_broker_url(url: str) -> None:
         raise ConfigError(f"GOALQUEUE_BROKER_URL has a bad port: {_redact(url)!r}") from None
 
 
-def _check_api_url(url: str) -> None:
+def _check_api_url(url: str, *, allow_insecure: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if (
+        parts.scheme == "http"
+        and parts.hostname
+        and (allow_insecure or _is_loopback(parts.hostname))
+    ):
         return
     raise ConfigError(
-        "DATAFAST_API_URL must be an https:// URL (plain http only for a loopback host), "
-        f"got {url!r}"
+        "DATAFAST_API_URL must be an https:// URL (plain http only for a loopback host, or "
+        f"anywhere with GOALQUEUE_ALLOW_INSECURE_API_URL=1), got {url!r}"
     )
 
 

@@ -56,9 +56,6 @@ ALLOWED_VARIABLES: dict[str, str] = {
     "REDIS_PASSWORD": "compose-only: interpolated into Redis's --requirepass and the broker URLs",
     "REDISCLI_AUTH": "read by redis-cli in the redis healthcheck; keeps the password off argv",
     "FLOWER_BASIC_AUTH": "read by Flower itself (it maps FLOWER_* variables onto its options)",
-    "GOALQUEUE_ALLOW_INSECURE_API_URL": (
-        "proposed opt-in for plain http to the dev sandbox; pending in goalqueue/config.py"
-    ),
 }
 """Variables the compose file may name although goalqueue's code does not read them."""
 
@@ -331,11 +328,6 @@ def test_plain_http_to_the_sandbox_is_refused_without_the_opt_in(filled: dict[st
         Settings.from_env(env)
 
 
-@pytest.mark.xfail(
-    raises=ConfigError,
-    strict=False,
-    reason="GOALQUEUE_ALLOW_INSECURE_API_URL is proposed, not yet read by goalqueue/config.py",
-)
 def test_dev_profile_worker_accepts_the_sandbox_url(compose: dict[str, Any]) -> None:
     # Given the worker's environment with the header's dev-profile variables set in the shell
     shell = {**read_env_example()[1], **FILL, **dev_profile_env()}

@@ -104,6 +104,12 @@ def _check_before_start(sender: Any = None, **_: Any) -> None:
         logger.critical("goalqueue worker cannot start: %s", exc)
         raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
     runtime.pool_size = max(int(getattr(sender, "concurrency", 0) or 0), 1)
+    if settings.allow_insecure_api_url:
+        logger.warning(
+            "GOALQUEUE_ALLOW_INSECURE_API_URL is set: goals and the API key may travel over "
+            "plain http to %s",
+            settings.api_url,
+        )
     warn_if_lossy(redis_client(settings))
 
 
