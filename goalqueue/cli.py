@@ -12,6 +12,7 @@ import click
 
 from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetters
+from goalqueue.demo import demo_command
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.producer import GoalQueue, connect
 from goalqueue.sandbox import sandbox_command
@@ -162,6 +163,7 @@ def dead_purge() -> None:
 
 
 main.add_command(sandbox_command)
+main.add_command(demo_command)
 
 
 def _read(action: Any) -> Any:
