@@ -1,0 +1,290 @@
+"""Table tests for the outcome policy: what one answer from DataFast means for a goal.
+
+Every row is a real ``httpx.Response`` (or httpx error) as the client would see it, and the
+verdict the worker must act on.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import httpx
+import pytest
+
+from workers.policy import (
+    ERROR_LIMIT,
+    Outcome,
+    Verdict,
+    backoff,
+    classify,
+    pause_length,
+    retry_after,
+)
+
+NOW = 1_750_000_000.0
+MAX_WAIT = 60.0
+EVENT_ID = "65f1c0ffee0ddba11deadbee"
+
+
+def classified(result: httpx.Response | httpx.HTTPError) -> Verdict:
+    return classify(result, now=NOW, max_wait=MAX_WAIT)
+
+
+def datafast_error(status: int, message: str, **headers: str) -> httpx.Response:
+    """A response carrying DataFast's documented error body."""
+    body = {"status": "error", "error": {"code": status, "message": message}}
+    return httpx.Response(status, headers=headers, json=body)
+
+
+def http_date(at: float) -> str:
+    """``at`` as an HTTP-date (IMF-fixdate), the other form Retry-After may take."""
+    return formatdate(at, usegmt=True)
+
+
+# ------------------------------------------------------------------------------------ delivered
+
+
+@pytest.mark.parametrize(
+    ("response", "remote_id"),
+    [
+        pytest.param(
+            httpx.Response(
+                200,
+                json={"status": "success", "data": [{"message": "ok", "eventId": EVENT_ID}]},
+            ),
+            EVENT_ID,
+            id="200-data-list",
+        ),
+        pytest.param(
+            httpx.Response(201, json={"status": "success", "data": [{"eventId": EVENT_ID}]}),
+            EVENT_ID,
+            id="201-data-list",
+        ),
+        pytest.param(
+            httpx.Response(200, json={"status": "success", "data": {"eventId": EVENT_ID}}),
+            EVENT_ID,
+            id="200-data-object",
+        ),
+        pytest.param(
+            httpx.Response(200, json={"data": [{"eventId": 12345}]}), "12345", id="int-id"
+        ),
+        pytest.param(httpx.Response(200, json={"data": []}), None, id="empty-list"),
+        pytest.param(httpx.Response(200, json={"data": [{"message": "ok"}]}), None, id="no-id"),
+        pytest.param(httpx.Response(200, json={"data": "ok"}), None, id="data-string"),
+        pytest.param(httpx.Response(200, json={"status": "success"}), None, id="no-data"),
+        pytest.param(httpx.Response(200, json=[{"eventId": EVENT_ID}]), None, id="body-list"),
+        pytest.param(httpx.Response(200, json="ok"), None, id="body-string"),
+        pytest.param(httpx.Response(200, text="<html>OK</html>"), None, id="html"),
+        pytest.param(httpx.Response(200, content=b"\xff\xfe\x00garbage"), None, id="bytes"),
+        pytest.param(httpx.Response(200), None, id="empty-body"),
+        pytest.param(httpx.Response(204), None, id="204"),
+    ],
+)
+def test_2xx_is_delivered_and_the_remote_id_is_read_defensively(
+    response: httpx.Response, remote_id: str | None
+) -> None:
+    # Given a success answer in any of the shapes DataFast (or a proxy) may send
+    # When it is classified
+    verdict = classified(response)
+    # Then the goal is delivered, with DataFast's event id when the body carries one
+    assert verdict == Verdict(Outcome.DELIVERED, response.status_code, remote_id=remote_id)
+
+
+# --------------------------------------------------------------------- permanent and deferred
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "reason"),
+    [
+        (400, Outcome.PERMANENT, "bad_request"),
+        (404, Outcome.PERMANENT, "unknown_visitor"),
+        (409, Outcome.PERMANENT, "client_error"),
+        (410, Outcome.PERMANENT, "client_error"),
+        (413, Outcome.PERMANENT, "client_error"),
+        (422, Outcome.PERMANENT, "client_error"),
+        (401, Outcome.DEFERRED, "auth"),
+        (403, Outcome.DEFERRED, "suspended"),
+        (429, Outcome.DEFERRED, "rate_limited"),
+    ],
+)
+def test_4xx_outcomes_and_reasons(status: int, outcome: Outcome, reason: str) -> None:
+    # Given DataFast's documented error body
+    response = datafast_error(status, f"refused with {status}")
+    # When it is classified
+    verdict = classified(response)
+    # Then the outcome and reason follow the table, and the message is DataFast's own
+    assert verdict.outcome is outcome
+    assert verdict.status_code == status
+    assert verdict.reason == reason
+    assert verdict.error == f"refused with {status}"
+    assert verdict.remote_id is None
+    assert verdict.retry_after is None
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
+def test_5xx_is_transient(status: int) -> None:
+    verdict = classified(datafast_error(status, "upstream trouble"))
+    assert verdict == Verdict(Outcome.TRANSIENT, status, "upstream trouble")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ReadTimeout("x"),
+        httpx.ConnectTimeout("x"),
+        httpx.WriteTimeout("x"),
+        httpx.PoolTimeout("x"),
+        httpx.ConnectError("x"),
+        httpx.ReadError("x"),
+        httpx.RemoteProtocolError("x"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_timeouts_and_network_errors_are_transient(error: httpx.HTTPError) -> None:
+    verdict = classified(error)
+    assert verdict == Verdict(Outcome.TRANSIENT, error=f"{type(error).__name__}: x")
+
+
+def test_a_long_network_error_is_cut_to_the_limit() -> None:
+    verdict = classified(httpx.ConnectError("e" * 5000))
+    assert verdict.error is not None
+    assert len(verdict.error) == ERROR_LIMIT
+
+
+# ------------------------------------------------------------------------------ error message
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        pytest.param(
+            datafast_error(400, "Goal name is reserved"), "Goal name is reserved", id="datafast"
+        ),
+        pytest.param(
+            httpx.Response(400, json={"status": "error", "error": "bad metadata"}),
+            "bad metadata",
+            id="error-string",
+        ),
+        pytest.param(
+            httpx.Response(400, json={"message": "Visitor is a bot"}),
+            "Visitor is a bot",
+            id="top-level-message",
+        ),
+        pytest.param(httpx.Response(400, json=["odd"]), '["odd"]', id="json-list"),
+        pytest.param(
+            httpx.Response(502, text="<h1>Bad gateway</h1>"), "<h1>Bad gateway</h1>", id="html"
+        ),
+        pytest.param(httpx.Response(503), "Service Unavailable", id="empty-body-reason-phrase"),
+        pytest.param(
+            httpx.Response(
+                400, json={"status": "error", "error": {"code": 400, "message": "m" * 900}}
+            ),
+            "m" * ERROR_LIMIT,
+            id="cut-to-limit",
+        ),
+        pytest.param(
+            httpx.Response(500, text="x" * 900), "x" * ERROR_LIMIT, id="text-cut-to-limit"
+        ),
+    ],
+)
+def test_error_message_is_read_from_the_body(response: httpx.Response, message: str) -> None:
+    assert classified(response).error == message
+
+
+# --------------------------------------------------------------------------------- Retry-After
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param("7", 7.0, id="seconds"),
+        pytest.param(" 7 ", 7.0, id="seconds-padded"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("2.5", 2.5, id="fraction"),
+        pytest.param("3600", MAX_WAIT, id="seconds-clamped"),
+        pytest.param("-5", 0.0, id="negative-seconds"),
+        pytest.param(http_date(NOW + 30), 30.0, id="http-date"),
+        pytest.param(http_date(NOW + 86_400), MAX_WAIT, id="http-date-clamped"),
+        pytest.param(http_date(NOW - 30), 0.0, id="http-date-in-the-past"),
+        pytest.param("soon", None, id="garbage"),
+        pytest.param("nan", None, id="nan"),
+        pytest.param("Wed, 31 Feb 2026 07:28:00 GMT", None, id="impossible-date"),
+        pytest.param("", None, id="empty"),
+    ],
+)
+def test_429_honours_retry_after(header: str, expected: float | None) -> None:
+    # Given a 429 with a Retry-After hint in seconds or as an HTTP-date
+    response = httpx.Response(429, headers={"Retry-After": header})
+    # When it is classified
+    verdict = classified(response)
+    # Then delivery pauses for the hint, clamped to [0, max_wait], or for the default (None)
+    assert verdict.outcome is Outcome.DEFERRED
+    assert verdict.reason == "rate_limited"
+    if expected is None:
+        assert verdict.retry_after is None
+    else:
+        assert verdict.retry_after == pytest.approx(expected)
+
+
+def test_429_without_retry_after_has_no_hint() -> None:
+    verdict = classified(httpx.Response(429))
+    assert verdict == Verdict(Outcome.DEFERRED, 429, "Too Many Requests", "rate_limited", None)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_pause_for_auth_or_suspension_also_reads_retry_after(status: int) -> None:
+    verdict = classified(datafast_error(status, "no", **{"Retry-After": "12"}))
+    assert verdict.retry_after == 12.0
+
+
+def test_retry_after_is_not_read_for_a_transient_error() -> None:
+    verdict = classified(httpx.Response(503, headers={"Retry-After": "12"}))
+    assert verdict.outcome is Outcome.TRANSIENT
+    assert verdict.retry_after is None
+
+
+def test_retry_after_none_is_none() -> None:
+    assert retry_after(None, now=NOW, max_wait=MAX_WAIT) is None
+
+
+# -------------------------------------------------------------------------------------- backoff
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "cap", "ceiling"),
+    [
+        (1, 1.0, 900.0, 1.0),
+        (2, 1.0, 900.0, 2.0),
+        (3, 1.0, 900.0, 4.0),
+        (10, 1.0, 900.0, 512.0),
+        (11, 1.0, 900.0, 900.0),
+        (1, 0.05, 0.5, 0.05),
+        (4, 0.05, 0.5, 0.4),
+        (5, 0.05, 0.5, 0.5),
+        (0, 1.0, 900.0, 1.0),
+        (-3, 1.0, 900.0, 1.0),
+        (10_000, 1.0, 900.0, 900.0),
+    ],
+)
+def test_backoff_is_full_jitter_under_a_capped_exponential(
+    attempt: int, base: float, cap: float, ceiling: float
+) -> None:
+    # Given the largest draw, the wait is the exponential ceiling (capped)
+    assert backoff(attempt, base=base, cap=cap, rand=lambda: 1.0) == pytest.approx(ceiling)
+    # Given the smallest draw, the wait is nothing at all
+    assert backoff(attempt, base=base, cap=cap, rand=lambda: 0.0) == 0.0
+    # Given a middle draw, the wait is that fraction of the ceiling
+    assert backoff(attempt, base=base, cap=cap, rand=lambda: 0.5) == pytest.approx(ceiling / 2)
+
+
+def test_backoff_uses_the_default_random_within_its_bounds() -> None:
+    for attempt in range(1, 15):
+        assert 0.0 <= backoff(attempt, base=1.0, cap=60.0) <= min(60.0, 2.0 ** (attempt - 1))
+
+
+@pytest.mark.parametrize(
+    ("streak", "expected"),
+    [(0, 1.0), (1, 2.0), (2, 4.0), (6, 64.0), (7, 100.0), (-1, 1.0), (10**6, 100.0)],
+)
+def test_pause_length_doubles_per_streak_up_to_the_cap(streak: int, expected: float) -> None:
+    assert pause_length(streak, base=1.0, cap=100.0) == expected
