@@ -16,6 +16,7 @@ from goalqueue.demo import demo_command
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.producer import GoalQueue, connect
 from goalqueue.sandbox import sandbox_command
+from goalqueue.spool import Spool
 from goalqueue.stats import collect
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
@@ -160,6 +161,79 @@ def dead_purge() -> None:
     """Delete every dead letter."""
     count = _read(lambda client: DeadLetters(client).purge())
     click.echo(f"purged {count} dead letter(s)")
+
+
+@main.group("spool")
+def spool_group() -> None:
+    """See and re-send goals kept on local disk while Redis was unreachable."""
+
+
+_SPOOL_DIR = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Spool directory (default: GOALQUEUE_SPOOL_DIR).",
+)
+
+
+def _spool(directory: str | None) -> Spool:
+    import sqlite3
+
+    try:
+        directory = directory or get_settings().spool_dir
+        if not directory:
+            raise click.UsageError("GOALQUEUE_SPOOL_DIR is not set; give --dir")
+        return Spool(directory)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (OSError, sqlite3.Error) as exc:
+        raise click.ClickException(f"cannot open the spool in {directory}: {exc}") from exc
+
+
+@spool_group.command("status")
+@_SPOOL_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def spool_status(directory: str | None, as_json: bool) -> None:
+    """How many goals wait in the spool, and since when."""
+    spool = _spool(directory)
+    oldest = spool.oldest()
+    figures = {
+        "directory": str(spool.directory),
+        "pending": spool.pending(),
+        "oldest_age_seconds": None if oldest is None else round(time.time() - oldest, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    for name, value in figures.items():
+        click.echo(f"{name:>20}  {printable('-' if value is None else value)}")
+
+
+@spool_group.command("flush")
+@_SPOOL_DIR
+@click.option("--batch", default=500, show_default=True, help="Goals per Redis call.")
+def spool_flush(directory: str | None, batch: int) -> None:
+    """Re-send the spooled goals to Redis now; exits 1 if Redis still cannot take them."""
+    spool = _spool(directory)
+    queue = _queue()
+    sent = 0
+    with click.progressbar(length=spool.pending(), label="re-sending", file=sys.stderr) as bar:
+
+        def progress(count: int) -> None:
+            nonlocal sent
+            sent += count
+            bar.update(count)
+
+        try:
+            spool.flush(queue, batch=batch, progress=progress)
+        except EnqueueError as exc:
+            failure: EnqueueError | None = exc
+        else:
+            failure = None
+    click.echo(f"re-sent {sent} spooled goal(s)")
+    if failure is not None:
+        raise click.ClickException(f"{spool.pending()} goal(s) still wait: {failure}")
 
 
 main.add_command(sandbox_command)

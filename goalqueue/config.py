@@ -40,6 +40,7 @@ class Settings:
     sweep_interval_seconds: float = 1.0
     delivered_ttl_seconds: float = 24 * 3600.0
     enqueue_timeout_seconds: float = 2.0
+    spool_dir: str | None = None
     allow_insecure_api_url: bool = False
 
     def __post_init__(self) -> None:
@@ -107,6 +108,7 @@ ENV_NAMES: dict[str, str] = {
     "sweep_interval_seconds": "GOALQUEUE_SWEEP_INTERVAL_SECONDS",
     "delivered_ttl_seconds": "GOALQUEUE_DELIVERED_TTL_SECONDS",
     "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
+    "spool_dir": "GOALQUEUE_SPOOL_DIR",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
 }
 

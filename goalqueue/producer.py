@@ -1,23 +1,43 @@
-"""The web app's side: validate a goal, stamp it, enqueue it in one Redis round trip."""
+"""The web app's side: validate a goal, stamp it, enqueue it in one Redis round trip.
+
+``track_goal`` never holds a request for longer than ``GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS``
+waiting for Redis. That timeout is a deadline for the whole enqueue, not a timeout per socket
+call: redis-py applies its timeouts step by step (connect, each handshake reply, the script
+call, and after NOSCRIPT a SCRIPT LOAD and a second call) and by default may retry, so per-step
+timeouts alone let a slow Redis hold a request for several times the setting. Our connections
+cut every step to what is left of the deadline, and redis-py's retries are off: the spool is the
+retry. (Name resolution is the one wait the deadline cannot cut: use an IP address or a local
+resolver for the broker.)
+
+When Redis cannot take a goal in time, it goes to the local spool if ``GOALQUEUE_SPOOL_DIR`` is
+set (see :mod:`goalqueue.spool`); otherwise :class:`EnqueueError` is raised.
+"""
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from functools import cache
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.retry import Retry
 
-from goalqueue import keys
-from goalqueue.config import Settings, get_settings
-from goalqueue.errors import EnqueueError, InvalidGoal
+from goalqueue.config import Settings, _redact, get_settings
+from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
 from goalqueue.message import TEMPLATE
 from goalqueue.schema import validate_goal
 from goalqueue.scripts import ScriptArg, Scripts
+from goalqueue.spool import Backlog, Spool
 
 # Goals per Lua call in a bulk enqueue: large enough to amortise the call, small enough that one
 # call never holds Redis for long.
@@ -25,12 +45,16 @@ CHUNK = 500
 
 
 def connect(settings: Settings) -> redis.Redis:
-    """A Redis client for the broker, with the enqueue timeout on every socket operation."""
+    """A Redis client for the broker: the enqueue timeout on every socket operation, no retries,
+    and every wait cut short by the deadline of an enqueue in progress."""
     timeout = settings.enqueue_timeout_seconds
+    base = parse_url(settings.broker_url).get("connection_class", redis.Connection)
     return redis.Redis.from_url(
         settings.broker_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        connection_class=_WITH_DEADLINE[base],
         decode_responses=True,
     )
 
@@ -55,6 +79,7 @@ class GoalQueue:
         self.settings = settings
         self.redis = client or connect(settings)
         self.scripts = Scripts(self.redis)
+        self.backlog = _open_backlog(settings, self)
 
     def track_goal(
         self,
@@ -66,7 +91,7 @@ class GoalQueue:
     ) -> str:
         """Validate and enqueue one goal; returns its event id."""
         event = new_event(validate_goal(visitor_id, name, metadata, description))
-        self._enqueue([event])
+        self._enqueue_or_spool([event])
         return event.event_id
 
     def track_goals(self, goals: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -84,29 +109,69 @@ class GoalQueue:
                 errors.update({f"[{index}].{field}": why for field, why in exc.errors.items()})
         if errors:
             raise InvalidGoal(errors)
-        self._enqueue(events)
+        self._enqueue_or_spool(events)
         return [event.event_id for event in events]
 
-    def enqueue_events(self, events: list[GoalEvent]) -> None:
-        """Enqueue events that already carry their ids (the spool and replays use this)."""
-        self._enqueue(events)
+    def enqueue_events(self, events: Sequence[GoalEvent]) -> None:
+        """Enqueue events that already carry their ids (replays use this); never spools."""
+        self.enqueue_payloads([(event.event_id, event.to_json()) for event in events])
 
-    def _enqueue(self, events: list[GoalEvent]) -> None:
-        if not events:
+    def enqueue_payloads(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Enqueue stored ``(event id, event JSON)`` pairs byte for byte; never spools.
+
+        The spool re-sends through this, so a re-sent goal matches its ledger entry exactly.
+        Raises :class:`EnqueueError` when Redis does not take them within the enqueue timeout.
+        """
+        if not pairs:
             return
         try:
-            if len(events) == 1:
-                self.scripts.enqueue(_script_args(events))
-                return
-            with self.redis.pipeline(transaction=False) as pipe:
-                for start in range(0, len(events), CHUNK):
-                    self.scripts.enqueue(_script_args(events[start : start + CHUNK]), client=pipe)
-                pipe.execute()
+            with _deadline(self.settings.enqueue_timeout_seconds):
+                if len(pairs) <= CHUNK:
+                    self.scripts.enqueue(_script_args(pairs))
+                    return
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for start in range(0, len(pairs), CHUNK):
+                        self.scripts.enqueue(
+                            _script_args(pairs[start : start + CHUNK]), client=pipe
+                        )
+                    pipe.execute()
         except redis.RedisError as exc:
-            raise EnqueueError(
-                f"could not enqueue {len(events)} goal(s) on {keys.QUEUE!r}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure(exc, len(pairs)) from exc
+
+    def close(self) -> None:
+        """Stop the spool flusher, if one runs, and close the Redis connections."""
+        if self.backlog is not None:
+            self.backlog.close()
+        self.redis.close()
+
+    def _enqueue_or_spool(self, events: list[GoalEvent]) -> None:
+        backlog = self.backlog
+        if backlog is None:
+            self.enqueue_events(events)
+            return
+        if backlog.redis_down:  # do not wait out the timeout again: the flusher probes Redis
+            backlog.keep(events)
+            return
+        try:
+            self.enqueue_events(events)
+        except EnqueueError as exc:
+            backlog.keep(events, exc)
+            return
+        backlog.sent()
+
+    def _failure(self, exc: redis.RedisError, count: int) -> EnqueueError:
+        where = f"Redis at {_redact(self.settings.broker_url)}"
+        if isinstance(exc, redis.TimeoutError):
+            timeout = self.settings.enqueue_timeout_seconds
+            what = f"no answer within {timeout:g} s"
+            outcome = "nothing was enqueued, unless a merely busy Redis still runs the command"
+        else:
+            what = "unreachable" if isinstance(exc, redis.ConnectionError) else "refused"
+            outcome = "nothing was enqueued"
+        return EnqueueError(
+            f"could not enqueue {count} goal(s): {where} {what} "
+            f"({type(exc).__name__}: {exc}); {outcome}"
+        )
 
 
 def new_event(fields: Mapping[str, Any]) -> GoalEvent:
@@ -135,11 +200,103 @@ def _goal_fields(goal: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _script_args(events: list[GoalEvent]) -> list[ScriptArg]:
+def _script_args(pairs: Sequence[tuple[str, str]]) -> list[ScriptArg]:
     args: list[ScriptArg] = [TEMPLATE]
-    for event in events:
-        args += (event.event_id, event.to_json())
+    for event_id, payload in pairs:
+        args += (event_id, payload)
     return args
+
+
+def _open_backlog(settings: Settings, queue: GoalQueue) -> Backlog | None:
+    if not settings.spool_dir:
+        return None
+    try:
+        spool = Spool(settings.spool_dir, lock_timeout=settings.enqueue_timeout_seconds)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"GOALQUEUE_SPOOL_DIR={settings.spool_dir!r} cannot hold a spool: {exc}"
+        ) from exc
+    return Backlog(spool, queue)
+
+
+_DEADLINE: ContextVar[float | None] = ContextVar("goalqueue_enqueue_deadline", default=None)
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Every wait on a connection made by :func:`connect` ends within ``seconds`` from now."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _left(timeout: float | None) -> float | None:
+    """``timeout`` cut to what is left of the running deadline; raises once none is left."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise redis.TimeoutError("the enqueue timeout ran out")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineMixin:
+    """A redis-py connection whose connect, send and read each wait at most until the deadline.
+
+    A connection that runs out of time between sending and reading is dropped, so no late reply
+    is left for the next command to read.
+    """
+
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+    _sock: Any
+
+    def _connect(self) -> socket.socket:
+        configured = self.socket_connect_timeout
+        self.socket_connect_timeout = _left(configured)
+        try:
+            return super()._connect()  # type: ignore[misc, no-any-return]
+        finally:
+            self.socket_connect_timeout = configured
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self._cut_socket_timeout()
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        self._cut_socket_timeout()
+        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+
+    def _cut_socket_timeout(self) -> None:
+        if self._sock is None or _DEADLINE.get() is None:
+            return
+        try:
+            self._sock.settimeout(_left(self.socket_timeout))
+        except redis.TimeoutError:
+            self.disconnect()  # type: ignore[attr-defined]
+            raise
+
+
+class _DeadlineConnection(_DeadlineMixin, redis.Connection):
+    pass
+
+
+class _DeadlineSSLConnection(_DeadlineMixin, SSLConnection):
+    pass
+
+
+class _DeadlineUnixConnection(_DeadlineMixin, UnixDomainSocketConnection):
+    pass
+
+
+_WITH_DEADLINE: dict[type, type] = {
+    redis.Connection: _DeadlineConnection,
+    SSLConnection: _DeadlineSSLConnection,
+    UnixDomainSocketConnection: _DeadlineUnixConnection,
+}
 
 
 @cache
