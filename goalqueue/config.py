@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from goalqueue.errors import ConfigError
 
@@ -28,7 +29,7 @@ class Settings:
     Durations are seconds as floats; sub-second values work (the tests use them).
     """
 
-    broker_url: str = DEFAULT_BROKER_URL
+    broker_url: str = field(default=DEFAULT_BROKER_URL, repr=False)
     api_key: str | None = field(default=None, repr=False)
     website_id: str | None = None
     api_url: str = DEFAULT_API_URL
@@ -54,8 +55,9 @@ class Settings:
             "delivered_ttl_seconds",
             "enqueue_timeout_seconds",
         ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{ENV_NAMES[name]} must be a positive number of seconds")
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{ENV_NAMES[name]} must be a positive, finite number of seconds")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ConfigError(
                 "GOALQUEUE_RETRY_MAX_SECONDS must not be smaller than GOALQUEUE_RETRY_BASE_SECONDS"
@@ -143,7 +145,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {"float": _parse_seconds, "b
 
 
 def _check_broker_url(url: str) -> None:
-    parts = urlsplit(url)
+    parts = _split("GOALQUEUE_BROKER_URL", url)
     if parts.scheme not in BROKER_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
         raise ConfigError(
             f"GOALQUEUE_BROKER_URL must look like redis://host:6379/0 (or rediss://, unix://), "
@@ -156,7 +158,7 @@ def _check_broker_url(url: str) -> None:
 
 
 def _check_api_url(url: str, *, allow_insecure: bool) -> None:
-    parts = urlsplit(url)
+    parts = _split("DATAFAST_API_URL", url)
     if parts.scheme == "https" and parts.hostname:
         return
     if (
@@ -167,8 +169,15 @@ def _check_api_url(url: str, *, allow_insecure: bool) -> None:
         return
     raise ConfigError(
         "DATAFAST_API_URL must be an https:// URL (plain http only for a loopback host, or "
-        f"anywhere with GOALQUEUE_ALLOW_INSECURE_API_URL=1), got {url!r}"
+        f"anywhere with GOALQUEUE_ALLOW_INSECURE_API_URL=1), got {_redact(url)!r}"
     )
+
+
+def _split(var: str, url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{var} is not a valid URL ({exc}): {_redact_text(url)!r}") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -182,7 +191,17 @@ def _is_loopback(host: str) -> bool:
 
 def _redact(url: str) -> str:
     """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return _redact_text(url)
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+
+
+def _redact_text(url: str) -> str:
+    """Whatever sits between ``//`` and ``@`` hidden, for URLs too broken to parse."""
+    head, sep, tail = url.partition("@")
+    if not sep:
         return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+    scheme, slashes, _ = head.partition("//")
+    return f"{scheme}{slashes}***@{tail}"

@@ -7,6 +7,7 @@ run to millions of events, and every byte is paid for once per waiting goal.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -53,8 +54,8 @@ class GoalEvent:
         """Parse the stored form; ``ValueError`` says why a payload is unusable (poison)."""
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"undecodable event: {exc}") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"undecodable event: {type(exc).__name__}") from exc
         if not isinstance(data, dict) or not set(data) <= set(_FIELD):
             raise ValueError("event is not an object of known fields")
         try:
@@ -99,8 +100,18 @@ class GoalEvent:
             raise ValueError("metadata must map strings to strings")
         if self.description is not None and not isinstance(self.description, str):
             raise ValueError("description must be a string")
-        if not isinstance(self.enqueued_at, int | float) or not isinstance(self.attempts, int):
+        if not _finite(self.enqueued_at) or not isinstance(self.attempts, int):
             raise ValueError("enqueued_at and attempts must be numbers")
+        if not all(t is None or _finite(t) for t in (self.first_attempt_at, self.last_attempt_at)):
+            raise ValueError("attempt times must be numbers")
+        if self.last_status is not None and not isinstance(self.last_status, int):
+            raise ValueError("last_status must be an integer")
+        if self.last_error is not None and not isinstance(self.last_error, str):
+            raise ValueError("last_error must be a string")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def dumps(value: object) -> str:

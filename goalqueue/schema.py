@@ -23,7 +23,7 @@ from goalqueue.errors import InvalidGoal
 
 NAME_PATTERN = re.compile(r"[a-z0-9_:-]{1,64}")
 RESERVED_NAMES = frozenset({"identify"})
-VISITOR_PATTERN = re.compile(r"\A[^\s\x00-\x1f\x7f-\x9f]{1,128}\Z")
+VISITOR_PATTERN = re.compile(r"\A[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,128}\Z")
 METADATA_KEY_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 METADATA_MAX_KEYS = 10
 METADATA_VALUE_MAX = 255
@@ -76,18 +76,35 @@ def _metadata_value(item: object) -> tuple[str, str | None]:
     if isinstance(item, bool):
         text = "true" if item else "false"
     elif isinstance(item, int):
+        if abs(item) >= 10**METADATA_VALUE_MAX:
+            return "", f"has more than {METADATA_VALUE_MAX} digits"
         text = str(item)
     elif isinstance(item, float):
         if not math.isfinite(item):
             return "", "must be a finite number"
         text = repr(item)
     elif isinstance(item, str):
+        if not is_utf8(item):
+            return "", "is not valid Unicode text (a lone surrogate)"
         text = item
     else:
         return "", f"must be a string, number or boolean, not {type(item).__name__}"
     if len(text) > METADATA_VALUE_MAX:
         return "", f"has {len(text)} characters, at most {METADATA_VALUE_MAX} are allowed"
     return text, None
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be sent as UTF-8: JSON input can carry lone surrogates that cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refuse(message: str) -> bool:
+    raise ValidationError(message)
 
 
 class GoalSchema(Schema):
@@ -103,7 +120,12 @@ class GoalSchema(Schema):
     name = GoalName(required=True)
     metadata = Metadata(load_default=None, allow_none=True)
     description = fields.String(
-        load_default=None, allow_none=True, validate=validate.Length(max=DESCRIPTION_MAX)
+        load_default=None,
+        allow_none=True,
+        validate=[
+            validate.Length(max=DESCRIPTION_MAX),
+            lambda text: is_utf8(text) or _refuse("is not valid Unicode text (a lone surrogate)"),
+        ],
     )
 
 

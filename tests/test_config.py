@@ -118,15 +118,6 @@ def test_bad_durations_are_refused_naming_the_variable(var: str, raw: str) -> No
     assert var in message
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: float('inf') passes the `> 0` check, so an infinite duration is accepted at start "
-        "and fails later: int(inf * 1000) raises OverflowError in Deliverer.__init__ (visibility "
-        "timeout -> probe lease) and in Deliverer._settle after a successful POST (delivered "
-        "TTL), leaving the goal in the ledger without a delivered marker, to be sent again"
-    ),
-    strict=True,
-)
 @pytest.mark.parametrize(
     "var", ["GOALQUEUE_DELIVERED_TTL_SECONDS", "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS"]
 )
@@ -233,14 +224,6 @@ def test_a_refused_broker_url_never_shows_its_password(url: str) -> None:
     assert "***" in message
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: urllib.parse.urlsplit raises ValueError('Invalid IPv6 URL') for an unclosed '[' "
-        "and neither config._check_broker_url nor config._check_api_url catches it: a plain "
-        "ValueError escapes Settings.from_env instead of a ConfigError naming the variable"
-    ),
-    strict=True,
-)
 @pytest.mark.parametrize(
     "env",
     [

@@ -383,14 +383,6 @@ def test_track_goals_is_all_or_nothing(goals: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------- examples found while probing
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: a str holding a lone surrogate (e.g. from json.loads('\"\\\\ud800\"')) passes "
-        "validate_goal, then redis-py cannot encode it as UTF-8: track_goal raises "
-        "UnicodeEncodeError instead of InvalidGoal"
-    ),
-    strict=True,
-)
 @pytest.mark.parametrize(
     "goal",
     [
