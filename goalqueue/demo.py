@@ -49,7 +49,7 @@ from goalqueue.stats import collect
 
 VALID_GOALS = (100, 50, 50)
 """Valid goals per phase: a steady start, then during the 429 burst, then during the 503 burst."""
-BURST_429 = 5
+BURST_429 = 3
 BURST_503 = 10
 RETRY_AFTER_SECONDS = 1
 VISITORS = 20
@@ -177,7 +177,7 @@ def _fakeredis(stack: ExitStack) -> Broker:
     )
     thread.start()
     stack.callback(_stop_fake_redis, server, thread)
-    host, port = server.server_address[:2]
+    host, port = server.socket.getsockname()[:2]
     version = importlib.metadata.version("fakeredis")
     return Broker(
         f"redis://{host}:{port}/0",
@@ -198,7 +198,7 @@ def _fake_redis_server(address: tuple[str, int]) -> socketserver.TCPServer:
     """
     from fakeredis import TcpFakeServer
 
-    class Server(TcpFakeServer):  # type: ignore[misc]
+    class Server(TcpFakeServer):
         def __init__(self, server_address: tuple[str, int]) -> None:
             super().__init__(server_address)
             self.RequestHandlerClass = _keeping_connections_open(self.RequestHandlerClass)
@@ -211,8 +211,8 @@ def _fake_redis_server(address: tuple[str, int]) -> socketserver.TCPServer:
     return Server(address)
 
 
-def _keeping_connections_open(handler: type[Any]) -> type[Any]:
-    class Handler(handler):  # type: ignore[misc, valid-type]
+def _keeping_connections_open(handler: Any) -> Any:
+    class Handler(handler):
         def setup(self) -> None:
             super().setup()
             client = self.current_client
@@ -288,8 +288,8 @@ def _worker_env(broker_url: str, api_url: str) -> dict[str, str]:
 
 def start_worker(
     stack: ExitStack, broker_url: str, api_url: str, log: Path, deadline: float
-) -> None:
-    """One real ``celery -A workers worker``; returns once it is ready."""
+) -> subprocess.Popen[bytes]:
+    """One real ``celery -A workers worker``, once it is ready."""
     command = [
         sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
         "--hostname=goalqueue-demo@%h", "--without-mingle", "--without-gossip",
@@ -301,6 +301,7 @@ def start_worker(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=_worker_env(broker_url, api_url),
+            cwd=log.parent,  # celery imports -A from the working directory first
             start_new_session=True,  # Ctrl-C reaches the demo only; it stops the worker
         )
     stack.callback(stop_process, process)
@@ -310,6 +311,7 @@ def start_worker(
         if time.monotonic() > deadline:
             raise DemoFailed("the worker did not get ready in time")
         time.sleep(POLL_SECONDS)
+    return process
 
 
 # --------------------------------------------------------------------------- progress
@@ -575,9 +577,10 @@ def run_demo(choice: str, timeout: float, unknown_visitors: bool, log: Path) -> 
         click.echo(f"Broker: {broker.description}.")
         sandbox = stack.enter_context(Sandbox(_sandbox_state(unknown_visitors)))
         click.echo(f"DataFast sandbox: {sandbox.url}")
-        start_worker(stack, broker.url, sandbox.url, log, deadline)
+        worker = start_worker(stack, broker.url, sandbox.url, log, deadline)
+        ready = time.monotonic() - started
         click.echo(
-            f"Worker: ready after {time.monotonic() - started:.1f} s, {WORKER_CONCURRENCY} threads."
+            f"Worker: pid {worker.pid}, {WORKER_CONCURRENCY} threads, ready at {ready:.1f} s."
         )
         queue = GoalQueue(settings=Settings(broker_url=broker.url))
         stack.callback(queue.redis.close)
@@ -627,20 +630,24 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 )
 def demo_command(choice: str, timeout: float, unknown_visitors: bool) -> None:
     """Run the whole pipeline here: a broker, the DataFast sandbox, a real worker, goals."""
-    fd, name = tempfile.mkstemp(prefix="goalqueue-demo-worker-", suffix=".log")
-    os.close(fd)
-    log = Path(name)
+    workdir = Path(tempfile.mkdtemp(prefix="goalqueue-demo-"))
+    log = workdir / "worker.log"
     try:
         with _sigterm_as_interrupt():
             found = run_demo(choice, timeout, unknown_visitors, log)
     except KeyboardInterrupt:
-        found = ["interrupted"]
+        shutil.rmtree(workdir)
+        click.echo("\nInterrupted: everything the demo started is stopped.", err=True)
+        sys.exit(130)
     except (DemoFailed, EnqueueError, redis.RedisError) as exc:
         found = [str(exc)]
     if not found:
-        log.unlink()
+        shutil.rmtree(workdir)
         click.echo("OK: every valid goal was delivered; both permanent failures are dead letters.")
         return
     click.echo(f"FAILED: {'; '.join(found)}.", err=True)
-    click.echo(f"Worker log: {log}", err=True)
-    sys.exit(130 if found == ["interrupted"] else 1)
+    if log.exists():
+        click.echo(f"Worker log: {log}", err=True)
+    else:
+        shutil.rmtree(workdir)
+    sys.exit(1)
