@@ -11,19 +11,25 @@ Why SQLite (WAL mode, ``synchronous=FULL``) and not fsynced append-only files:
   middle of a write leaves no torn record: SQLite's WAL checksums discard an unfinished commit;
 * with ``synchronous=FULL`` every commit fsyncs the WAL before ``add`` returns, so an id that
   ``track_goal`` returned survives a crash of the process and of the machine;
-* many threads and many forked web workers can write to one directory at once: SQLite's own
-  locking orders the writers, and in WAL mode readers (``status``, the flusher) never block
-  them. Append-only files would need their own locking, torn-record detection, and a way to
-  forget the re-sent head of a file (offsets, rotation, compaction);
-* re-sent goals are deleted by primary key in a short transaction, and the file stays small;
+* re-sent goals are deleted by primary key in a short transaction: no offsets, rotation or
+  compaction to get right, and in WAL mode readers (``status``, a flusher) never block writers;
 * it is in the standard library.
 
-The cost is one fsync per spooling call (about what an fsynced file would cost), and the
-directory must be on a local file system: WAL's shared memory and the ``flock`` that orders
-flushers do not work over NFS.
+The directory holds one database per writing process (``goals-<pid>-<random>.sqlite3``, made
+on the first goal it spools)::
 
-Every operation opens its own short-lived connection, so a ``Spool`` holds no file handle: it is
-safe to share between threads and to carry across ``fork``.
+    flush.lock                      flock: one batch in flight, across threads and processes
+    goals-<token>.sqlite3 (-wal, -shm)   the goals one process spooled
+    goals-<token>.owner             flock held (shared) by that process while it lives
+
+One shared database would make every web worker's writes queue for one lock, which SQLite
+grants by polling: under a burst, a writer can miss it for longer than any sensible timeout.
+With a file each, a process's threads take turns on a plain ``threading.Lock``, and another
+process only touches the file to re-send and delete what it holds. Flushers read every file;
+once a file is empty and its owner lock is free (the process died or closed its spool), the
+file is removed. Files are only made when Redis is down, so a healthy spool is an empty
+directory. The cost is one fsync per spooling call, and the directory must be on a local file
+system: WAL's shared memory and ``flock`` do not work over NFS.
 
 Re-sending is at least once. A batch is deleted only after Redis took it, so a crash in between
 sends it again, and so does a goal whose enqueue timed out although a busy Redis ran it late.
@@ -42,23 +48,23 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from goalqueue.errors import EnqueueError
 from goalqueue.event import GoalEvent
 
 logger = logging.getLogger(__name__)
 
-DATABASE = "goals.sqlite3"
 FLUSH_LOCK = "flush.lock"
 BATCH = 500
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS goals (
+CREATE TABLE goals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
     payload TEXT NOT NULL,
@@ -75,25 +81,29 @@ class Sender(Protocol):
 
 
 class Spool:
-    """A directory holding goals that wait for Redis, oldest first."""
+    """A directory of goals that wait for Redis; safe to share between threads and forks."""
 
     def __init__(self, directory: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> None:
-        """Open the spool in ``directory``, creating both if needed.
+        """Use ``directory`` (created if needed) as the spool.
 
-        ``lock_timeout`` bounds how long a call waits for another process's write to finish.
+        ``lock_timeout`` bounds each wait for a lock: another thread's write, a flusher's delete.
         """
         self.directory = Path(directory)
         self.lock_timeout = lock_timeout
         self.directory.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # stored in the file: set once, kept for good
-            db.execute(_SCHEMA)
+        self._own: Path | None = None
+        self._claim = _Claim()
+        self._batcher = _Batcher(self._write, lock_timeout)
+        weakref.finalize(self, self._claim.release)
+        _FORK_AWARE.add(self)
 
     def add(self, events: Sequence[GoalEvent]) -> None:
         """Keep ``events`` durably (fsynced) before returning, all of them or none."""
         now = time.time()
-        rows = [(event.event_id, event.to_json(), now) for event in events]
-        with self._db() as db:
+        self._batcher.submit([(event.event_id, event.to_json(), now) for event in events])
+
+    def _write(self, rows: list[Row]) -> None:
+        with self._connect(self._own or self._create_own()) as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "INSERT INTO goals (event_id, payload, spooled_at) VALUES (?, ?, ?)", rows
@@ -101,15 +111,17 @@ class Spool:
             db.execute("COMMIT")
 
     def pending(self) -> int:
-        """How many goals wait in the spool."""
-        with self._db() as db:
-            return int(db.execute("SELECT count(*) FROM goals").fetchone()[0])
+        """How many goals wait in the spool, from every process."""
+        return sum(count for path in self.files() for (count,) in _query(self, path, _COUNT))
 
     def oldest(self) -> float | None:
         """When the oldest waiting goal was spooled (unix time), or ``None`` if none waits."""
-        with self._db() as db:
-            row = db.execute("SELECT spooled_at FROM goals ORDER BY seq LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
+        firsts = [at for path in self.files() for (at,) in _query(self, path, _FIRST_TIME)]
+        return min(firsts, default=None)
+
+    def files(self) -> list[Path]:
+        """The spool's databases, one per process that spooled something."""
+        return sorted(self.directory.glob("goals-*.sqlite3"))
 
     def flush(
         self,
@@ -117,7 +129,8 @@ class Spool:
         batch: int = BATCH,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Re-send the waiting goals oldest first, ``batch`` at a time; returns how many.
+        """Re-send every waiting goal, ``batch`` at a time, oldest first per file; returns how
+        many were re-sent.
 
         A batch is deleted only after Redis took it. One batch is in flight at a time across all
         threads and processes on this directory, so two flushers never send the same goals.
@@ -125,33 +138,67 @@ class Spool:
         :class:`EnqueueError` when Redis does not take a batch; what was not sent stays.
         """
         sent = 0
-        while True:
-            with self._flush_lock():
-                rows = self._head(batch)
-                if not rows:
-                    return sent
-                sender.enqueue_payloads([(event_id, payload) for _, event_id, payload in rows])
-                self._forget(rows[0][0], rows[-1][0])
-            sent += len(rows)
-            if progress is not None:
-                progress(len(rows))
+        for path in self.files():
+            while rows := self._send_head(path, sender, batch):
+                sent += rows
+                if progress is not None:
+                    progress(rows)
+            self._remove_if_abandoned(path)
+        return sent
 
-    def _head(self, batch: int) -> list[tuple[int, str, str]]:
-        with self._db() as db:
-            query = "SELECT seq, event_id, payload FROM goals ORDER BY seq LIMIT ?"
-            return [(int(seq), str(eid), str(raw)) for seq, eid, raw in db.execute(query, (batch,))]
+    def close(self) -> None:
+        """Give up this process's file: once empty, any flusher may remove it."""
+        self._claim.release()
 
-    def _forget(self, first: int, last: int) -> None:
-        # AUTOINCREMENT never reuses a seq, and flushers take turns, so this range holds exactly
-        # the rows just sent.
-        with self._db() as db:
-            db.execute("DELETE FROM goals WHERE seq BETWEEN ? AND ?", (first, last))
+    def _send_head(self, path: Path, sender: Sender, batch: int) -> int:
+        with self._flush_lock():
+            rows = _query(self, path, _HEAD, (batch,))
+            if not rows:
+                return 0
+            sender.enqueue_payloads([(event_id, payload) for _, event_id, payload in rows])
+            # AUTOINCREMENT never reuses a seq and flushers take turns: this range holds exactly
+            # the rows just sent
+            with self._connect(path) as db:
+                db.execute("DELETE FROM goals WHERE seq BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+            return len(rows)
+
+    def _remove_if_abandoned(self, path: Path) -> None:
+        owner = path.with_suffix(".owner")
+        with self._flush_lock():
+            try:
+                fd = os.open(owner, os.O_RDWR)
+            except FileNotFoundError:
+                fd = None
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        return  # its process still lives and may spool more
+                if _query(self, path, _COUNT) != [(0,)]:
+                    return
+                for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), owner):
+                    leftover.unlink(missing_ok=True)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+    def _create_own(self) -> Path:
+        """This process's database, claimed before it appears under its final name."""
+        token = f"goals-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._claim.take(self.directory / f"{token}.owner")
+        fresh, path = self.directory / f"{token}.new", self.directory / f"{token}.sqlite3"
+        with self._connect(fresh) as db:
+            db.execute("PRAGMA journal_mode=WAL")  # kept in the file
+            db.execute(_SCHEMA)
+        os.rename(fresh, path)  # closed, so the WAL is checkpointed and gone: only one file moves
+        _fsync_directory(self.directory)
+        self._own = path
+        return path
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(
-            self.directory / DATABASE, timeout=self.lock_timeout, isolation_level=None
-        )
+    def _connect(self, path: Path) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None)
         try:
             db.execute("PRAGMA synchronous=FULL")
             yield db
@@ -168,6 +215,119 @@ class Spool:
             yield
         finally:
             os.close(fd)
+
+    def _after_fork(self) -> None:
+        """In a forked child: its own writer and, on its first goal, its own file."""
+        self._batcher = _Batcher(self._write, self.lock_timeout)
+        self._own = None
+        self._claim.release()  # the child's copy; the parent's claim stays
+
+
+_COUNT = "SELECT count(*) FROM goals"
+_FIRST_TIME = "SELECT spooled_at FROM goals ORDER BY seq LIMIT 1"
+_HEAD = "SELECT seq, event_id, payload FROM goals ORDER BY seq LIMIT ?"
+
+
+def _query(spool: Spool, path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Rows of ``sql`` on one of the spool's files; none if a flusher just removed it."""
+    uri = f"{path.absolute().as_uri()}?mode=rw"  # never create a file that was just removed
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=spool.lock_timeout, isolation_level=None)
+    except sqlite3.OperationalError:
+        if path.exists():
+            raise
+        return []
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+Row = tuple[str, str, float]
+
+
+class _Batcher:
+    """Group commit: threads that spool at the same time share one transaction and one fsync.
+
+    A thread queues its rows and, unless a write is under way, writes everything queued; else it
+    waits for the write that takes its rows. No thread queues for a lock that others may grab
+    first, so a burst cannot starve one of them, and it costs one fsync per write, not per goal.
+    """
+
+    def __init__(self, write: Callable[[list[Row]], None], timeout: float) -> None:
+        self._write = write
+        self._timeout = timeout
+        self._changed = threading.Condition()
+        self._queued: list[_Ticket] = []
+        self._writing = False
+
+    def submit(self, rows: list[Row]) -> None:
+        ticket = _Ticket(rows)
+        with self._changed:
+            self._queued.append(ticket)
+            self._wait_turn(ticket)
+            if ticket.done:
+                if ticket.error is not None:
+                    raise OSError(f"the spool write for these goals failed: {ticket.error}")
+                return
+            self._writing = True
+            batch, self._queued = self._queued, []
+        error: BaseException | None = None
+        try:
+            self._write([row for queued in batch for row in queued.rows])
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with self._changed:
+                for queued in batch:
+                    queued.done, queued.error = True, error
+                self._writing = False
+                self._changed.notify_all()
+
+    def _wait_turn(self, ticket: _Ticket) -> None:
+        """Until this ticket was written by another thread, or no write is under way. A ticket
+        not yet taken is withdrawn after the timeout; one being written waits for that write."""
+        deadline = time.monotonic() + self._timeout
+        while self._writing and not ticket.done:
+            left = deadline - time.monotonic()
+            if left <= 0 and ticket in self._queued:
+                self._queued.remove(ticket)
+                raise TimeoutError(f"the spool was busy for {self._timeout:g} s")
+            self._changed.wait(max(left, 0.01))
+
+
+class _Ticket:
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _Claim:
+    """A process's shared ``flock`` on its file's ``.owner``: held while it may still write."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def take(self, owner: Path) -> None:
+        self.release()
+        fd = os.open(owner, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self.fd = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # How often a producer wakes its flusher to look for goals another (maybe dead) process left.
@@ -203,7 +363,7 @@ class Backlog:
         self.redis_down = False
         self._next_check = 0.0
         self._reset_threads()
-        _BACKLOGS.add(self)
+        _FORK_AWARE.add(self)
 
     def keep(self, events: Sequence[GoalEvent], cause: EnqueueError | None = None) -> None:
         """Spool ``events`` (Redis failed with ``cause``, or is known to be down); never drops.
@@ -240,11 +400,12 @@ class Backlog:
                 self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the flusher (what it has not re-sent stays in the spool)."""
+        """Stop the flusher and give up this process's spool file (what waits there stays)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        self.spool.close()
 
     def _run(self) -> None:
         failures = 0
@@ -294,6 +455,10 @@ class Backlog:
         else:
             logger.exception("re-sending the spool at %s failed", self.spool.directory)
 
+    def _after_fork(self) -> None:
+        self._reset_threads()
+        self._next_check = 0.0  # look at the spool on the child's first goal
+
     def _reset_threads(self) -> None:
         """Fresh thread state: at start, and in a forked child, where the flusher does not run
         and a lock held at fork time would stay held."""
@@ -306,13 +471,12 @@ class Backlog:
         self._next_stuck_warning = 0.0
 
 
-_BACKLOGS: weakref.WeakSet[Backlog] = weakref.WeakSet()
+_FORK_AWARE: weakref.WeakSet[Spool | Backlog] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for backlog in list(_BACKLOGS):
-        backlog._reset_threads()
-        backlog._next_check = 0.0  # look at the spool on the child's first goal
+    for thing in list(_FORK_AWARE):
+        thing._after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,328 @@
+"""The spool on its own: durable adds, ordered re-sends, many writers, and its CLI."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner, Result
+
+from goalqueue import EnqueueError, GoalQueue, keys
+from goalqueue.cli import main
+from goalqueue.config import Settings, get_settings
+from goalqueue.producer import new_event
+from goalqueue.spool import Spool
+from tests.conftest import wait_for
+from tests.test_producer_durability import OwnRedis
+
+
+def dead_url() -> str:
+    """A Redis URL on a port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+
+
+def events(count: int, prefix: str = "v") -> list:
+    return [
+        new_event(
+            {"visitor_id": f"{prefix}{i}", "name": "signup", "metadata": None, "description": None}
+        )
+        for i in range(count)
+    ]
+
+
+def waiting(directory: Path) -> list[tuple[str, str]]:
+    """(event id, payload) of every goal in the spool, file by file, read behind its back."""
+    rows: list[tuple[str, str]] = []
+    for path in Spool(directory).files():
+        db = sqlite3.connect(path)
+        try:
+            rows += db.execute("SELECT event_id, payload FROM goals ORDER BY seq")
+        finally:
+            db.close()
+    return rows
+
+
+def ledger_ids(client: redis.Redis) -> list[str]:
+    return [json.loads(raw)["i"] for raw in client.zrange(keys.LEDGER, 0, -1)]
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    """A redis-server of this test's own: tests elsewhere flush the shared one at any time."""
+    server = OwnRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(own_redis: OwnRedis) -> redis.Redis:
+    return own_redis.client()
+
+
+@pytest.fixture
+def make_queue(own_redis: OwnRedis) -> Iterator[Callable[..., GoalQueue]]:
+    made: list[GoalQueue] = []
+
+    def make(url: str | None = None, spool_dir: Path | None = None) -> GoalQueue:
+        made.append(
+            GoalQueue(
+                settings=Settings(
+                    broker_url=url or own_redis.url,
+                    enqueue_timeout_seconds=0.3,
+                    spool_dir=None if spool_dir is None else str(spool_dir),
+                )
+            )
+        )
+        return made[-1]
+
+    yield make
+    for queue in made:
+        queue.close()
+
+
+# ---------------------------------------------------------------------------------- storage
+
+
+def test_an_empty_spool_has_nothing_pending_and_no_file(spool: Spool) -> None:
+    assert spool.pending() == 0
+    assert spool.oldest() is None
+    assert spool.files() == []
+
+
+def test_added_goals_wait_with_their_ids_and_exact_payloads(spool: Spool) -> None:
+    before = time.time()
+    batch = events(3)
+    spool.add(batch)
+    spool.add(events(1, "w"))
+    assert spool.pending() == 4
+    oldest = spool.oldest()
+    assert oldest is not None and before <= oldest <= time.time()
+    assert waiting(spool.directory)[:3] == [(e.event_id, e.to_json()) for e in batch]
+
+
+def test_the_spool_uses_wal_with_full_sync(spool: Spool) -> None:
+    spool.add(events(1))
+    (path,) = spool.files()
+    with spool._connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_each_process_writes_its_own_file_and_any_process_reads_them_all(
+    spool: Spool, tmp_path: Path
+) -> None:
+    # Given a goal spooled here and one spooled by another process
+    spool.add(events(1))
+    code = (
+        "import sys; from goalqueue.producer import new_event; from goalqueue.spool import Spool;"
+        "Spool(sys.argv[1]).add([new_event({'visitor_id': 'p', 'name': 'signup',"
+        " 'metadata': None, 'description': None})])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(spool.directory)], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    # Then there are two files, and this process sees both goals
+    assert len(spool.files()) == 2
+    assert spool.pending() == 2
+
+
+def test_a_flushed_file_is_removed_once_its_owner_is_gone(
+    spool: Spool, make_queue: Callable[..., GoalQueue]
+) -> None:
+    spool.add(events(2))
+    queue = make_queue()
+    # While its owner may still write, the emptied file stays
+    assert spool.flush(queue) == 2
+    assert len(spool.files()) == 1
+    # Once the owner gives it up, the next flush removes it and everything beside it
+    spool.close()
+    assert spool.flush(queue) == 0
+    assert spool.files() == []
+    assert sorted(p.name for p in spool.directory.iterdir()) == ["flush.lock"]
+
+
+# ---------------------------------------------------------------------------------- flushing
+
+
+def test_flush_re_sends_oldest_first_in_batches_and_forgets_them(
+    spool: Spool, make_queue: Callable[..., GoalQueue], redis_client: redis.Redis
+) -> None:
+    # Given five spooled goals
+    batch = events(5)
+    spool.add(batch)
+    # When the spool is flushed two at a time
+    sizes: list[int] = []
+    assert spool.flush(make_queue(), batch=2, progress=sizes.append) == 5
+    # Then Redis holds them in spool order, with their ids, and the spool is empty
+    assert sizes == [2, 2, 1]
+    assert ledger_ids(redis_client) == [e.event_id for e in batch]
+    assert redis_client.llen(keys.QUEUE) == 5
+    assert spool.pending() == 0 and spool.oldest() is None
+
+
+def test_flush_to_an_unreachable_redis_keeps_every_goal(
+    spool: Spool, make_queue: Callable[..., GoalQueue]
+) -> None:
+    batch = events(3)
+    spool.add(batch)
+    with pytest.raises(EnqueueError, match="unreachable"):
+        spool.flush(make_queue(dead_url()))
+    assert [eid for eid, _ in waiting(spool.directory)] == [e.event_id for e in batch]
+
+
+def test_concurrent_flushers_send_each_goal_once(
+    spool: Spool, make_queue: Callable[..., GoalQueue], redis_client: redis.Redis
+) -> None:
+    # Given a thousand spooled goals
+    batch = events(1000)
+    spool.add(batch)
+    # When three threads flush at once, fifty at a time
+    queue = make_queue()
+    counts: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: counts.append(spool.flush(queue, batch=50)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Then every goal was sent exactly once
+    assert sum(counts) == 1000
+    assert sorted(ledger_ids(redis_client)) == sorted(e.event_id for e in batch)
+    assert redis_client.llen(keys.QUEUE) == 1000
+
+
+# ------------------------------------------------------------------------ many writers at once
+
+WRITER_PROCESS = """
+import sys
+from goalqueue import GoalQueue
+from goalqueue.config import Settings
+queue = GoalQueue(settings=Settings(broker_url=sys.argv[1], enqueue_timeout_seconds=0.3,
+                                    spool_dir=sys.argv[2]))
+ids = [queue.track_goal(f"p{i}", "signup") for i in range(int(sys.argv[3]))]
+print("\\n".join(ids))
+"""
+PER_WRITER = 150
+
+
+def test_four_threads_and_two_processes_spooling_at_once_lose_nothing(
+    make_queue: Callable[..., GoalQueue], tmp_path: Path
+) -> None:
+    # Given Redis down, two processes spooling goals as fast as they can
+    directory, url = tmp_path / "spool", dead_url()
+    command = [sys.executable, "-c", WRITER_PROCESS, url, str(directory), str(PER_WRITER)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        # And, once they are writing, four threads of this process doing the same
+        queue = make_queue(url, directory)
+        wait_for(lambda: queue.backlog is not None and queue.backlog.spool.pending() > 0, 20)
+        returned: list[str] = []
+        start = threading.Barrier(4)
+
+        def write(prefix: str) -> None:
+            start.wait()
+            returned.extend(queue.track_goal(f"{prefix}{i}", "signup") for i in range(PER_WRITER))
+
+        threads = [threading.Thread(target=write, args=(f"t{n}-",)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        outputs = [process.communicate(timeout=30)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(10)
+    # Then every id any writer got back is in the spool, once
+    for output in outputs:
+        returned += output.split()
+    assert len(returned) == 6 * PER_WRITER
+    spooled = [eid for eid, _ in waiting(directory)]
+    assert sorted(spooled) == sorted(returned)
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli(own_redis: OwnRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """Runs ``goalqueue`` with the spool in tmp_path and the test Redis (or ``broker``)."""
+    monkeypatch.setenv("GOALQUEUE_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS", "0.3")
+
+    def invoke(*args: str, broker: str = own_redis.url) -> Result:
+        monkeypatch.setenv("GOALQUEUE_BROKER_URL", broker)
+        get_settings.cache_clear()
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    yield invoke
+    get_settings.cache_clear()
+
+
+def test_spool_status_reports_pending_goals_and_the_oldest_age(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    empty = cli("spool", "status", "--json")
+    assert empty.exit_code == 0, empty.output
+    assert json.loads(empty.output) == {
+        "directory": str(tmp_path / "spool"),
+        "pending": 0,
+        "oldest_age_seconds": None,
+    }
+    Spool(tmp_path / "spool").add(events(3))
+    figures = json.loads(cli("spool", "status", "--json").output)
+    assert figures["pending"] == 3
+    assert 0 <= figures["oldest_age_seconds"] < 60
+    text = cli("spool", "status").output
+    assert "pending  3" in text and str(tmp_path / "spool") in text
+
+
+def test_spool_flush_re_sends_and_says_how_many(
+    cli: Callable[..., Result], tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    batch = events(1200)
+    Spool(tmp_path / "spool").add(batch)
+    result = cli("spool", "flush")
+    assert result.exit_code == 0, result.output
+    assert "re-sent 1200 spooled goal(s)" in result.output
+    assert sorted(ledger_ids(redis_client)) == sorted(e.event_id for e in batch)
+    assert json.loads(cli("spool", "status", "--json").output)["pending"] == 0
+
+
+def test_spool_flush_fails_while_redis_is_unreachable(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    Spool(tmp_path / "spool").add(events(2))
+    result = cli("spool", "flush", broker=dead_url())
+    assert result.exit_code == 1
+    assert "re-sent 0 spooled goal(s)" in result.output
+    assert "2 goal(s) still wait" in result.output and "unreachable" in result.output
+    assert Spool(tmp_path / "spool").pending() == 2
+
+
+def test_spool_commands_need_a_spool_dir(
+    cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("GOALQUEUE_SPOOL_DIR")
+    assert cli("spool", "status").exit_code == 2
+    given = cli("spool", "status", "--json", "--dir", str(tmp_path / "other"))
+    assert given.exit_code == 0 and json.loads(given.output)["pending"] == 0
