@@ -78,6 +78,7 @@ class GoalQueue:
             settings = replace(settings, broker_url=broker_url)
         self.settings = settings
         self.redis = client or connect(settings)
+        self._owns_redis = client is None
         self.scripts = Scripts(self.redis)
         self.backlog = _open_backlog(settings, self)
 
@@ -139,10 +140,11 @@ class GoalQueue:
             raise self._failure(exc, len(pairs)) from exc
 
     def close(self) -> None:
-        """Stop the spool flusher, if one runs, and close the Redis connections."""
+        """Stop the spool flusher, if one runs, and close the Redis client it made."""
         if self.backlog is not None:
             self.backlog.close()
-        self.redis.close()
+        if self._owns_redis:
+            self.redis.close()
 
     def _enqueue_or_spool(self, events: list[GoalEvent]) -> None:
         backlog = self.backlog

@@ -100,7 +100,10 @@ class Spool:
     def add(self, events: Sequence[GoalEvent]) -> None:
         """Keep ``events`` durably (fsynced) before returning, all of them or none."""
         now = time.time()
-        self._batcher.submit([(event.event_id, event.to_json(), now) for event in events])
+        rows = [(event.event_id, event.to_json(), now) for event in events]
+        for _, payload, _ in rows:
+            payload.encode()  # a bad string fails its own add, not the group's shared commit
+        self._batcher.submit(rows)
 
     def _write(self, rows: list[Row]) -> None:
         with self._connect(self._own or self._create_own()) as db:
@@ -137,13 +140,18 @@ class Spool:
         ``progress`` is called with the size of each batch re-sent. Raises
         :class:`EnqueueError` when Redis does not take a batch; what was not sent stays.
         """
-        sent = 0
+        sent, unreadable = 0, []
         for path in self.files():
-            while rows := self._send_head(path, sender, batch):
-                sent += rows
-                if progress is not None:
-                    progress(rows)
-            self._remove_if_abandoned(path)
+            try:
+                while rows := self._send_head(path, sender, batch):
+                    sent += rows
+                    if progress is not None:
+                        progress(rows)
+                self._remove_if_abandoned(path)
+            except sqlite3.DatabaseError as exc:  # one bad file must not hold up the others
+                unreadable.append(f"{path.name}: {exc}")
+        if unreadable:
+            raise sqlite3.DatabaseError(f"spool file(s) left in place: {'; '.join(unreadable)}")
         return sent
 
     def close(self) -> None:
@@ -414,6 +422,8 @@ class Backlog:
             try:
                 count = self.spool.flush(self.sender, progress=self._got_through)
             except Exception as exc:  # the thread must outlive any error: goals are waiting
+                if not isinstance(exc, EnqueueError):
+                    self.redis_down = False  # the spool is the trouble: new goals go to Redis
                 failures += 1
                 self._warn_stuck(exc)
                 self._stop.wait(min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (failures - 1)))

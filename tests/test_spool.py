@@ -187,6 +187,22 @@ def test_flush_to_an_unreachable_redis_keeps_every_goal(
     assert [eid for eid, _ in waiting(spool.directory)] == [e.event_id for e in batch]
 
 
+def test_an_unreadable_file_is_left_in_place_and_the_others_are_re_sent(
+    spool: Spool, make_queue: Callable[..., GoalQueue], redis_client: redis.Redis
+) -> None:
+    # Given a spooled goal, and beside it a file that is not a database
+    batch = events(2)
+    spool.add(batch)
+    broken = spool.directory / "goals-1-broken.sqlite3"
+    broken.write_bytes(b"not a database" * 512)
+    # When the spool is flushed, the error names the bad file
+    with pytest.raises(sqlite3.DatabaseError, match="goals-1-broken"):
+        spool.flush(make_queue())
+    # Then the good goals were re-sent anyway, and the bad file is kept for a person to look at
+    assert sorted(ledger_ids(redis_client)) == sorted(e.event_id for e in batch)
+    assert broken.exists()
+
+
 def test_concurrent_flushers_send_each_goal_once(
     spool: Spool, make_queue: Callable[..., GoalQueue], redis_client: redis.Redis
 ) -> None:
