@@ -1,0 +1,331 @@
+"""goalqueue against plain Celery + httpx and against the raw limits, side by side.
+
+    python -m benchmarks.run [--quick] [--n N] [--json PATH] [--variant ARGS ...]
+
+Everything runs on this machine, in this run, against one local endpoint
+(:mod:`benchmarks.endpoint`, started in its own process): Redis DB 12 for goalqueue, DB 11 for
+plain Celery, each flushed before and after every scenario. It measures
+
+1. enqueue cost (µs/goal): ``track_goal``, ``track_goals`` in bulk, bare ``apply_async``, raw
+   ``LPUSH`` of the same message;
+2. delivery throughput (goals/s) of one worker node at 0 ms and 50 ms endpoint latency, for
+   goalqueue's default worker, plain Celery prefork and threads -c 8, and a raw httpx loop at
+   goalqueue's concurrency; N goals are enqueued first and the rate is taken between the first
+   and the last delivery the endpoint saw;
+3. Redis memory per queued goal (``INFO memory`` before and after N goals), ready and waiting;
+4. enqueue-to-delivered latency p50/p99, one goal at a time on an idle system;
+
+then checks the issue's targets. ``--quick`` is the CI smoke run (tiny N, under a minute):
+its numbers prove the harness works, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import scenarios
+from benchmarks.scenarios import Row
+from benchmarks.systems import System, default_systems, goalqueue_defaults, variant
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each scenario is."""
+
+    n: int
+    enqueue_n: int
+    enqueue_repeats: int
+    memory_n: int
+    latency_samples: int
+    budget_seconds: float
+
+    @classmethod
+    def for_args(cls, quick: bool, n: int | None) -> Plan:
+        if quick:
+            base = n or 100
+            return cls(base, 3 * base, 1, 5 * base, 10, 15.0)
+        base = n or 5000
+        return cls(base, base, 3, 4 * base, 200, 30.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets, checked against this run's numbers."""
+
+    name: str
+    value: float | None
+    goal: str
+    met: bool | None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    plan = Plan.for_args(args.quick, args.n)
+    sections = set(args.sections.split(","))
+    pool, concurrency = goalqueue_defaults()
+    wanted = set(args.systems.split(","))
+    systems = [s for s in default_systems() if s.key in wanted]
+    systems += [variant(spec, i) for i, spec in enumerate(args.variant, 1)]
+    log_dir = Path(tempfile.mkdtemp(prefix="goalqueue-bench-"))
+    started = time.time()
+    rows: list[Row] = []
+
+    def step(title: str, produce: Callable[[], list[Row]]) -> None:
+        print(f"... {title}", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        rows.extend(produce())
+        print(f"    {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+
+    if "enqueue" in sections:
+        step("enqueue cost", lambda: scenarios.enqueue_costs(plan.enqueue_n, plan.enqueue_repeats))
+    if "memory" in sections:
+        step("Redis memory", lambda: scenarios.memory(plan.memory_n))
+    if "throughput" in sections:
+        for latency_ms in (float(ms) for ms in args.latencies.split(",")):
+            for system in systems:
+                step(f"throughput {system.key} @ {latency_ms:g} ms",
+                     _throughput(system, latency_ms, plan, log_dir))
+            if "raw_httpx" in wanted:
+                step(f"throughput raw httpx @ {latency_ms:g} ms",
+                     _raw(concurrency, latency_ms, plan, log_dir))
+    if "latency" in sections:
+        for system in systems:
+            step(f"latency {system.key}", _latency(system, plan, log_dir))
+
+    targets = check_targets(rows)
+    print(render(rows, targets))
+    report = {
+        "meta": _meta(args, plan, pool, concurrency, started, log_dir),
+        "rows": [asdict(row) for row in rows],
+        "targets": [asdict(target) for target in targets],
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON written to {path}\nworker and endpoint logs in {log_dir}")
+    return 0
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny N: the CI smoke run")
+    parser.add_argument("--n", type=int, default=None, help="goals per throughput run")
+    parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the JSON")
+    parser.add_argument(
+        "--sections", default="enqueue,memory,throughput,latency",
+        help="comma-separated subset of enqueue,memory,throughput,latency",
+    )
+    parser.add_argument(
+        "--systems", default="goalqueue,plain_prefork,plain_threads8,raw_httpx",
+        help="comma-separated subset of the default systems to measure",
+    )
+    parser.add_argument(
+        "--latencies", default="0,50", help="endpoint latencies (ms) for the throughput runs"
+    )
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="ARGS",
+        help='an extra goalqueue worker to measure, e.g. "-c 64 --loglevel=WARNING" '
+        '(leading NAME=VALUE tokens are env vars; "-A module" swaps the app)',
+    )
+    return parser.parse_args(argv)
+
+
+def _throughput(
+    system: System, latency_ms: float, plan: Plan, log_dir: Path
+) -> Callable[[], list[Row]]:
+    def run() -> list[Row]:
+        result = scenarios.delivery(system, latency_ms, plan.n, plan.budget_seconds, log_dir)
+        return [Row(f"throughput_{latency_ms:g}ms", system.key, system.label,
+                    result["goals_per_s"], "goals/s", result)]
+
+    return run
+
+
+def _raw(concurrency: int, latency_ms: float, plan: Plan, log_dir: Path) -> Callable[[], list[Row]]:
+    def run() -> list[Row]:
+        result = scenarios.raw_http(concurrency, latency_ms, plan.n, plan.budget_seconds, log_dir)
+        label = f"raw httpx loop, {concurrency} threads, one client"
+        return [Row(f"throughput_{latency_ms:g}ms", "raw_httpx", label,
+                    result["goals_per_s"], "goals/s", result)]
+
+    return run
+
+
+def _latency(system: System, plan: Plan, log_dir: Path) -> Callable[[], list[Row]]:
+    def run() -> list[Row]:
+        result = scenarios.latency(system, plan.latency_samples, log_dir)
+        return [
+            Row("latency", f"{system.key}_p50", f"{system.label}, p50", result["p50_ms"], "ms",
+                result),
+            Row("latency", f"{system.key}_p99", f"{system.label}, p99", result["p99_ms"], "ms",
+                result),
+        ]
+
+    return run
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _value(rows: list[Row], section: str, key: str) -> float | None:
+    for row in rows:
+        if row.section == section and row.key == key:
+            return row.value
+    return None
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    if top is None or not bottom:
+        return None
+    return round(top / bottom, 2)
+
+
+def _check(name: str, value: float | None, goal: str, ok: Callable[[float], bool]) -> Target:
+    return Target(name, value, goal, None if value is None else ok(value))
+
+
+def check_targets(rows: list[Row]) -> list[Target]:
+    """The issue's targets, as ratios of numbers measured side by side in this run."""
+    t50 = _value(rows, "throughput_50ms", "goalqueue")
+    plain50 = [
+        v for k in ("plain_prefork", "plain_threads8")
+        if (v := _value(rows, "throughput_50ms", k)) is not None
+    ]
+    single = _value(rows, "enqueue", "track_goal")
+    return [
+        _check("throughput @50ms (goals/s)", t50, ">= 1000", lambda v: v >= 1000),
+        _check("throughput @50ms / best plain Celery", _ratio(t50, max(plain50, default=None)),
+               ">= 8x", lambda v: v >= 8),
+        _check("throughput @0ms / raw httpx loop",
+               _ratio(_value(rows, "throughput_0ms", "goalqueue"),
+                      _value(rows, "throughput_0ms", "raw_httpx")),
+               ">= 0.9", lambda v: v >= 0.9),
+        _check("track_goal / bare apply_async (time)",
+               _ratio(single, _value(rows, "enqueue", "apply_async")), "<= 1.0",
+               lambda v: v <= 1.0),
+        _check("track_goal / track_goals per goal (time)",
+               _ratio(single, _value(rows, "enqueue", "track_goals")), ">= 5x",
+               lambda v: v >= 5),
+        _check("memory per ready goal (B)", _value(rows, "memory", "goalqueue_ready"), "<= 500",
+               lambda v: v <= 500),
+        _check("memory per waiting goal (B)", _value(rows, "memory", "goalqueue_waiting"),
+               "<= 500", lambda v: v <= 500),
+    ]
+
+
+# --------------------------------------------------------------------------- output
+
+_TITLES = {
+    "enqueue": "1. Enqueue cost",
+    "throughput_0ms": "2a. Delivery throughput, one worker node, endpoint latency 0 ms",
+    "throughput_50ms": "2b. Delivery throughput, one worker node, endpoint latency 50 ms",
+    "memory": "3. Redis memory per queued goal",
+    "latency": "4. Enqueue-to-delivered latency, idle system",
+}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+
+
+def _note(row: Row) -> str:
+    extra = row.extra
+    if row.section.startswith("throughput"):
+        cpu = extra.get("cpu_us_per_goal", {})
+        parts = [f"{extra['delivered']}/{extra['enqueued']} in {extra['seconds']} s"]
+        if extra.get("duplicates"):
+            parts.append(f"!! {extra['duplicates']} duplicate deliveries")
+        if "settled" in extra:
+            parts.append(f"settled {extra['settled']}")
+        if cpu:
+            parts.append("CPU µs/goal " + " ".join(
+                f"{k}={v}" for k, v in cpu.items() if k != "harness"))
+        parts.append(_load(extra))
+        return ", ".join(p for p in parts if p)
+    if row.section == "memory":
+        return ", ".join(f"{k}={v}" for k, v in extra.items() if k != "n")
+    if row.section == "latency" and row.key.endswith("p99"):
+        return ", ".join(p for p in (f"max {extra['max_ms']} ms over {extra['samples']} goals",
+                                     _load(extra)) if p)
+    if row.section == "enqueue":
+        return f"n={extra['n']}, runs {extra['runs_us']}"
+    return ""
+
+
+def _load(extra: dict[str, Any]) -> str:
+    """A warning when other processes kept the machine busy during the measurement."""
+    foreign = extra.get("foreign_cores", 0.0)
+    return f"!! {foreign} cores busy with foreign load" if foreign >= 0.15 else ""
+
+
+def render(rows: list[Row], targets: list[Target]) -> str:
+    """The results as a plain-text table, section by section, then the targets."""
+    width = max((len(row.label) for row in rows), default=20) + 2
+    lines: list[str] = []
+    sections = list(_TITLES)
+    sections += sorted({row.section for row in rows} - set(sections))
+    for section in sections:
+        title = _TITLES.get(section, section.replace("_", " @ "))
+        selected = [row for row in rows if row.section == section]
+        if not selected:
+            continue
+        lines += ["", title]
+        for row in selected:
+            lines.append(f"  {row.label:<{width}}{_fmt(row.value):>10} {row.unit:<8} {_note(row)}")
+    lines += ["", "Targets (ratios from this run)"]
+    for target in targets:
+        verdict = {True: "MET", False: "MISSED", None: "n/a"}[target.met]
+        lines.append(f"  {target.name:<45}{_fmt(target.value):>10}  {target.goal:<9}{verdict}")
+    return "\n".join(lines)
+
+
+def _meta(
+    args: argparse.Namespace, plan: Plan, pool: str, concurrency: int, started: float,
+    log_dir: Path,
+) -> dict[str, Any]:
+    return {
+        "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
+        "quick": args.quick,
+        "plan": asdict(plan),
+        "goalqueue_pool": pool,
+        "goalqueue_concurrency": concurrency,
+        "endpoint": "benchmarks.endpoint (minimal asyncio HTTP/1.1 server, own process)",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "commit": _commit(),
+        "started": started,
+        "seconds": round(time.time() - started, 1),
+        "logs": str(log_dir),
+    }
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""The four measurements, each run in isolation on a flushed database.
+
+Every scenario starts what it needs (endpoint, workers) under :class:`Processes` and stops it
+before returning, so one scenario never sees another's processes, keys or backlog.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from benchmarks.procs import (
+    Child,
+    Processes,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    read_line,
+)
+from benchmarks.systems import (
+    BULK_BATCH,
+    GOALQUEUE_URL,
+    PLAIN_URL,
+    System,
+    bounded_poll,
+    flush,
+    percentile,
+    plain_task,
+)
+from benchmarks.workload import goal_body, goal_fields
+from goalqueue import GoalQueue, keys
+from goalqueue.event import GoalEvent
+from goalqueue.message import TEMPLATE
+from goalqueue.scripts import Scripts
+
+WORKER_BOOT_SECONDS = 60.0
+
+
+@dataclass
+class Row:
+    """One measured number and what it means."""
+
+    section: str
+    key: str
+    label: str
+    value: float | None
+    unit: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- the endpoint
+
+
+class Endpoint:
+    """The fast local endpoint (:mod:`benchmarks.endpoint`) in its own process."""
+
+    def __init__(self, procs: Processes, latency_ms: float) -> None:
+        self.child = procs.start(
+            "endpoint",
+            [sys.executable, "-m", "benchmarks.endpoint", "--latency-ms", str(latency_ms)],
+            _env(),
+            capture_stdout=True,
+        )
+        assert self.child.process.stdout is not None
+        port = int(read_line(self.child.process.stdout, "LISTENING", 15).split()[1])
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base}/api/v1/goals"
+        self.admin = httpx.Client(base_url=self.base, timeout=10)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.admin.get("/_bench/stats").json())
+
+    def count(self) -> int:
+        return int(self.stats()["count"])
+
+    def arrivals(self) -> dict[str, float]:
+        """Idempotency key -> time its goal was answered (the first time, if repeated)."""
+        arrivals: dict[str, float] = {}
+        for at, key in self.admin.get("/_bench/events").json()["events"]:
+            arrivals.setdefault(key, at)
+        return arrivals
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+@dataclass
+class Window:
+    """CPU seconds of each party, and of the whole machine, at one moment of a run."""
+
+    count: int
+    at: float
+    cpu: dict[str, float]
+    machine: float
+
+
+def _snapshot(count: int, parties: dict[str, Callable[[], float]]) -> Window:
+    cpu = {name: read() for name, read in parties.items()}
+    cpu["harness"] = own_cpu_seconds()
+    return Window(count, time.monotonic(), cpu, machine_busy_seconds())
+
+
+def foreign_cores(first: Window, last: Window) -> float:
+    """Cores kept busy during the window by processes that are not part of the scenario
+    (other people's tests on a shared machine): the numbers are suspect when this is high."""
+    ours = sum(last.cpu[name] - first.cpu[name] for name in last.cpu)
+    wall = last.at - first.at
+    return round(max(0.0, (last.machine - first.machine) - ours) / wall, 2) if wall > 0 else 0.0
+
+
+def watch_delivery(
+    endpoint: Endpoint,
+    n: int,
+    budget: float,
+    running: Child,
+    parties: dict[str, Callable[[], float]],
+) -> dict[str, Any]:
+    """Wait until ``n`` goals reached the endpoint (or ``budget`` seconds passed).
+
+    Returns goals/s between the first and the last delivery the endpoint saw, and the CPU
+    each party spent per goal over that window.
+    """
+    first: Window | None = None
+    stats = endpoint.stats()
+    for _ in bounded_poll(budget, 0.02):
+        stats = endpoint.stats()
+        if first is None and stats["count"] > 0:
+            first = _snapshot(stats["count"], parties)
+        if stats["count"] >= n or not running.alive():
+            break
+    last = _snapshot(stats["count"], parties)
+    count = int(stats["count"])
+    distinct = len(endpoint.arrivals())
+    span = (stats["last"] or 0) - (stats["first"] or 0)
+    result: dict[str, Any] = {
+        "delivered": count,
+        "enqueued": n,
+        "seconds": round(span, 3),
+        "goals_per_s": round((count - 1) / span, 1) if count > 1 and span > 0 else None,
+        "complete": distinct >= n,
+        "duplicates": count - distinct,
+    }
+    if first is not None and last.count > first.count:
+        goals = last.count - first.count
+        result["cpu_us_per_goal"] = {
+            name: round((last.cpu[name] - first.cpu[name]) / goals * 1e6)
+            for name in parties
+        }
+        result["foreign_cores"] = foreign_cores(first, last)
+    return result
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def delivery(
+    system: System, latency_ms: float, n: int, budget: float, log_dir: Path
+) -> dict[str, Any]:
+    """Throughput of one worker node of ``system`` draining ``n`` pre-enqueued goals."""
+    flush(system.broker_url)
+    enqueuer = system.enqueuer()
+    with Processes(log_dir) as procs:
+        endpoint = Endpoint(procs, latency_ms)
+        enqueuer.many(n)
+        workers = [
+            procs.start(f"{system.key}-{latency_ms:g}ms-{index}", system.argv(index),
+                        system.env(endpoint.url))
+            for index in range(system.processes)
+        ]
+        client = redis.Redis.from_url(system.broker_url, decode_responses=True)
+        try:
+            result = watch_delivery(
+                endpoint, n, budget, workers[0],
+                {"worker": lambda: sum(w.cpu_seconds() for w in workers),
+                 "endpoint": endpoint.child.cpu_seconds, "redis": lambda: redis_cpu(client)},
+            )
+            for worker in workers:
+                if not worker.alive():
+                    raise RuntimeError(f"{system.key} worker died:\n{worker.output()}")
+            if system.kind == "goalqueue":
+                result["settled"] = _settled(client, result["delivered"])
+        finally:
+            client.close()
+            endpoint.close()
+            enqueuer.close()
+    flush(system.broker_url)
+    return result
+
+
+def _settled(client: redis.Redis, delivered: int) -> int:
+    """How many goals the workers recorded as delivered (waits briefly for the last ones)."""
+    count = 0
+    for _ in bounded_poll(10, 0.05):
+        count = int(client.get(keys.DELIVERED_COUNT) or 0)
+        if count >= delivered:
+            break
+    return count
+
+
+def raw_http(concurrency: int, latency_ms: float, n: int, budget: float,
+             log_dir: Path) -> dict[str, Any]:
+    """The delivery-side limit: :mod:`benchmarks.rawhttp` against the same endpoint."""
+    with Processes(log_dir) as procs:
+        endpoint = Endpoint(procs, latency_ms)
+        loop = procs.start(
+            f"rawhttp-{latency_ms:g}ms",
+            [sys.executable, "-m", "benchmarks.rawhttp", "--url", endpoint.url, "--n", str(n),
+             "--concurrency", str(concurrency)],
+            _env(),
+        )
+        try:
+            result = watch_delivery(
+                endpoint, n, budget, loop,
+                {"client": loop.cpu_seconds, "endpoint": endpoint.child.cpu_seconds},
+            )
+        finally:
+            endpoint.close()
+    result["concurrency"] = concurrency
+    return result
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def latency(system: System, samples: int, log_dir: Path) -> dict[str, Any]:
+    """Enqueue-to-delivered latency, one goal at a time on an otherwise idle system."""
+    flush(system.broker_url)
+    enqueuer = system.enqueuer()
+    with Processes(log_dir) as procs:
+        endpoint = Endpoint(procs, 0)
+        worker = procs.start(f"{system.key}-latency", system.argv(), system.env(endpoint.url))
+        try:
+            # The first delivery proves the worker is up; then let its start-up settle.
+            enqueuer.one()
+            _wait_count(endpoint, 1, WORKER_BOOT_SECONDS, worker)
+            time.sleep(1.0)
+            first = _snapshot(0, {"worker": worker.cpu_seconds,
+                                  "endpoint": endpoint.child.cpu_seconds})
+            sent: dict[str, float] = {}
+            for index in range(samples):
+                started = time.time()
+                sent[enqueuer.one()] = started
+                _wait_count(endpoint, index + 2, 10, worker, interval=0.001)
+                time.sleep(0.01)
+            arrivals = endpoint.arrivals()
+            last = _snapshot(0, {"worker": worker.cpu_seconds,
+                                 "endpoint": endpoint.child.cpu_seconds})
+        finally:
+            endpoint.close()
+            enqueuer.close()
+    flush(system.broker_url)
+    millis = [(arrivals[key] - at) * 1000 for key, at in sent.items() if key in arrivals]
+    return {
+        "samples": len(millis),
+        "p50_ms": round(percentile(millis, 50), 2),
+        "p99_ms": round(percentile(millis, 99), 2),
+        "max_ms": round(max(millis), 2),
+        "foreign_cores": foreign_cores(first, last),
+    }
+
+
+def _wait_count(
+    endpoint: Endpoint, count: int, timeout: float, worker: Child, interval: float = 0.02
+) -> None:
+    for _ in bounded_poll(timeout, interval):
+        if endpoint.count() >= count:
+            return
+        if not worker.alive():
+            raise RuntimeError(f"worker died:\n{worker.output()}")
+    raise TimeoutError(f"{count} deliveries not seen within {timeout} s:\n{worker.output()}")
+
+
+# --------------------------------------------------------------------------- enqueue cost
+
+
+def enqueue_costs(n: int, repeats: int) -> list[Row]:
+    """µs per goal for each way of enqueueing, best of ``repeats`` runs of ``n`` goals."""
+    flush(GOALQUEUE_URL)
+    flush(PLAIN_URL)
+    queue = GoalQueue(broker_url=GOALQUEUE_URL)
+    raw = redis.Redis.from_url(GOALQUEUE_URL)
+    task = plain_task()
+    event_id = "0b0e9f9c-8f2e-4a7e-9a51-8f0e1b7c2d3a"
+    message = TEMPLATE % (event_id, 123456, event_id, 123456)
+
+    def single(goals: list[dict[str, Any]]) -> None:
+        for goal in goals:
+            queue.track_goal(**goal)
+
+    def bulk(goals: list[dict[str, Any]]) -> None:
+        for start in range(0, len(goals), BULK_BATCH):
+            queue.track_goals(goals[start : start + BULK_BATCH])
+
+    def apply_async(goals: list[dict[str, Any]]) -> None:
+        for body in goals:
+            task.apply_async(args=[body])
+
+    def lpush(goals: list[dict[str, Any]]) -> None:
+        for _ in goals:
+            raw.lpush("bench:raw", message)
+
+    ways: list[tuple[str, str, Callable[[list[dict[str, Any]]], None], Callable[[], Any]]] = [
+        ("track_goal", "goalqueue track_goal (validated, 1 Lua call)", single, goal_fields),
+        ("track_goals", f"goalqueue track_goals, bulk of {BULK_BATCH}", bulk, goal_fields),
+        ("apply_async", "plain Celery apply_async (bare)", apply_async, goal_body),
+        ("raw_lpush", "raw redis-py LPUSH loop, same message", lpush, goal_body),
+    ]
+    rows = []
+    try:
+        for key, label, run, make in ways:
+            run([make() for _ in range(min(50, n))])  # warm up connections and scripts
+            timings = []
+            for _ in range(repeats):
+                goals = [make() for _ in range(n)]
+                started = time.perf_counter()
+                run(goals)
+                timings.append((time.perf_counter() - started) / n * 1e6)
+            rows.append(Row("enqueue", key, label, round(min(timings), 1), "µs/goal",
+                            {"runs_us": [round(t, 1) for t in timings], "n": n}))
+    finally:
+        queue.redis.close()
+        raw.close()
+    flush(GOALQUEUE_URL)
+    flush(PLAIN_URL)
+    return rows
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def memory(n: int) -> list[Row]:
+    """Redis bytes per queued goal: goalqueue ready and waiting, plain Celery ready."""
+    rows = [*_goalqueue_memory(n), _goalqueue_single_memory(n), _plain_memory(n)]
+    flush(GOALQUEUE_URL)
+    flush(PLAIN_URL)
+    return rows
+
+
+def _goalqueue_memory(n: int) -> list[Row]:
+    flush(GOALQUEUE_URL)
+    client = redis.Redis.from_url(GOALQUEUE_URL, decode_responses=True)
+    queue = GoalQueue(broker_url=GOALQUEUE_URL, client=client)
+    try:
+        empty = used_memory(client)
+        for start in range(0, n, BULK_BATCH):
+            queue.track_goals([goal_fields() for _ in range(min(BULK_BATCH, n - start))])
+        ready = used_memory(client)
+        message, entry = client.lindex(keys.QUEUE, 0), client.zrange(keys.LEDGER, 0, 0)[0]
+        ready_row = Row(
+            "memory", "goalqueue_ready", "goalqueue, ready (queue message + ledger entry)",
+            round((ready - empty) / n), "B/goal",
+            {
+                "n": n,
+                "message_bytes": len(message),
+                "ledger_entry_bytes": len(entry),
+                "queue_key_bytes_per_goal": round(_usage(client, keys.QUEUE) / n),
+                "ledger_key_bytes_per_goal": round(_usage(client, keys.LEDGER) / n),
+            },
+        )
+        _park_everything(client)
+        waiting = used_memory(client)
+        parked = client.zrange(keys.WAITING, 0, 0)[0]
+        waiting_row = Row(
+            "memory", "goalqueue_waiting", "goalqueue, waiting (after one 503)",
+            round((waiting - empty) / n), "B/goal",
+            {
+                "n": n,
+                "waiting_entry_bytes": len(parked),
+                "waiting_key_bytes_per_goal": round(_usage(client, keys.WAITING) / n),
+            },
+        )
+    finally:
+        client.close()
+    return [ready_row, waiting_row]
+
+
+def _goalqueue_single_memory(n: int) -> Row:
+    """Ready goals enqueued one ``track_goal`` call at a time, as a web app does."""
+    flush(GOALQUEUE_URL)
+    client = redis.Redis.from_url(GOALQUEUE_URL, decode_responses=True)
+    queue = GoalQueue(broker_url=GOALQUEUE_URL, client=client)
+    try:
+        empty = used_memory(client)
+        for _ in range(n):
+            queue.track_goal(**goal_fields())
+        ready = used_memory(client)
+    finally:
+        client.close()
+    return Row("memory", "goalqueue_ready_single", "goalqueue, ready, enqueued by track_goal",
+               round((ready - empty) / n), "B/goal", {"n": n})
+
+
+def _usage(client: redis.Redis, key: str) -> int:
+    return int(client.memory_usage(key, samples=0) or 0)
+
+
+def _park_everything(client: redis.Redis) -> None:
+    """Move every ledger entry to the waiting set as a worker does after a 503, and drop the
+    queue messages, so that only waiting goals are left."""
+    from workers.policy import classify
+
+    answer = httpx.Response(
+        503, json={"status": "error", "error": {"code": 503, "message": "Service unavailable"}}
+    )
+    now = time.time()
+    verdict = classify(answer, now=now, max_wait=3600)
+    scripts = Scripts(client)
+    entries = client.zrange(keys.LEDGER, 0, -1)
+    for start in range(0, len(entries), BULK_BATCH):
+        with client.pipeline(transaction=False) as pipe:
+            for entry in entries[start : start + BULK_BATCH]:
+                event = GoalEvent.from_json(entry).attempted(now, 503, verdict.error)
+                scripts.park([entry, now + 3600, event.to_json()], client=pipe)
+            pipe.execute()
+    client.delete(keys.QUEUE)
+
+
+def _plain_memory(n: int) -> Row:
+    flush(PLAIN_URL)
+    client = redis.Redis.from_url(PLAIN_URL)
+    task = plain_task()
+    try:
+        task.apply_async(args=[goal_body()])  # declare the queue, open the connection
+        empty = used_memory(client)
+        for _ in range(n):
+            task.apply_async(args=[goal_body()])
+        ready = used_memory(client)
+        message = client.lindex("celery", 0) or b""
+        return Row(
+            "memory", "plain_ready", "plain Celery, ready (queue message)",
+            round((ready - empty) / n), "B/goal",
+            {"n": n, "message_bytes": len(message),
+             "queue_key_bytes_per_goal": round(_usage(client, "celery") / n)},
+        )
+    finally:
+        client.close()

@@ -1,0 +1,52 @@
+"""The benchmark harness's smoke run: it completes and reports every number (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED_ROWS = {
+    "enqueue": {"track_goal", "track_goals", "apply_async", "raw_lpush"},
+    "throughput_0ms": {"goalqueue", "plain_prefork", "plain_threads8", "raw_httpx"},
+    "throughput_50ms": {"goalqueue", "plain_prefork", "plain_threads8", "raw_httpx"},
+    "memory": {"goalqueue_ready", "goalqueue_waiting", "goalqueue_ready_single", "plain_ready"},
+    "latency": {
+        f"{system}_{p}"
+        for system in ("goalqueue", "plain_prefork", "plain_threads8")
+        for p in ("p50", "p99")
+    },
+}
+
+
+@pytest.mark.timeout(120)
+def test_quick_benchmark_reports_every_row_as_a_number(tmp_path: Path) -> None:
+    # Given a Redis on 127.0.0.1:6379 (DBs 11 and 12 are the benchmark's own)
+    report = tmp_path / "bench.json"
+    # When the CI smoke version of the benchmark runs
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+        env={k: v for k, v in os.environ.items() if not k.startswith("GOALQUEUE_")},
+    )
+    # Then it succeeds, prints the table and says where the JSON went
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Enqueue cost" in done.stdout and "Targets" in done.stdout
+    assert str(report) in done.stdout
+    # And the JSON has every row, each with a number
+    data = json.loads(report.read_text())
+    found: dict[str, set[str]] = {}
+    for row in data["rows"]:
+        found.setdefault(row["section"], set()).add(row["key"])
+        assert isinstance(row["value"], int | float), row
+        assert row["value"] > 0, row
+    assert found == EXPECTED_ROWS
+    # And every target was evaluated, met or not
+    assert len(data["targets"]) == 7
+    assert all(isinstance(target["value"], int | float) for target in data["targets"])
