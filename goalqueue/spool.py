@@ -105,14 +105,6 @@ class Spool:
             payload.encode()  # a bad string fails its own add, not the group's shared commit
         self._batcher.submit(rows)
 
-    def _write(self, rows: list[Row]) -> None:
-        with self._connect(self._own or self._create_own()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO goals (event_id, payload, spooled_at) VALUES (?, ?, ?)", rows
-            )
-            db.execute("COMMIT")
-
     def pending(self) -> int:
         """How many goals wait in the spool, from every process."""
         return sum(count for path in self.files() for (count,) in _query(self, path, _COUNT))
@@ -157,6 +149,14 @@ class Spool:
     def close(self) -> None:
         """Give up this process's file: once empty, any flusher may remove it."""
         self._claim.release()
+
+    def _write(self, rows: list[Row]) -> None:
+        with self._connect(self._own or self._create_own()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO goals (event_id, payload, spooled_at) VALUES (?, ?, ?)", rows
+            )
+            db.execute("COMMIT")
 
     def _send_head(self, path: Path, sender: Sender, batch: int) -> int:
         with self._flush_lock():

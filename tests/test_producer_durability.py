@@ -190,7 +190,8 @@ def spooled_ids(directory: Path) -> list[str]:
 
 
 def ledger(client: redis.Redis) -> list[tuple[str, float]]:
-    return client.zrange(keys.LEDGER, 0, -1, withscores=True)
+    entries: list[tuple[str, float]] = client.zrange(keys.LEDGER, 0, -1, withscores=True)  # type: ignore[assignment]
+    return entries
 
 
 def ledger_ids(client: redis.Redis) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ from click.testing import CliRunner, Result
 from goalqueue import EnqueueError, GoalQueue, keys
 from goalqueue.cli import main
 from goalqueue.config import Settings, get_settings
+from goalqueue.event import GoalEvent
 from goalqueue.producer import new_event
 from goalqueue.spool import Spool
 from tests.conftest import wait_for
@@ -32,7 +34,7 @@ def dead_url() -> str:
         return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
-def events(count: int, prefix: str = "v") -> list:
+def events(count: int, prefix: str = "v") -> list[GoalEvent]:
     return [
         new_event(
             {"visitor_id": f"{prefix}{i}", "name": "signup", "metadata": None, "description": None}
@@ -54,7 +56,7 @@ def waiting(directory: Path) -> list[tuple[str, str]]:
 
 
 def ledger_ids(client: redis.Redis) -> list[str]:
-    return [json.loads(raw)["i"] for raw in client.zrange(keys.LEDGER, 0, -1)]
+    return [json.loads(str(raw))["i"] for raw in client.zrange(keys.LEDGER, 0, -1)]
 
 
 @pytest.fixture
@@ -139,6 +141,22 @@ def test_each_process_writes_its_own_file_and_any_process_reads_them_all(
     )
     assert done.returncode == 0, done.stderr
     # Then there are two files, and this process sees both goals
+    assert len(spool.files()) == 2
+    assert spool.pending() == 2
+
+
+def test_a_forked_child_spools_into_a_file_of_its_own(spool: Spool) -> None:
+    # Given a process that has spooled a goal, then forks (as a pre-forking web server does)
+    spool.add(events(1))
+    pid = os.fork()
+    if pid == 0:  # the child: spool one goal through the inherited Spool, then leave at once
+        try:
+            spool.add(events(1, "child"))
+        finally:
+            os._exit(0 if spool.pending() == 2 else 1)
+    # Then the child wrote a file of its own, and both goals wait
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     assert len(spool.files()) == 2
     assert spool.pending() == 2
 
@@ -280,7 +298,9 @@ def test_four_threads_and_two_processes_spooling_at_once_lose_nothing(
 
 
 @pytest.fixture
-def cli(own_redis: OwnRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+def cli(
+    own_redis: OwnRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Result]]:
     """Runs ``goalqueue`` with the spool in tmp_path and the test Redis (or ``broker``)."""
     monkeypatch.setenv("GOALQUEUE_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.setenv("GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS", "0.3")
