@@ -24,8 +24,9 @@ on the first goal it spools)::
 
 One shared database would make every web worker's writes queue for one lock, which SQLite
 grants by polling: under a burst, a writer can miss it for longer than any sensible timeout.
-With a file each, a process's threads take turns on a plain ``threading.Lock``, and another
-process only touches the file to re-send and delete what it holds. Flushers read every file;
+With a file each, the threads of one process share group commits (one transaction and one
+fsync for whatever they spool at that moment), and another process only touches the file to
+re-send and delete what it holds. Flushers read every file;
 once a file is empty and its owner lock is free (the process died or closed its spool), the
 file is removed. Files are only made when Redis is down, so a healthy spool is an empty
 directory. The cost is one fsync per spooling call, and the directory must be on a local file
@@ -37,7 +38,8 @@ The payload is re-sent byte for byte, which lets the Redis side absorb most of t
 ledger is a set of payloads, so a copy of a goal still waiting on the queue re-scores its ledger
 entry and the older message finds it ``gone``; a copy of a delivered goal finds the delivered
 marker and is settled without a request. Only a copy that arrives while the first one is being
-POSTed, or after the delivered marker expired, is sent twice.
+POSTed, or after the delivered marker expired, is sent twice, and then with the same
+``Idempotency-Key`` (the event id).
 """
 
 from __future__ import annotations
