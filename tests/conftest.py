@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,8 +58,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     """Settings with sub-second waits, pointed at a closed port until a test sets a URL."""
+    return quick_settings(redis_url)
+
+
+def quick_settings(broker_url: str) -> Settings:
+    """Settings with sub-second waits, pointed at a closed port until a test sets a URL."""
     return Settings(
-        broker_url=redis_url,
+        broker_url=broker_url,
         api_key=API_KEY,
         api_url="http://127.0.0.1:9/api/v1/goals",
         retry_base_seconds=0.05,
@@ -154,20 +160,121 @@ class Workers:
             worker.stop()
 
 
-@pytest.fixture
-def workers(tmp_path: Path, settings: Settings, sandbox: Sandbox) -> Iterator[Workers]:
-    """Real worker processes delivering to the sandbox through the test Redis."""
-    env = {
+def worker_env(settings: Settings, api_url: str, api_key: str = API_KEY) -> dict[str, str]:
+    """The environment of a worker process that runs with ``settings`` against ``api_url``."""
+    return {
         **os.environ,
         "GOALQUEUE_BROKER_URL": settings.broker_url,
-        "DATAFAST_API_KEY": API_KEY,
-        "DATAFAST_API_URL": sandbox.url,
+        "DATAFAST_API_KEY": api_key,
+        "DATAFAST_API_URL": api_url,
         "GOALQUEUE_RETRY_BASE_SECONDS": str(settings.retry_base_seconds),
         "GOALQUEUE_RETRY_MAX_SECONDS": str(settings.retry_max_seconds),
         "GOALQUEUE_HTTP_TIMEOUT_SECONDS": str(settings.http_timeout_seconds),
         "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
         "GOALQUEUE_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
     }
-    pool = Workers(tmp_path, env)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, settings: Settings, sandbox: Sandbox) -> Iterator[Workers]:
+    """Real worker processes delivering to the sandbox through the test Redis."""
+    pool = Workers(tmp_path, worker_env(settings, sandbox.url))
     yield pool
     pool.stop_all()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` of the test's own, on a free port, keeping its data in ``directory``.
+
+    AOF is on with ``appendfsync always`` and RDB snapshots are off, so a restart (clean or
+    SIGKILL) keeps every write Redis acknowledged; ``extra`` adds arguments.
+    """
+
+    directory: Path
+    extra: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            "redis-server",
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            *self.extra,
+        ]  # fmt: skip
+        with (self.directory / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._answers, 20)
+        return self
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Stop the server: SIGTERM shuts it down cleanly, SIGKILL does not."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def restart(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop with ``sig`` and start again on the same port, from the same AOF."""
+        self.stop(sig)
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def _answers(self) -> bool:
+        """redis-server answers PING"""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = (self.directory / "redis.log").read_text(errors="replace")
+            pytest.fail(f"redis-server exited with {self.process.returncode}:\n{log[-2000:]}")
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts private ``redis-server`` processes; each one is stopped after the test.
+
+    ``redis_server()`` starts one with AOF on; ``redis_server("--maxmemory-policy",
+    "allkeys-lru")`` adds arguments.
+    """
+    servers: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", extra)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop(signal.SIGKILL)

@@ -1,24 +1,85 @@
-"""Celery's consumer, with undecodable messages kept as dead letters instead of dropped."""
+"""Celery's consumer, hardened so that no message in the queue can stop or stall a worker.
+
+Every message that is not a readable ``goalqueue.deliver`` task becomes a ``poison`` dead letter
+and is taken off the queue for good (see :mod:`workers.transport` for the layers and why):
+
+* the connection it reads from uses the hardened transport of :mod:`workers.transport`, so an
+  unreadable envelope never reaches the event loop;
+* any error while handling one message is that message's problem: it is buried and rejected
+  instead of being taken for a lost connection (kombu counts ``KeyError`` as one, and the
+  restore that follows would bring the message back forever);
+* undecodable bodies, unknown task names and messages that are not task messages are buried
+  as well as rejected with Celery's own log line.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from celery.utils.functional import promise
 from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.utils.json import dumps
 
-from goalqueue import keys
-from goalqueue.deadletters import DeadLetter
+from workers.transport import bury, hardened
 
 logger = logging.getLogger(__name__)
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        """Keep the raw message as a ``poison`` dead letter, then ack it so it cannot loop."""
-        from workers.celery import runtime
+    """The consumer ``worker_consumer`` names in workers/celery.py."""
 
-        letter = DeadLetter.poison(message.body or b"", f"undecodable message: {exc}")
-        runtime.get().redis.hset(keys.DEAD, letter.event_id, letter.to_json())
-        logger.error("dead-lettered an undecodable message as %s: %s", letter.event_id, exc)
-        message.ack()
+    def connection_for_read(self, heartbeat: float | None = None) -> Any:
+        """The broker connection tasks are read from, with the hardened transport."""
+        connection = self.app.connection_for_read(heartbeat=heartbeat)
+        connection.transport_cls = hardened(connection.get_transport_cls())
+        return self.ensure_connected(connection)
+
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Any], Any]:
+        """Celery's handler for one message, with any error in it blamed on the message."""
+        handle = super().create_task_handler(promise)
+        broker_trouble = tuple(e for e in self.connection_errors if e is not KeyError)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except broker_trouble:
+                raise
+            except Exception as exc:
+                self._bury(message, f"unhandled message: {type(exc).__name__}: {exc}")
+                return None
+
+        return on_task_received
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """Keep a message whose body cannot be decoded; ack it so it cannot loop."""
+        self._bury(message, f"undecodable message: {type(exc).__name__}: {exc}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        bury(_raw(message), "not a task message: no task name in its headers")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = message.headers.get("task") if isinstance(message.headers, dict) else None
+        self._bury(message, f"unknown task {name!r}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        bury(_raw(message), f"invalid task message: {type(exc).__name__}: {exc}")
+        super().on_invalid_task(body, message, exc)
+
+    def _bury(self, message: Any, error: str) -> None:
+        bury(_raw(message), error)
+        if not message.acknowledged:
+            message.reject_log_error(logger, self.connection_errors)
+
+
+def _raw(message: Any) -> str | bytes:
+    """The message as it was in the queue: kombu's envelope, or at least its body."""
+    envelope = getattr(message, "_raw", None)
+    if envelope is not None:
+        try:
+            return str(dumps(envelope))
+        except (TypeError, ValueError):
+            pass
+    return message.body or b""

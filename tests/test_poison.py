@@ -1,0 +1,141 @@
+"""Poison messages pushed straight into the ``goalqueue`` list, under a real worker.
+
+Each one must end as exactly one ``poison`` dead letter (with a log line naming it), be gone
+from the queue and from kombu's unacked bookkeeping, and leave the worker alive and delivering:
+a valid goal queued behind it is delivered. Before workers/transport.py and the consumer's guard,
+most of these stopped the worker ("Unrecoverable error") or made it restore and re-read the same
+message forever.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from goalqueue import GoalQueue, keys
+from goalqueue.deadletters import DeadLetter
+from goalqueue.message import TEMPLATE
+from goalqueue.sandbox import Sandbox
+from tests.conftest import (
+    RedisServer,
+    WorkerProcess,
+    Workers,
+    quick_settings,
+    wait_for,
+    worker_env,
+)
+
+MARK = "poison-marker"
+
+
+def envelope(body: str, *, headers: object = None, **changes: object) -> str:
+    """A kombu envelope like the producer writes, with ``changes`` applied."""
+    message: dict[str, object] = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers if headers is not None else {"id": MARK, "task": keys.TASK_NAME},
+        "properties": {
+            "delivery_tag": MARK,
+            "delivery_info": {"exchange": "", "routing_key": keys.QUEUE},
+        },
+    }
+    message.update(changes)
+    return json.dumps({k: v for k, v in message.items() if v is not ...})
+
+
+VALID = TEMPLATE % (MARK, 999, MARK, 999)
+POISON: dict[str, str | bytes] = {
+    "garbage bytes": b"\x00\xff\xfe\x1b[2J not json " + MARK.encode(),
+    "truncated JSON": VALID[: len(VALID) * 2 // 3],
+    "JSON that is not an object": json.dumps([MARK, 1]),
+    "envelope without properties": json.dumps({"body": MARK}),
+    "envelope with a bad delivery_info": envelope(
+        f'[["{MARK}", 1], {{}}, {{}}]', properties={"delivery_tag": MARK, "delivery_info": "x"}
+    ),
+    "body that is not JSON": envelope(f"not json {MARK}"),
+    "arguments of the wrong types": envelope(f'[[1, 2, "{MARK}"], {{}}, {{}}]'),
+    "huge payload (5 MB)": envelope(json.dumps([[MARK + "x" * 5_000_000, "seq"], {}, {}])),
+    "unknown task name": envelope('[["e", 1], {}, {}]', headers={"id": MARK, "task": "nope"}),
+    "no headers": envelope(f'[["{MARK}", 1], {{}}, {{}}]', headers=...),
+    "headers without a task id": envelope(
+        f'[["{MARK}", 1], {{}}, {{}}]', headers={"task": keys.TASK_NAME}
+    ),
+}
+CRASH_SIGNS = ("Unrecoverable error", "Connection to broker lost", "Frequent restarts")
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    tmp_path_factory: pytest.TempPathFactory, server: RedisServer, sandbox: Sandbox
+) -> Iterator[WorkerProcess]:
+    pool = Workers(
+        tmp_path_factory.mktemp("workers"), worker_env(quick_settings(server.url), sandbox.url)
+    )
+    try:
+        yield pool.start("-c", "2")
+    finally:
+        for started in pool.started:
+            started.kill()
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    client = server.client()
+    yield client
+    client.close()
+
+
+def poison_letters(client: redis.Redis) -> dict[str, DeadLetter]:
+    letters = (DeadLetter.from_json(raw) for raw in client.hvals(keys.DEAD))
+    return {letter.event_id: letter for letter in letters if letter.reason == "poison"}
+
+
+@pytest.mark.parametrize("kind", list(POISON))
+def test_a_poison_message_is_dead_lettered_once_and_the_worker_goes_on(
+    kind: str, worker: WorkerProcess, sandbox: Sandbox, server: RedisServer, client: redis.Redis
+) -> None:
+    # Given a worker delivering goals
+    queue = GoalQueue(settings=quick_settings(server.url))
+    before = set(poison_letters(client))
+    log_before = len(worker.output())
+    # When a poison message lands in the queue, with a valid goal behind it
+    client.lpush(keys.QUEUE, POISON[kind])
+    goal = queue.track_goal("visitor", "signup")
+
+    # Then the goal behind it is delivered
+    wait_for(lambda: goal in {e.idempotency_key for e in sandbox.events(status=200)}, 30)
+    # And the poison message is one dead letter that keeps what was pushed
+    wait_for(lambda: len(set(poison_letters(client)) - before) == 1, 30)
+    (new,) = set(poison_letters(client)) - before
+    letter = poison_letters(client)[new]
+    assert MARK in (letter.raw or ""), letter
+    assert letter.error
+    # And the worker said so in its log, and is still running, without a restart
+    log = worker.output()[log_before:]
+    assert re.search(rf"dead-lettered .*{new}", log), log[-2000:]
+    assert worker.process.poll() is None
+    assert not [sign for sign in CRASH_SIGNS if sign in log], log[-3000:]
+    # And nothing of it is left to come back: not in the queue, not in kombu's unacked messages
+    wait_for(lambda: client.llen(keys.QUEUE) == 0 and client.hlen("unacked") == 0, 10)
+    assert len(set(poison_letters(client)) - before) == 1

@@ -1,0 +1,161 @@
+"""kombu's Redis transport, hardened: no message in the queue and no Redis restart stops a worker.
+
+Poison messages. A goal's message is written by :mod:`goalqueue.message`, so anything else in
+the queue came from a bug, a stray client or someone with write access to Redis. It must end as a
+``poison`` dead letter (raw text kept, cut to :data:`goalqueue.deadletters.RAW_LIMIT`), never stop
+a worker and never come back. Each layer where Celery can choke on it has its guard:
+
+    layer                         left alone, a poison message ...        guard
+    kombu envelope (BRPOP read)   raises out of the event loop: the       :class:`Channel` here
+      not JSON, not an object,    worker dies ("Unrecoverable error"),
+      no properties.delivery_tag  the message already popped and gone
+    Celery task handler           KeyError counts as a lost connection:   Consumer, in
+      headers without an id, ...  the message is restored, read again,    :mod:`workers.consumer`
+                                  forever, and no goal behind it moves
+    headers / task name           rejected with a log line only           Consumer hooks
+    task body (not JSON)          ``on_decode_error``                     Consumer hook
+    task arguments                the task itself                         ``workers.tasks``
+
+kombu pops a message with BRPOP and decodes it inside ``Channel._brpop_read`` before anything
+else sees it. Rather than copy that method, the channel reads BRPOP replies through a Redis
+client that screens each popped message: one kombu cannot turn into a message is buried here
+and the reply reported as empty, which the event loop treats as "nothing to read".
+
+Redis going away. When Redis drops the connection, Celery's consumer closes the channel and kombu
+detaches it from its transport, but work for it is still under way: a task that finishes acks
+its message through the old channel, and a close that failed half way (the pending BRPOP reply
+raised) is retried and restores unacked messages. Either one has kombu rebuild a Redis pool from
+the detached transport: ``AttributeError: 'NoneType' object has no attribute 'client'`` (or
+``'hostname'``) escapes into the event loop and the worker dies (kombu 5.7.0, on most Redis
+restarts under load). Here a detached channel raises ``redis.ConnectionError`` instead, which
+Celery handles: the ack is logged as failed and the message stays in kombu's unacked hash in
+Redis, where a worker restores it after the visibility timeout (its goal, already settled, is
+then dropped as a stale copy).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+from goalqueue import keys
+from goalqueue.deadletters import RAW_LIMIT, DeadLetter
+
+logger = logging.getLogger(__name__)
+
+# Types redis-py can store as kombu's unacked-hash field: anything else fails in kombu's QoS.
+_TAG_TYPES = (str, int, float)
+
+
+def bury(raw: str | bytes, error: str) -> str | None:
+    """Keep ``raw`` as a ``poison`` dead letter; returns its id, or None if Redis refused it.
+
+    Never raises: a poison message that cannot even be stored is logged (cut short) and
+    dropped, so that it cannot stop the worker.
+    """
+    from workers.celery import runtime
+
+    letter = DeadLetter.poison(raw, error)
+    try:
+        runtime.get().redis.hset(keys.DEAD, letter.event_id, letter.to_json())
+    except redis.RedisError as exc:
+        logger.error(
+            "dropped a poison message (%s) that could not be dead-lettered (%s): %r",
+            error,
+            exc,
+            letter.raw[:200] if letter.raw else "",
+        )
+        return None
+    logger.error("dead-lettered a poison message as %s: %s", letter.event_id, error)
+    return letter.event_id
+
+
+def unreadable(channel: kombu_redis.Channel, item: bytes | str) -> str | None:
+    """Why kombu could not make a message of the popped ``item``, or None when it can."""
+    try:
+        message = channel.Message(loads(bytes_to_str(item)), channel=channel)
+    except Exception as exc:  # anything: this is exactly the error kombu would raise
+        return f"unreadable message envelope: {type(exc).__name__}: {str(exc)[:RAW_LIMIT]}"
+    # What kombu's QoS.append needs to record the message as unacknowledged.
+    tag, info = message.delivery_tag, message.delivery_info
+    if isinstance(tag, bool) or not isinstance(tag, _TAG_TYPES):
+        return f"unreadable message envelope: delivery_tag is a {type(tag).__name__}"
+    if not (
+        isinstance(info, dict)
+        and isinstance(info.get("exchange"), str)
+        and isinstance(info.get("routing_key"), str)
+    ):
+        return "unreadable message envelope: no delivery_info with exchange and routing_key"
+    return None
+
+
+class ScreeningRedis(redis.Redis):
+    """A Redis client whose BRPOP replies only ever hold messages kombu can read.
+
+    ``screen(item)`` returns True to let a popped item through; when it returns False the
+    reply is reported as empty (kombu then raises ``Empty``, which its event loop ignores).
+    """
+
+    screen: Any = None
+
+    def parse_response(self, connection: Any, command_name: Any, **options: Any) -> Any:
+        reply = super().parse_response(connection, command_name, **options)
+        if command_name == "BRPOP" and reply and self.screen is not None:
+            _, item = reply
+            if not self.screen(item):
+                return None
+        return reply
+
+
+@functools.cache
+def _screening(client_cls: type[redis.Redis]) -> type[redis.Redis]:
+    if issubclass(ScreeningRedis, client_cls):
+        return ScreeningRedis
+    return type(f"Screening{client_cls.__name__}", (ScreeningRedis, client_cls), {})
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel: buries unreadable messages, fails cleanly once detached."""
+
+    def _get_client(self) -> Any:
+        client = super()._get_client()
+        if isinstance(client, functools.partial):  # a global key prefix: PrefixedStrictRedis
+            return functools.partial(_screening(client.func), *client.args, **client.keywords)
+        return _screening(client)
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        client = super()._create_client(asynchronous)
+        client.screen = self._deliverable
+        return client
+
+    def _deliverable(self, item: bytes | str) -> bool:
+        problem = unreadable(self, item)
+        if problem is None:
+            return True
+        bury(item, problem)
+        return False
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """kombu's connection parameters; a connection error once the channel is detached."""
+        if self.connection is None or self.connection.client is None:
+            raise redis.ConnectionError("this broker channel was closed with its connection")
+        return super()._connparams(asynchronous)
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    """kombu's Redis transport with the hardened :class:`Channel`."""
+
+    Channel = Channel
+
+
+def hardened(transport_cls: type) -> type:
+    """The hardened counterpart of a kombu transport class (other transports: unchanged)."""
+    if transport_cls is kombu_redis.Transport:
+        return Transport
+    return transport_cls
