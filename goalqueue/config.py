@@ -149,12 +149,12 @@ def _check_broker_url(url: str) -> None:
     if parts.scheme not in BROKER_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
         raise ConfigError(
             f"GOALQUEUE_BROKER_URL must look like redis://host:6379/0 (or rediss://, unix://), "
-            f"got {_redact(url)!r}"
+            f"got {redact(url)!r}"
         )
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
-        raise ConfigError(f"GOALQUEUE_BROKER_URL has a bad port: {_redact(url)!r}") from None
+        raise ConfigError(f"GOALQUEUE_BROKER_URL has a bad port: {redact(url)!r}") from None
 
 
 def _check_api_url(url: str, *, allow_insecure: bool) -> None:
@@ -169,7 +169,7 @@ def _check_api_url(url: str, *, allow_insecure: bool) -> None:
         return
     raise ConfigError(
         "DATAFAST_API_URL must be an https:// URL (plain http only for a loopback host, or "
-        f"anywhere with GOALQUEUE_ALLOW_INSECURE_API_URL=1), got {_redact(url)!r}"
+        f"anywhere with GOALQUEUE_ALLOW_INSECURE_API_URL=1), got {redact(url)!r}"
     )
 
 
@@ -189,7 +189,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password, for error messages."""
     try:
         password = urlsplit(url).password

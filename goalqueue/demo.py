@@ -40,7 +40,7 @@ import click
 import redis
 
 from goalqueue import keys
-from goalqueue.config import ENV_NAMES, Settings, _redact
+from goalqueue.config import ENV_NAMES, Settings, redact
 from goalqueue.deadletters import DeadLetters
 from goalqueue.errors import ConfigError, EnqueueError
 from goalqueue.producer import GoalQueue
@@ -108,13 +108,13 @@ def _env_broker(stack: ExitStack) -> Broker:
     try:
         size = client.dbsize()
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"no Redis answers at {_redact(url)} ({exc})") from None
+        raise BrokerUnavailable(f"no Redis answers at {redact(url)} ({exc})") from None
     if size:
         raise BrokerUnavailable(
-            f"the database at {_redact(url)} holds {size} key(s); the demo only uses an empty one"
+            f"the database at {redact(url)} holds {size} key(s); the demo only uses an empty one"
         )
     stack.callback(forget_demo_keys, client)
-    return Broker(url, f"the Redis at GOALQUEUE_BROKER_URL ({_redact(url)}), an empty database")
+    return Broker(url, f"the Redis at GOALQUEUE_BROKER_URL ({redact(url)}), an empty database")
 
 
 def forget_demo_keys(client: redis.Redis) -> None:

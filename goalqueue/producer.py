@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.retry import Retry
 
-from goalqueue.config import Settings, _redact, get_settings
+from goalqueue.config import Settings, get_settings, redact
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
 from goalqueue.message import TEMPLATE
@@ -162,7 +162,7 @@ class GoalQueue:
         backlog.sent()
 
     def _failure(self, exc: redis.RedisError, count: int) -> EnqueueError:
-        where = f"Redis at {_redact(self.settings.broker_url)}"
+        where = f"Redis at {redact(self.settings.broker_url)}"
         if isinstance(exc, redis.TimeoutError):
             timeout = self.settings.enqueue_timeout_seconds
             what = f"no answer within {timeout:g} s"
