@@ -9,18 +9,44 @@ prefork pool forks children that must go too.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LOCK_PATH = Path(tempfile.gettempdir()) / "goalqueue-benchmarks.lock"
+
+
+@contextmanager
+def exclusive(timeout: float) -> Iterator[None]:
+    """Hold the machine-wide benchmark lock: two runs would flush each other's Redis
+    databases and fight over the same two cores. Waits up to ``timeout`` seconds for it."""
+    with LOCK_PATH.open("w") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"another benchmark run held {LOCK_PATH} for {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.procs import Processes
+from benchmarks.procs import Processes, exclusive
 from benchmarks.scenarios import Endpoint, redis_cpu
 from benchmarks.systems import GOALQUEUE_URL, System, bounded_poll, flush, variant
 
@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     system = variant(args.variant, 0) if args.variant else System("goalqueue", "default",
                                                                   "goalqueue")
+    with exclusive(600):
+        return _profile(args, py_spy, system)
+
+
+def _profile(args: argparse.Namespace, py_spy: str, system: System) -> int:
     work = Path(tempfile.mkdtemp(prefix="goalqueue-profile-"))
     flush(GOALQUEUE_URL)
     client = redis.Redis.from_url(GOALQUEUE_URL)

@@ -21,19 +21,25 @@ import httpx
 from benchmarks.workload import API_KEY, goal_body
 
 
-def run(url: str, n: int, concurrency: int) -> dict[str, float]:
-    """POST ``n`` goals with ``concurrency`` threads; returns elapsed seconds and errors."""
-    client = httpx.Client(
+def _client(connections: int) -> httpx.Client:
+    return httpx.Client(
         headers={"Authorization": f"Bearer {API_KEY}"},
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         timeout=30.0,
     )
+
+
+def run(url: str, n: int, concurrency: int, per_thread: bool = False) -> dict[str, float]:
+    """POST ``n`` goals with ``concurrency`` threads sharing one client (or, ``per_thread``,
+    each with its own one-connection client); returns elapsed seconds and errors."""
+    shared = _client(concurrency)
     counter = itertools.count()
     errors = 0
     lock = threading.Lock()
 
     def loop() -> None:
         nonlocal errors
+        client = _client(1) if per_thread else shared
         while next(counter) < n:
             key = str(uuid.uuid4())
             try:
@@ -49,7 +55,7 @@ def run(url: str, n: int, concurrency: int) -> dict[str, float]:
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    client.close()
+    shared.close()
     return {"elapsed": elapsed, "errors": errors}
 
 
@@ -58,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--per-thread-client", action="store_true")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.url, args.n, args.concurrency)), flush=True)
+    result = run(args.url, args.n, args.concurrency, args.per_thread_client)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

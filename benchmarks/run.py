@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import scenarios
+from benchmarks.procs import exclusive
 from benchmarks.scenarios import Row
 from benchmarks.systems import System, default_systems, goalqueue_defaults, variant
 
@@ -73,6 +74,11 @@ class Target:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    with exclusive(args.lock_timeout):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     plan = Plan.for_args(args.quick, args.n)
     sections = set(args.sections.split(","))
     pool, concurrency = goalqueue_defaults()
@@ -101,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "raw_httpx" in wanted:
                 step(f"throughput raw httpx @ {latency_ms:g} ms",
                      _raw(concurrency, latency_ms, plan, log_dir))
+            if "raw_httpx_thread_clients" in wanted:
+                step(f"throughput raw httpx, a client per thread @ {latency_ms:g} ms",
+                     _raw(concurrency, latency_ms, plan, log_dir, per_thread=True))
     if "latency" in sections:
         for system in systems:
             step(f"latency {system.key}", _latency(system, plan, log_dir))
@@ -131,11 +140,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated subset of enqueue,memory,throughput,latency",
     )
     parser.add_argument(
-        "--systems", default="goalqueue,plain_prefork,plain_threads8,raw_httpx",
+        "--systems",
+        default="goalqueue,plain_prefork,plain_threads8,raw_httpx,raw_httpx_thread_clients",
         help="comma-separated subset of the default systems to measure",
     )
     parser.add_argument(
         "--latencies", default="0,50", help="endpoint latencies (ms) for the throughput runs"
+    )
+    parser.add_argument(
+        "--lock-timeout", type=float, default=600.0,
+        help="seconds to wait for another benchmark run on this machine to finish",
     )
     parser.add_argument(
         "--variant", action="append", default=[], metavar="ARGS",
@@ -156,11 +170,18 @@ def _throughput(
     return run
 
 
-def _raw(concurrency: int, latency_ms: float, plan: Plan, log_dir: Path) -> Callable[[], list[Row]]:
+def _raw(
+    concurrency: int, latency_ms: float, plan: Plan, log_dir: Path, per_thread: bool = False
+) -> Callable[[], list[Row]]:
     def run() -> list[Row]:
-        result = scenarios.raw_http(concurrency, latency_ms, plan.n, plan.budget_seconds, log_dir)
-        label = f"raw httpx loop, {concurrency} threads, one client"
-        return [Row(f"throughput_{latency_ms:g}ms", "raw_httpx", label,
+        result = scenarios.raw_http(concurrency, latency_ms, plan.n, plan.budget_seconds,
+                                    log_dir, per_thread)
+        if per_thread:
+            key, label = "raw_httpx_thread_clients", (
+                f"raw httpx loop, {concurrency} threads, a client each (not a target)")
+        else:
+            key, label = "raw_httpx", f"raw httpx loop, {concurrency} threads, one client"
+        return [Row(f"throughput_{latency_ms:g}ms", key, label,
                     result["goals_per_s"], "goals/s", result)]
 
     return run

@@ -214,14 +214,14 @@ def _settled(client: redis.Redis, delivered: int) -> int:
 
 
 def raw_http(concurrency: int, latency_ms: float, n: int, budget: float,
-             log_dir: Path) -> dict[str, Any]:
+             log_dir: Path, per_thread: bool = False) -> dict[str, Any]:
     """The delivery-side limit: :mod:`benchmarks.rawhttp` against the same endpoint."""
     with Processes(log_dir) as procs:
         endpoint = Endpoint(procs, latency_ms)
         loop = procs.start(
-            f"rawhttp-{latency_ms:g}ms",
+            f"rawhttp-{latency_ms:g}ms{'-per-thread' if per_thread else ''}",
             [sys.executable, "-m", "benchmarks.rawhttp", "--url", endpoint.url, "--n", str(n),
-             "--concurrency", str(concurrency)],
+             "--concurrency", str(concurrency), *(["--per-thread-client"] if per_thread else [])],
             _env(),
         )
         try:

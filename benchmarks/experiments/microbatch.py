@@ -15,8 +15,13 @@ ledger entries (exactly as it does for a message lost after kombu's BRPOP).
   concurrently, one pipelined round trip settles every delivered goal; any goal that is not a
   plain "send" or not delivered falls back to the unchanged code path.
 
-``BENCH_HTTP``: ``threads`` (default; sync httpx client, per-process thread pool) or
-``async`` (one asyncio loop thread per process with ``httpx.AsyncClient``).
+``BENCH_HTTP``: ``threads`` (default; one sync httpx client shared by a per-process thread
+pool), ``thread-clients`` (each pool thread its own one-connection client: httpcore's pool
+costs O(connections x waiting requests) per request, see encode/httpcore#1035) or ``async``
+(one asyncio loop thread per process with ``httpx.AsyncClient``).
+
+``BENCH_LEAN=1`` also applies :mod:`benchmarks.experiments.lean` (no task events, kombu
+reusing its bookkeeping client).
 
     --variant "BENCH_BATCH=16 -c 4 -A benchmarks.experiments.microbatch"
 """
@@ -38,6 +43,9 @@ from workers.celery import app, runtime, settings
 from workers.client import USER_AGENT, build_client, post_goal
 from workers.delivery import Deliverer
 from workers.policy import RETRY_AFTER_MAX_SECONDS, Outcome, classify
+
+if os.environ.get("BENCH_LEAN"):
+    from benchmarks.experiments import lean  # noqa: F401
 
 BATCH = int(os.environ.get("BENCH_BATCH", "16"))
 MODE = os.environ.get("BENCH_BATCH_MODE", "pipelined")
@@ -123,8 +131,20 @@ def _post_all(deliverer: Deliverer, events: list[GoalEvent]) -> list[Any]:
             return list(await asyncio.gather(*(post(e) for e in events)))
 
         return asyncio.run_coroutine_threadsafe(post_batch(), loop).result()
-    pool, client = _pool()
-    return list(pool.map(lambda event: post_goal(client, url, event), events))
+    pool, shared = _pool()
+    if HTTP == "thread-clients":
+        return list(pool.map(lambda event: post_goal(_thread_client(), url, event), events))
+    return list(pool.map(lambda event: post_goal(shared, url, event), events))
+
+
+_local = threading.local()
+
+
+def _thread_client() -> httpx.Client:
+    client: httpx.Client | None = getattr(_local, "client", None)
+    if client is None:
+        client = _local.client = build_client(settings, 1)
+    return client
 
 
 def _deliver_pipelined(deliverer: Deliverer, pairs: list[tuple[str, int]]) -> None:
