@@ -88,11 +88,16 @@ def _run(args: argparse.Namespace) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="goalqueue-bench-"))
     started = time.time()
     rows: list[Row] = []
+    failures: list[str] = []
 
     def step(title: str, produce: Callable[[], list[Row]]) -> None:
         print(f"... {title}", file=sys.stderr, flush=True)
         began = time.perf_counter()
-        rows.extend(produce())
+        try:
+            rows.extend(produce())
+        except Exception as exc:  # one broken scenario must not lose the others' numbers
+            print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            failures.append(f"{title}: {type(exc).__name__}: {str(exc)[:2000]}")
         print(f"    {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
 
     if "enqueue" in sections:
@@ -120,12 +125,15 @@ def _run(args: argparse.Namespace) -> int:
         "meta": _meta(args, plan, pool, concurrency, started, log_dir),
         "rows": [asdict(row) for row in rows],
         "targets": [asdict(target) for target in targets],
+        "failures": failures,
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON written to {path}\nworker and endpoint logs in {log_dir}")
-    return 0
+    for failure in failures:
+        print(f"FAILED {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

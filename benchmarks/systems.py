@@ -7,8 +7,8 @@
   prefork pool, and with ``--pool threads -c 8``; Redis DB 11.
 
 A *variant* of goalqueue is the same worker with extra arguments, for experiments:
-``--variant "-c 64 --loglevel=WARNING"``. Leading ``NAME=VALUE`` tokens are environment
-variables and ``-A module`` replaces the Celery app, e.g.
+``--variant "-c 64 --loglevel=WARNING"``. ``NAME=VALUE`` tokens (upper-case names) are
+environment variables and ``-A module`` replaces the Celery app, e.g.
 ``--variant "-A benchmarks.experiments.no_events"``; ``--processes=2`` runs two worker
 processes side by side (still one node).
 """
@@ -123,9 +123,11 @@ def variant(spec: str, index: int) -> System:
     """A goalqueue worker with extra arguments (see the module docstring)."""
     tokens = shlex.split(spec)
     env: list[tuple[str, str]] = []
-    while tokens and "=" in tokens[0] and not tokens[0].startswith("-"):
-        name, _, value = tokens.pop(0).partition("=")
-        env.append((name, value))
+    for token in list(tokens):
+        if "=" in token and not token.startswith("-") and token.split("=")[0].isupper():
+            name, _, value = token.partition("=")
+            env.append((name, value))
+            tokens.remove(token)
     app = ""
     if "-A" in tokens:
         at = tokens.index("-A")

@@ -43,6 +43,7 @@ def test_quick_benchmark_reports_every_row_as_a_number(tmp_path: Path) -> None:
     )
     # Then it succeeds, prints the table and says where the JSON went
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FAILED" not in done.stderr, done.stderr[-3000:]
     assert "Enqueue cost" in done.stdout and "Targets" in done.stdout
     assert str(report) in done.stdout
     # And the JSON has every row, each with a number
