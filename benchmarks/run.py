@@ -321,7 +321,9 @@ def render(rows: list[Row], targets: list[Target]) -> str:
     lines += ["", "Targets (ratios from this run)"]
     for target in targets:
         verdict = {True: "MET", False: "MISSED", None: "n/a"}[target.met]
-        lines.append(f"  {target.name:<45}{_fmt(target.value):>10}  {target.goal:<9}{verdict}")
+        value = "-" if target.value is None else (
+            f"{target.value:.2f}" if abs(target.value) < 10 else _fmt(target.value))
+        lines.append(f"  {target.name:<45}{value:>10}  {target.goal:<9}{verdict}")
     return "\n".join(lines)
 
 
@@ -346,6 +348,8 @@ def _meta(
 
 
 def _commit() -> str | None:
+    if os.environ.get("BENCH_COMMIT"):  # a run from an exported tree (git archive) says so
+        return os.environ["BENCH_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,

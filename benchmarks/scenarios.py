@@ -80,10 +80,14 @@ class Endpoint:
     def count(self) -> int:
         return int(self.stats()["count"])
 
+    def events(self) -> list[tuple[float, str]]:
+        """(time answered, idempotency key) of every goal request, in order."""
+        return [(at, key) for at, key in self.admin.get("/_bench/events").json()["events"]]
+
     def arrivals(self) -> dict[str, float]:
         """Idempotency key -> time its goal was answered (the first time, if repeated)."""
         arrivals: dict[str, float] = {}
-        for at, key in self.admin.get("/_bench/events").json()["events"]:
+        for at, key in self.events():
             arrivals.setdefault(key, at)
         return arrivals
 
@@ -146,7 +150,8 @@ def watch_delivery(
             break
     last = _snapshot(stats["count"], parties)
     count = int(stats["count"])
-    distinct = len(endpoint.arrivals())
+    events = endpoint.events()
+    distinct = len({key for _, key in events})
     span = (stats["last"] or 0) - (stats["first"] or 0)
     result: dict[str, Any] = {
         "delivered": count,
@@ -154,7 +159,7 @@ def watch_delivery(
         "seconds": round(span, 3),
         "goals_per_s": round((count - 1) / span, 1) if count > 1 and span > 0 else None,
         "complete": distinct >= n,
-        "duplicates": count - distinct,
+        "duplicates": len(events) - distinct,
     }
     if first is not None and last.count > first.count:
         goals = last.count - first.count
@@ -371,6 +376,7 @@ def _goalqueue_memory(n: int) -> list[Row]:
             round((ready - empty) / n), "B/goal",
             {
                 "n": n,
+                "keys_bytes_per_goal": round(keys_bytes(client) / n),
                 "message_bytes": len(message),
                 "ledger_entry_bytes": len(entry),
                 "queue_key_bytes_per_goal": round(_usage(client, keys.QUEUE) / n),
@@ -385,6 +391,7 @@ def _goalqueue_memory(n: int) -> list[Row]:
             round((waiting - empty) / n), "B/goal",
             {
                 "n": n,
+                "keys_bytes_per_goal": round(keys_bytes(client) / n),
                 "waiting_entry_bytes": len(parked),
                 "waiting_key_bytes_per_goal": round(_usage(client, keys.WAITING) / n),
             },
@@ -404,14 +411,22 @@ def _goalqueue_single_memory(n: int) -> Row:
         for _ in range(n):
             queue.track_goal(**goal_fields())
         ready = used_memory(client)
+        by_keys = keys_bytes(client)
     finally:
         client.close()
     return Row("memory", "goalqueue_ready_single", "goalqueue, ready, enqueued by track_goal",
-               round((ready - empty) / n), "B/goal", {"n": n})
+               round((ready - empty) / n), "B/goal",
+               {"n": n, "keys_bytes_per_goal": round(by_keys / n)})
 
 
 def _usage(client: redis.Redis, key: str) -> int:
     return int(client.memory_usage(key, samples=0) or 0)
+
+
+def keys_bytes(client: redis.Redis) -> int:
+    """``MEMORY USAGE`` summed over this database's keys: unlike ``INFO memory`` it does not
+    move when other people's tests write to other databases of the same Redis."""
+    return sum(_usage(client, key) for key in client.scan_iter(count=1000))
 
 
 def _park_everything(client: redis.Redis) -> None:
@@ -449,7 +464,8 @@ def _plain_memory(n: int) -> Row:
         return Row(
             "memory", "plain_ready", "plain Celery, ready (queue message)",
             round((ready - empty) / n), "B/goal",
-            {"n": n, "message_bytes": len(message),
+            {"n": n, "keys_bytes_per_goal": round(keys_bytes(client) / n),
+             "message_bytes": len(message),
              "queue_key_bytes_per_goal": round(_usage(client, "celery") / n)},
         )
     finally:
