@@ -114,10 +114,12 @@ return push(ARGV[1], ARGV[2], ARGV[3])
 # goal race (a slow worker and a re-queued copy), exactly one of them moves it on.
 
 # ARGV: entry, DataFast's event id, marker TTL (ms). Returns 1 if this copy settled the entry.
+# A goal is counted once, by whichever copy first marks it delivered.
 DELIVERED = """
 local owned = redis.call('ZREM', KEYS_LEDGER, ARGV[1])
-redis.call('SET', KEYS_DELIVERED, ARGV[2], 'PX', ARGV[3])
-if owned == 1 then redis.call('INCR', KEYS_COUNT) end
+if redis.call('SET', KEYS_DELIVERED, ARGV[2], 'PX', ARGV[3], 'NX') then
+  redis.call('INCR', KEYS_COUNT)
+end
 return owned
 """
 

@@ -15,10 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_ROWS = {
     "enqueue": {"track_goal", "track_goals", "apply_async", "raw_lpush"},
     "throughput_0ms": {
-        "goalqueue", "plain_prefork", "plain_threads8", "raw_httpx", "raw_httpx_thread_clients"
+        "goalqueue",
+        "plain_prefork",
+        "plain_threads8",
+        "raw_httpx",
+        "raw_httpx_thread_clients",
     },
     "throughput_50ms": {
-        "goalqueue", "plain_prefork", "plain_threads8", "raw_httpx", "raw_httpx_thread_clients"
+        "goalqueue",
+        "plain_prefork",
+        "plain_threads8",
+        "raw_httpx",
+        "raw_httpx_thread_clients",
     },
     "memory": {"goalqueue_ready", "goalqueue_waiting", "goalqueue_ready_single", "plain_ready"},
     "latency": {
@@ -36,9 +44,20 @@ def test_quick_benchmark_reports_every_row_as_a_number(tmp_path: Path) -> None:
     # When the CI smoke version of the benchmark runs
     done = subprocess.run(
         # (a full run by someone else on this machine holds the lock for a few minutes)
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(report),
-         "--lock-timeout", "200"],
-        cwd=ROOT, capture_output=True, text=True, timeout=290,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--json",
+            str(report),
+            "--lock-timeout",
+            "200",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=290,
         env={k: v for k, v in os.environ.items() if not k.startswith("GOALQUEUE_")},
     )
     # Then it succeeds, prints the table and says where the JSON went

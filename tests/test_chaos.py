@@ -420,11 +420,6 @@ def duplicate_offsets(sandbox: Sandbox, disruptions: list[float]) -> list[float]
     return sorted(offsets)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: DELIVERED counts only the copy that owns the ledger entry; "
-    "fix: INCR when SET ... NX creates the delivered marker (see the chaos report)",
-)
 def test_delivered_counter_counts_a_goal_whose_delivering_copy_lost_the_ledger_race(
     server: RedisServer,
 ) -> None:

@@ -165,9 +165,7 @@ def django_ready() -> None:
 
 
 @pytest.fixture
-def django_client(
-    django_ready: None, ledger: redis.Redis
-) -> Iterator[Callable[[GoalQueue], Any]]:
+def django_client(django_ready: None, ledger: redis.Redis) -> Iterator[Callable[[GoalQueue], Any]]:
     from django.db import IntegrityError, transaction
     from django.http import HttpRequest, JsonResponse
     from django.test import Client, override_settings

@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 32
 
-settings = get_settings()
+try:
+    settings = get_settings()
+except ConfigError as exc:
+    raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
 
 app = Celery("goalqueue", broker=settings.broker_url, include=["workers.tasks"])
 app.conf.update(
@@ -101,7 +104,6 @@ def _check_before_start(sender: Any = None, **_: Any) -> None:
     try:
         settings.require_credentials()
     except ConfigError as exc:
-        logger.critical("goalqueue worker cannot start: %s", exc)
         raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
     runtime.pool_size = max(int(getattr(sender, "concurrency", 0) or 0), 1)
     if settings.allow_insecure_api_url:

@@ -33,7 +33,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
         """The broker connection tasks are read from, with the hardened transport."""
         connection = self.app.connection_for_read(heartbeat=heartbeat)
-        connection.transport_cls = hardened(connection.get_transport_cls())
+        transport = hardened(connection.get_transport_cls())
+        # A dotted name, not the class: `celery inspect stats` reports it and must be JSON.
+        connection.transport_cls = f"{transport.__module__}:{transport.__qualname__}"
         return self.ensure_connected(connection)
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Any], Any]:

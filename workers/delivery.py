@@ -109,7 +109,8 @@ class Deliverer:
     ) -> str:
         now = self.clock()
         if verdict.outcome is Outcome.DELIVERED:
-            self.scripts.delivered(
+            self._record(
+                self.scripts.delivered,
                 [entry, verdict.remote_id or "", int(self.settings.delivered_ttl_seconds * 1000)],
                 DELIVERED=keys.delivered(event.event_id),
             )
@@ -168,13 +169,30 @@ class Deliverer:
                 length,
             )
 
+    def _record(self, script: Callable[..., object], args: list[Any], **dynamic: str) -> None:
+        """Record a goal's new state, waiting out a short Redis outage.
+
+        DataFast has already answered: giving up here means the goal is sent again, so keep
+        trying for half the visibility timeout (after that the reconciler would re-queue it).
+        """
+        deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
+        while True:
+            try:
+                script(args, **dynamic)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("could not record a goal's outcome yet (%s): retrying", exc)
+                time.sleep(0.25)
+
     def _park(self, entry: str, event: GoalEvent, *, due: float) -> None:
-        self.scripts.park([entry, due, event.to_json()])
+        self._record(self.scripts.park, [entry, due, event.to_json()])
 
     def _bury(self, entry: str, event_id: str, letter: DeadLetter) -> None:
-        self.scripts.bury([entry, letter.event_id, letter.to_json()])
+        self._record(self.scripts.bury, [entry, letter.event_id, letter.to_json()])
         logger.warning(
-            "goal %s dead-lettered: %s (status %s) %s",
+            "goal %s dead-lettered: %s (status %s) %r",
             event_id,
             letter.reason,
             letter.status_code,

@@ -1,11 +1,11 @@
 """Flask: track a goal for the visitor behind the current request.
 
-    from goalqueue.integrations.flask import track_goal_from_request
+from goalqueue.integrations.flask import track_goal_from_request
 
-    @app.post("/signup")
-    def signup():
-        ...
-        track_goal_from_request("signup", metadata={"plan": plan})
+@app.post("/signup")
+def signup():
+    ...
+    track_goal_from_request("signup", metadata={"plan": plan})
 """
 
 from __future__ import annotations
