@@ -69,16 +69,22 @@ class State:
 
 def _response(status: bytes, body: bytes) -> bytes:
     return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
-        + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"HTTP/1.1 "
+        + status
+        + b"\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
 
 
 def _goal_response() -> bytes:
     event_id = f"{int(time.time()) & 0xFFFFFFFF:08x}{os.urandom(8).hex()}"
     body = json.dumps(
-        {"status": "success",
-         "data": [{"message": "Custom event created successfully", "eventId": event_id}]},
+        {
+            "status": "success",
+            "data": [{"message": "Custom event created successfully", "eventId": event_id}],
+        },
         separators=(",", ":"),
     ).encode()
     return _response(b"200 OK", body)

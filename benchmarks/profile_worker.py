@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(py_spy).exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
-    system = variant(args.variant, 0) if args.variant else System("goalqueue", "default",
-                                                                  "goalqueue")
+    system = (
+        variant(args.variant, 0) if args.variant else System("goalqueue", "default", "goalqueue")
+    )
     with exclusive(600):
         return _profile(args, py_spy, system)
 
@@ -132,30 +133,72 @@ def _profile(args: argparse.Namespace, py_spy: str, system: System) -> int:
         for _ in bounded_poll(60, 0.05):
             if endpoint.count() > 200:
                 break
-        before = (endpoint.count(), time.monotonic(), worker.cpu_seconds(), redis_cpu(client),
-                  endpoint.child.cpu_seconds())
+        before = (
+            endpoint.count(),
+            time.monotonic(),
+            worker.cpu_seconds(),
+            redis_cpu(client),
+            endpoint.child.cpu_seconds(),
+        )
         raw = work / "profile.txt"
         subprocess.run(
-            [py_spy, "record", "--pid", str(worker.pid), "--gil", "--rate", "250", "--format",
-             "raw", "--duration", str(int(args.seconds)), "--output", str(raw), "--nonblocking"],
-            check=True, capture_output=True, timeout=args.seconds + 60,
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(worker.pid),
+                "--gil",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--duration",
+                str(int(args.seconds)),
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=args.seconds + 60,
         )
-        after = (endpoint.count(), time.monotonic(), worker.cpu_seconds(), redis_cpu(client),
-                 endpoint.child.cpu_seconds())
+        after = (
+            endpoint.count(),
+            time.monotonic(),
+            worker.cpu_seconds(),
+            redis_cpu(client),
+            endpoint.child.cpu_seconds(),
+        )
         if args.svg:
             subprocess.run(
-                [py_spy, "record", "--pid", str(worker.pid), "--gil", "--rate", "250",
-                 "--duration", "5", "--output", args.svg, "--nonblocking"],
-                check=True, capture_output=True, timeout=70,
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(worker.pid),
+                    "--gil",
+                    "--rate",
+                    "250",
+                    "--duration",
+                    "5",
+                    "--output",
+                    args.svg,
+                    "--nonblocking",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=70,
             )
         endpoint.close()
     client.close()
     flush(GOALQUEUE_URL)
     goals = after[0] - before[0]
-    print(f"worker {system.argv()[5:]}: {goals / (after[1] - before[1]):.0f} goals/s while "
-          f"profiled; CPU µs/goal: worker {(after[2] - before[2]) / goals * 1e6:.0f}, "
-          f"redis {(after[3] - before[3]) / goals * 1e6:.0f}, "
-          f"endpoint {(after[4] - before[4]) / goals * 1e6:.0f}")
+    print(
+        f"worker {system.argv()[5:]}: {goals / (after[1] - before[1]):.0f} goals/s while "
+        f"profiled; CPU µs/goal: worker {(after[2] - before[2]) / goals * 1e6:.0f}, "
+        f"redis {(after[3] - before[3]) / goals * 1e6:.0f}, "
+        f"endpoint {(after[4] - before[4]) / goals * 1e6:.0f}"
+    )
     total, layers, activities = summarise(raw)
     print(f"\nSelf time by layer (innermost recognised frame), {total} GIL samples")
     for name, count in layers.most_common():

@@ -107,14 +107,20 @@ def _run(args: argparse.Namespace) -> int:
     if "throughput" in sections:
         for latency_ms in (float(ms) for ms in args.latencies.split(",")):
             for system in systems:
-                step(f"throughput {system.key} @ {latency_ms:g} ms",
-                     _throughput(system, latency_ms, plan, log_dir))
+                step(
+                    f"throughput {system.key} @ {latency_ms:g} ms",
+                    _throughput(system, latency_ms, plan, log_dir),
+                )
             if "raw_httpx" in wanted:
-                step(f"throughput raw httpx @ {latency_ms:g} ms",
-                     _raw(concurrency, latency_ms, plan, log_dir))
+                step(
+                    f"throughput raw httpx @ {latency_ms:g} ms",
+                    _raw(concurrency, latency_ms, plan, log_dir),
+                )
             if "raw_httpx_thread_clients" in wanted:
-                step(f"throughput raw httpx, a client per thread @ {latency_ms:g} ms",
-                     _raw(concurrency, latency_ms, plan, log_dir, per_thread=True))
+                step(
+                    f"throughput raw httpx, a client per thread @ {latency_ms:g} ms",
+                    _raw(concurrency, latency_ms, plan, log_dir, per_thread=True),
+                )
     if "latency" in sections:
         for system in systems:
             step(f"latency {system.key}", _latency(system, plan, log_dir))
@@ -144,7 +150,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=None, help="goals per throughput run")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the JSON")
     parser.add_argument(
-        "--sections", default="enqueue,memory,throughput,latency",
+        "--sections",
+        default="enqueue,memory,throughput,latency",
         help="comma-separated subset of enqueue,memory,throughput,latency",
     )
     parser.add_argument(
@@ -156,11 +163,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--latencies", default="0,50", help="endpoint latencies (ms) for the throughput runs"
     )
     parser.add_argument(
-        "--lock-timeout", type=float, default=600.0,
+        "--lock-timeout",
+        type=float,
+        default=600.0,
         help="seconds to wait for another benchmark run on this machine to finish",
     )
     parser.add_argument(
-        "--variant", action="append", default=[], metavar="ARGS",
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ARGS",
         help='an extra goalqueue worker to measure, e.g. "-c 64 --loglevel=WARNING" '
         '(leading NAME=VALUE tokens are env vars; "-A module" swaps the app)',
     )
@@ -172,8 +184,16 @@ def _throughput(
 ) -> Callable[[], list[Row]]:
     def run() -> list[Row]:
         result = scenarios.delivery(system, latency_ms, plan.n, plan.budget_seconds, log_dir)
-        return [Row(f"throughput_{latency_ms:g}ms", system.key, system.label,
-                    result["goals_per_s"], "goals/s", result)]
+        return [
+            Row(
+                f"throughput_{latency_ms:g}ms",
+                system.key,
+                system.label,
+                result["goals_per_s"],
+                "goals/s",
+                result,
+            )
+        ]
 
     return run
 
@@ -182,15 +202,21 @@ def _raw(
     concurrency: int, latency_ms: float, plan: Plan, log_dir: Path, per_thread: bool = False
 ) -> Callable[[], list[Row]]:
     def run() -> list[Row]:
-        result = scenarios.raw_http(concurrency, latency_ms, plan.n, plan.budget_seconds,
-                                    log_dir, per_thread)
+        result = scenarios.raw_http(
+            concurrency, latency_ms, plan.n, plan.budget_seconds, log_dir, per_thread
+        )
         if per_thread:
-            key, label = "raw_httpx_thread_clients", (
-                f"raw httpx loop, {concurrency} threads, a client each (not a target)")
+            key, label = (
+                "raw_httpx_thread_clients",
+                (f"raw httpx loop, {concurrency} threads, a client each (not a target)"),
+            )
         else:
             key, label = "raw_httpx", f"raw httpx loop, {concurrency} threads, one client"
-        return [Row(f"throughput_{latency_ms:g}ms", key, label,
-                    result["goals_per_s"], "goals/s", result)]
+        return [
+            Row(
+                f"throughput_{latency_ms:g}ms", key, label, result["goals_per_s"], "goals/s", result
+            )
+        ]
 
     return run
 
@@ -199,10 +225,22 @@ def _latency(system: System, plan: Plan, log_dir: Path) -> Callable[[], list[Row
     def run() -> list[Row]:
         result = scenarios.latency(system, plan.latency_samples, log_dir)
         return [
-            Row("latency", f"{system.key}_p50", f"{system.label}, p50", result["p50_ms"], "ms",
-                result),
-            Row("latency", f"{system.key}_p99", f"{system.label}, p99", result["p99_ms"], "ms",
-                result),
+            Row(
+                "latency",
+                f"{system.key}_p50",
+                f"{system.label}, p50",
+                result["p50_ms"],
+                "ms",
+                result,
+            ),
+            Row(
+                "latency",
+                f"{system.key}_p99",
+                f"{system.label}, p99",
+                result["p99_ms"],
+                "ms",
+                result,
+            ),
         ]
 
     return run
@@ -232,28 +270,52 @@ def check_targets(rows: list[Row]) -> list[Target]:
     """The issue's targets, as ratios of numbers measured side by side in this run."""
     t50 = _value(rows, "throughput_50ms", "goalqueue")
     plain50 = [
-        v for k in ("plain_prefork", "plain_threads8")
+        v
+        for k in ("plain_prefork", "plain_threads8")
         if (v := _value(rows, "throughput_50ms", k)) is not None
     ]
     single = _value(rows, "enqueue", "track_goal")
     return [
         _check("throughput @50ms (goals/s)", t50, ">= 1000", lambda v: v >= 1000),
-        _check("throughput @50ms / best plain Celery", _ratio(t50, max(plain50, default=None)),
-               ">= 8x", lambda v: v >= 8),
-        _check("throughput @0ms / raw httpx loop",
-               _ratio(_value(rows, "throughput_0ms", "goalqueue"),
-                      _value(rows, "throughput_0ms", "raw_httpx")),
-               ">= 0.9", lambda v: v >= 0.9),
-        _check("track_goal / bare apply_async (time)",
-               _ratio(single, _value(rows, "enqueue", "apply_async")), "<= 1.0",
-               lambda v: v <= 1.0),
-        _check("track_goal / track_goals per goal (time)",
-               _ratio(single, _value(rows, "enqueue", "track_goals")), ">= 5x",
-               lambda v: v >= 5),
-        _check("memory per ready goal (B)", _value(rows, "memory", "goalqueue_ready"), "<= 500",
-               lambda v: v <= 500),
-        _check("memory per waiting goal (B)", _value(rows, "memory", "goalqueue_waiting"),
-               "<= 500", lambda v: v <= 500),
+        _check(
+            "throughput @50ms / best plain Celery",
+            _ratio(t50, max(plain50, default=None)),
+            ">= 8x",
+            lambda v: v >= 8,
+        ),
+        _check(
+            "throughput @0ms / raw httpx loop",
+            _ratio(
+                _value(rows, "throughput_0ms", "goalqueue"),
+                _value(rows, "throughput_0ms", "raw_httpx"),
+            ),
+            ">= 0.9",
+            lambda v: v >= 0.9,
+        ),
+        _check(
+            "track_goal / bare apply_async (time)",
+            _ratio(single, _value(rows, "enqueue", "apply_async")),
+            "<= 1.0",
+            lambda v: v <= 1.0,
+        ),
+        _check(
+            "track_goal / track_goals per goal (time)",
+            _ratio(single, _value(rows, "enqueue", "track_goals")),
+            ">= 5x",
+            lambda v: v >= 5,
+        ),
+        _check(
+            "memory per ready goal (B)",
+            _value(rows, "memory", "goalqueue_ready"),
+            "<= 500",
+            lambda v: v <= 500,
+        ),
+        _check(
+            "memory per waiting goal (B)",
+            _value(rows, "memory", "goalqueue_waiting"),
+            "<= 500",
+            lambda v: v <= 500,
+        ),
     ]
 
 
@@ -284,15 +346,19 @@ def _note(row: Row) -> str:
         if "settled" in extra:
             parts.append(f"settled {extra['settled']}")
         if cpu:
-            parts.append("CPU µs/goal " + " ".join(
-                f"{k}={v}" for k, v in cpu.items() if k != "harness"))
+            parts.append(
+                "CPU µs/goal " + " ".join(f"{k}={v}" for k, v in cpu.items() if k != "harness")
+            )
         parts.append(_load(extra))
         return ", ".join(p for p in parts if p)
     if row.section == "memory":
         return ", ".join(f"{k}={v}" for k, v in extra.items() if k != "n")
     if row.section == "latency" and row.key.endswith("p99"):
-        return ", ".join(p for p in (f"max {extra['max_ms']} ms over {extra['samples']} goals",
-                                     _load(extra)) if p)
+        return ", ".join(
+            p
+            for p in (f"max {extra['max_ms']} ms over {extra['samples']} goals", _load(extra))
+            if p
+        )
     if row.section == "enqueue":
         return f"n={extra['n']}, runs {extra['runs_us']}"
     return ""
@@ -321,14 +387,21 @@ def render(rows: list[Row], targets: list[Target]) -> str:
     lines += ["", "Targets (ratios from this run)"]
     for target in targets:
         verdict = {True: "MET", False: "MISSED", None: "n/a"}[target.met]
-        value = "-" if target.value is None else (
-            f"{target.value:.2f}" if abs(target.value) < 10 else _fmt(target.value))
+        value = (
+            "-"
+            if target.value is None
+            else (f"{target.value:.2f}" if abs(target.value) < 10 else _fmt(target.value))
+        )
         lines.append(f"  {target.name:<45}{value:>10}  {target.goal:<9}{verdict}")
     return "\n".join(lines)
 
 
 def _meta(
-    args: argparse.Namespace, plan: Plan, pool: str, concurrency: int, started: float,
+    args: argparse.Namespace,
+    plan: Plan,
+    pool: str,
+    concurrency: int,
+    started: float,
     log_dir: Path,
 ) -> dict[str, Any]:
     return {
@@ -352,7 +425,10 @@ def _commit() -> str | None:
         return os.environ["BENCH_COMMIT"]
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):

@@ -164,8 +164,7 @@ def watch_delivery(
     if first is not None and last.count > first.count:
         goals = last.count - first.count
         result["cpu_us_per_goal"] = {
-            name: round((last.cpu[name] - first.cpu[name]) / goals * 1e6)
-            for name in parties
+            name: round((last.cpu[name] - first.cpu[name]) / goals * 1e6) for name in parties
         }
         result["foreign_cores"] = foreign_cores(first, last)
     return result
@@ -184,16 +183,25 @@ def delivery(
         endpoint = Endpoint(procs, latency_ms)
         enqueuer.many(n)
         workers = [
-            procs.start(f"{system.key}-{latency_ms:g}ms-{index}", system.argv(index),
-                        system.env(endpoint.url))
+            procs.start(
+                f"{system.key}-{latency_ms:g}ms-{index}",
+                system.argv(index),
+                system.env(endpoint.url),
+            )
             for index in range(system.processes)
         ]
         client = redis.Redis.from_url(system.broker_url, decode_responses=True)
         try:
             result = watch_delivery(
-                endpoint, n, budget, workers[0],
-                {"worker": lambda: sum(w.cpu_seconds() for w in workers),
-                 "endpoint": endpoint.child.cpu_seconds, "redis": lambda: redis_cpu(client)},
+                endpoint,
+                n,
+                budget,
+                workers[0],
+                {
+                    "worker": lambda: sum(w.cpu_seconds() for w in workers),
+                    "endpoint": endpoint.child.cpu_seconds,
+                    "redis": lambda: redis_cpu(client),
+                },
             )
             for worker in workers:
                 if not worker.alive():
@@ -218,20 +226,39 @@ def _settled(client: redis.Redis, delivered: int) -> int:
     return count
 
 
-def raw_http(concurrency: int, latency_ms: float, n: int, budget: float,
-             log_dir: Path, per_thread: bool = False) -> dict[str, Any]:
+def raw_http(
+    concurrency: int,
+    latency_ms: float,
+    n: int,
+    budget: float,
+    log_dir: Path,
+    per_thread: bool = False,
+) -> dict[str, Any]:
     """The delivery-side limit: :mod:`benchmarks.rawhttp` against the same endpoint."""
     with Processes(log_dir) as procs:
         endpoint = Endpoint(procs, latency_ms)
         loop = procs.start(
             f"rawhttp-{latency_ms:g}ms{'-per-thread' if per_thread else ''}",
-            [sys.executable, "-m", "benchmarks.rawhttp", "--url", endpoint.url, "--n", str(n),
-             "--concurrency", str(concurrency), *(["--per-thread-client"] if per_thread else [])],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.rawhttp",
+                "--url",
+                endpoint.url,
+                "--n",
+                str(n),
+                "--concurrency",
+                str(concurrency),
+                *(["--per-thread-client"] if per_thread else []),
+            ],
             _env(),
         )
         try:
             result = watch_delivery(
-                endpoint, n, budget, loop,
+                endpoint,
+                n,
+                budget,
+                loop,
                 {"client": loop.cpu_seconds, "endpoint": endpoint.child.cpu_seconds},
             )
         finally:
@@ -255,8 +282,9 @@ def latency(system: System, samples: int, log_dir: Path) -> dict[str, Any]:
             enqueuer.one()
             _wait_count(endpoint, 1, WORKER_BOOT_SECONDS, worker)
             time.sleep(1.0)
-            first = _snapshot(0, {"worker": worker.cpu_seconds,
-                                  "endpoint": endpoint.child.cpu_seconds})
+            first = _snapshot(
+                0, {"worker": worker.cpu_seconds, "endpoint": endpoint.child.cpu_seconds}
+            )
             sent: dict[str, float] = {}
             for index in range(samples):
                 started = time.time()
@@ -264,8 +292,9 @@ def latency(system: System, samples: int, log_dir: Path) -> dict[str, Any]:
                 _wait_count(endpoint, index + 2, 10, worker, interval=0.001)
                 time.sleep(0.01)
             arrivals = endpoint.arrivals()
-            last = _snapshot(0, {"worker": worker.cpu_seconds,
-                                 "endpoint": endpoint.child.cpu_seconds})
+            last = _snapshot(
+                0, {"worker": worker.cpu_seconds, "endpoint": endpoint.child.cpu_seconds}
+            )
         finally:
             endpoint.close()
             enqueuer.close()
@@ -336,8 +365,16 @@ def enqueue_costs(n: int, repeats: int) -> list[Row]:
                 started = time.perf_counter()
                 run(goals)
                 timings.append((time.perf_counter() - started) / n * 1e6)
-            rows.append(Row("enqueue", key, label, round(min(timings), 1), "µs/goal",
-                            {"runs_us": [round(t, 1) for t in timings], "n": n}))
+            rows.append(
+                Row(
+                    "enqueue",
+                    key,
+                    label,
+                    round(min(timings), 1),
+                    "µs/goal",
+                    {"runs_us": [round(t, 1) for t in timings], "n": n},
+                )
+            )
     finally:
         queue.redis.close()
         raw.close()
@@ -372,8 +409,11 @@ def _goalqueue_memory(n: int) -> list[Row]:
         ready = used_memory(client)
         message, entry = client.lindex(keys.QUEUE, 0), client.zrange(keys.LEDGER, 0, 0)[0]
         ready_row = Row(
-            "memory", "goalqueue_ready", "goalqueue, ready (queue message + ledger entry)",
-            round((ready - empty) / n), "B/goal",
+            "memory",
+            "goalqueue_ready",
+            "goalqueue, ready (queue message + ledger entry)",
+            round((ready - empty) / n),
+            "B/goal",
             {
                 "n": n,
                 "keys_bytes_per_goal": round(keys_bytes(client) / n),
@@ -387,8 +427,11 @@ def _goalqueue_memory(n: int) -> list[Row]:
         waiting = used_memory(client)
         parked = client.zrange(keys.WAITING, 0, 0)[0]
         waiting_row = Row(
-            "memory", "goalqueue_waiting", "goalqueue, waiting (after one 503)",
-            round((waiting - empty) / n), "B/goal",
+            "memory",
+            "goalqueue_waiting",
+            "goalqueue, waiting (after one 503)",
+            round((waiting - empty) / n),
+            "B/goal",
             {
                 "n": n,
                 "keys_bytes_per_goal": round(keys_bytes(client) / n),
@@ -414,9 +457,14 @@ def _goalqueue_single_memory(n: int) -> Row:
         by_keys = keys_bytes(client)
     finally:
         client.close()
-    return Row("memory", "goalqueue_ready_single", "goalqueue, ready, enqueued by track_goal",
-               round((ready - empty) / n), "B/goal",
-               {"n": n, "keys_bytes_per_goal": round(by_keys / n)})
+    return Row(
+        "memory",
+        "goalqueue_ready_single",
+        "goalqueue, ready, enqueued by track_goal",
+        round((ready - empty) / n),
+        "B/goal",
+        {"n": n, "keys_bytes_per_goal": round(by_keys / n)},
+    )
 
 
 def _usage(client: redis.Redis, key: str) -> int:
@@ -462,11 +510,17 @@ def _plain_memory(n: int) -> Row:
         ready = used_memory(client)
         message = client.lindex("celery", 0) or b""
         return Row(
-            "memory", "plain_ready", "plain Celery, ready (queue message)",
-            round((ready - empty) / n), "B/goal",
-            {"n": n, "keys_bytes_per_goal": round(keys_bytes(client) / n),
-             "message_bytes": len(message),
-             "queue_key_bytes_per_goal": round(_usage(client, "celery") / n)},
+            "memory",
+            "plain_ready",
+            "plain Celery, ready (queue message)",
+            round((ready - empty) / n),
+            "B/goal",
+            {
+                "n": n,
+                "keys_bytes_per_goal": round(keys_bytes(client) / n),
+                "message_bytes": len(message),
+                "queue_key_bytes_per_goal": round(_usage(client, "celery") / n),
+            },
         )
     finally:
         client.close()

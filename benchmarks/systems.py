@@ -86,8 +86,15 @@ class System:
         app = self.app or ("workers" if self.kind == "goalqueue" else "benchmarks.plain_celery")
         loglevel = ["--loglevel=INFO"] if self.kind == "goalqueue" else []
         return [
-            sys.executable, "-m", "celery", "-A", app, "worker", *loglevel,
-            f"--hostname=bench-{self.key}-{index}@%h", *self.worker_args,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            *loglevel,
+            f"--hostname=bench-{self.key}-{index}@%h",
+            *self.worker_args,
         ]
 
     def env(self, api_url: str) -> dict[str, str]:
@@ -113,7 +120,9 @@ def default_systems() -> list[System]:
         System("goalqueue", f"goalqueue default ({pool}, c={concurrency}, INFO logs)", "goalqueue"),
         System("plain_prefork", "plain Celery, prefork (default pool, c=cores)", "plain"),
         System(
-            "plain_threads8", "plain Celery, --pool threads -c 8", "plain",
+            "plain_threads8",
+            "plain Celery, --pool threads -c 8",
+            "plain",
             ("--pool", "threads", "-c", "8"),
         ),
     ]
@@ -138,8 +147,15 @@ def variant(spec: str, index: int) -> System:
         if token.startswith("--processes="):
             processes = int(token.partition("=")[2])
             tokens.remove(token)
-    return System(f"variant{index}", f"goalqueue [{spec}]", "goalqueue", tuple(tokens),
-                  tuple(env), app, processes)
+    return System(
+        f"variant{index}",
+        f"goalqueue [{spec}]",
+        "goalqueue",
+        tuple(tokens),
+        tuple(env),
+        app,
+        processes,
+    )
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """FastAPI: track a ``signup`` goal when a user signs up.
 
-    pip install 'goalqueue[fastapi]' uvicorn
-    GOALQUEUE_BROKER_URL=redis://localhost:6379/0 uvicorn --app-dir examples fastapi_app:app
+pip install 'goalqueue[fastapi]' uvicorn
+GOALQUEUE_BROKER_URL=redis://localhost:6379/0 uvicorn --app-dir examples fastapi_app:app
 """
 
 from __future__ import annotations

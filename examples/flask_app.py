@@ -1,7 +1,7 @@
 """Flask: track a ``signup`` goal when a user signs up.
 
-    pip install 'goalqueue[flask]'
-    GOALQUEUE_BROKER_URL=redis://localhost:6379/0 flask --app examples/flask_app.py run
+pip install 'goalqueue[flask]'
+GOALQUEUE_BROKER_URL=redis://localhost:6379/0 flask --app examples/flask_app.py run
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ class Settings:
     delivered_ttl_seconds: float = 24 * 3600.0
     enqueue_timeout_seconds: float = 2.0
     spool_dir: str | None = None
+    batch_size: int = 1
     allow_insecure_api_url: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class Settings:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{ENV_NAMES[name]} must be a positive, finite number of seconds")
+        if not 1 <= self.batch_size <= 1000:
+            raise ConfigError("GOALQUEUE_BATCH_SIZE must be a whole number from 1 to 1000")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ConfigError(
                 "GOALQUEUE_RETRY_MAX_SECONDS must not be smaller than GOALQUEUE_RETRY_BASE_SECONDS"
@@ -111,6 +114,7 @@ ENV_NAMES: dict[str, str] = {
     "delivered_ttl_seconds": "GOALQUEUE_DELIVERED_TTL_SECONDS",
     "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
     "spool_dir": "GOALQUEUE_SPOOL_DIR",
+    "batch_size": "GOALQUEUE_BATCH_SIZE",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
 }
 
@@ -128,6 +132,13 @@ def _parse_seconds(var: str, raw: str) -> float:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
 
 
+def _parse_count(var: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+
+
 def _parse_flag(var: str, raw: str) -> bool:
     value = raw.lower()
     if value not in _FLAGS:
@@ -141,7 +152,11 @@ def _text(var: str, raw: str) -> str:
 
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 # How a variable's value is read, by the type of its field.
-_PARSERS: dict[str, Callable[[str, str], object]] = {"float": _parse_seconds, "bool": _parse_flag}
+_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "float": _parse_seconds,
+    "bool": _parse_flag,
+    "int": _parse_count,
+}
 
 
 def _check_broker_url(url: str) -> None:

@@ -110,6 +110,31 @@ if redis.call('HDEL', KEYS_DEAD, ARGV[2]) == 0 then return 0 end
 return push(ARGV[1], ARGV[2], ARGV[3])
 """
 
+# ARGV: how many, task name. Pops up to that many messages off the consuming end of the queue
+# and returns {event id, seq, ...} for the goal messages; anything else goes back where it was,
+# for kombu's consumer to deal with (see workers.transport).
+CLAIM = """
+local popped = redis.call('RPOP', KEYS_QUEUE, ARGV[1])
+if not popped then return {} end
+local claimed = {}
+for _, message in ipairs(popped) do
+  local args = nil
+  local ok, envelope = pcall(cjson.decode, message)
+  if ok and type(envelope) == 'table' and type(envelope['headers']) == 'table'
+     and envelope['headers']['task'] == ARGV[2] and type(envelope['body']) == 'string' then
+    local ok_body, body = pcall(cjson.decode, envelope['body'])
+    if ok_body and type(body) == 'table' and type(body[1]) == 'table' then args = body[1] end
+  end
+  if args and type(args[1]) == 'string' and type(args[2]) == 'number' then
+    table.insert(claimed, args[1])
+    table.insert(claimed, args[2])
+  else
+    redis.call('RPUSH', KEYS_QUEUE, message)
+  end
+end
+return claimed
+"""
+
 # The settling scripts act only if this copy still owns the ledger entry: when two copies of a
 # goal race (a slow worker and a re-queued copy), exactly one of them moves it on.
 
@@ -149,6 +174,7 @@ class Scripts:
             redis, RECONCILE, "TAKEN", "CHECKPOINTS", "SEQ", "LEDGER", "QUEUE"
         )
         self.replay = _register(redis, REPLAY, "DEAD", "SEQ", "LEDGER", "QUEUE")
+        self.claim = _register(redis, CLAIM, "QUEUE")
         self.delivered = _register(redis, DELIVERED, "LEDGER", "DELIVERED", "COUNT")
         self.bury = _register(redis, BURY, "LEDGER", "DEAD")
         self.park = _register(redis, PARK, "LEDGER", "WAITING")

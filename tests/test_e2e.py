@@ -86,10 +86,11 @@ def test_a_goal_taken_by_a_worker_killed_right_after_brpop_is_still_delivered(
 def test_workers_sigkilled_again_and_again_lose_no_goal(
     queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
 ) -> None:
-    # Given 2,000 goals flowing to two workers, through a slightly slow endpoint
-    sandbox.set_faults(latency_ms=20)
+    # Given 2,000 goals flowing to two workers, through a slow endpoint
+    sandbox.set_faults(latency_ms=100)
     ids = set(queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(2000)]))
-    live = [workers.start("-c", "8"), workers.start("-c", "8")]
+    batches = {"GOALQUEUE_BATCH_SIZE": "8"}  # 16 goals in flight per worker: kills hit a flow
+    live = [workers.start("-c", "2", env=batches), workers.start("-c", "2", env=batches)]
     # When workers are SIGKILLed at random moments, ten times, and replaced
     rng = random.Random(7)
     delivered_at_kill = []
@@ -97,7 +98,7 @@ def test_workers_sigkilled_again_and_again_lose_no_goal(
         time.sleep(rng.uniform(0.05, 0.3))  # a random moment to kill, not a wait for a condition
         live.pop(rng.randrange(len(live))).kill()
         delivered_at_kill.append(len(accepted_keys(sandbox)))
-        live.append(workers.start("-c", "8"))
+        live.append(workers.start("-c", "2", env=batches))
     # Then every kill hit a flow of goals, and every goal is delivered
     assert delivered_at_kill[-1] < 2000, delivered_at_kill
     wait_for(lambda: ids <= accepted_keys(sandbox), timeout=120)

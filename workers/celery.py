@@ -5,8 +5,11 @@
 * A short ``visibility_timeout``: nothing waits inside the broker (waits live in the waiting
   set), so a dead worker's unacknowledged goals come back within about that long.
 * ``worker_prefetch_multiplier = 1``: each worker holds no more goals than it runs at once.
-* The threads pool: delivery is I/O bound, so one process drives many requests at once over
-  one keep-alive HTTP client.
+* The threads pool: delivery is I/O bound, so one process drives many requests at once, each
+  thread on its own keep-alive connection. With ``GOALQUEUE_BATCH_SIZE`` above 1 each task
+  also delivers goals it claims off the queue (see :mod:`workers.batch`).
+* httpx's per-request INFO line is turned down to WARNING (unless the worker logs at DEBUG):
+  Celery already logs each task.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from celery.signals import (
     worker_process_shutdown,
     worker_shutdown,
 )
+from celery.utils.log import mlevel
 
 from goalqueue import keys
 from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
+from workers.batch import Batcher
 from workers.client import build_client
 from workers.delivery import Deliverer
 from workers.sweeper import Sweeper
@@ -76,23 +81,44 @@ class _Runtime:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid = 0
-        self._deliverer: Deliverer | None = None
+        self._batcher: Batcher | None = None
+        self._redis: redis.Redis | None = None
         self.pool_size = DEFAULT_CONCURRENCY
 
-    def get(self) -> Deliverer:
+    def batcher(self) -> Batcher:
         with self._lock:
-            if self._deliverer is None or self._pid != os.getpid():
-                http = build_client(settings, self.pool_size)
-                self._deliverer = Deliverer(settings, redis_client(settings), http)
+            if self._batcher is None or self._pid != os.getpid():
+                client = self._redis = redis_client(settings)
+                self._batcher = Batcher(
+                    lambda: Deliverer(settings, client, build_client(settings, 1)),
+                    settings.batch_size,
+                    self.pool_size,
+                    _event_dispatcher if app.conf.worker_send_task_events else None,
+                )
                 self._pid = os.getpid()
-            return self._deliverer
+            return self._batcher
+
+    def get(self) -> Deliverer:
+        """The calling thread's deliverer."""
+        return self.batcher().deliverer()
 
     def close(self) -> None:
         with self._lock:
-            if self._deliverer is not None and self._pid == os.getpid():
-                self._deliverer.http.close()
-                self._deliverer.redis.close()
-            self._deliverer = None
+            if self._batcher is not None and self._pid == os.getpid():
+                self._batcher.close()
+                if self._redis is not None:
+                    self._redis.close()
+            self._batcher = None
+
+
+def _event_dispatcher(hostname: str | None) -> Any:
+    """A task-event dispatcher that sends what it is given as one message per flush."""
+    return app.events.Dispatcher(
+        app.connection_for_write(),
+        hostname=hostname,
+        buffer_group=["task"],
+        buffer_limit=3 * settings.batch_size,
+    )
 
 
 runtime = _Runtime()
@@ -106,6 +132,8 @@ def _check_before_start(sender: Any = None, **_: Any) -> None:
     except ConfigError as exc:
         raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
     runtime.pool_size = max(int(getattr(sender, "concurrency", 0) or 0), 1)
+    if mlevel(getattr(sender, "loglevel", logging.INFO)) > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.allow_insecure_api_url:
         logger.warning(
             "GOALQUEUE_ALLOW_INSECURE_API_URL is set: goals and the API key may travel over "

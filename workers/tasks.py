@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
+
 from goalqueue import keys
 from workers.celery import app, runtime
 
 
-@app.task(name=keys.TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def deliver(*args: Any, **kwargs: Any) -> str:
+@app.task(
+    name=keys.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
+def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver the goal ``(event_id, seq)``; any other arguments go to the dead letters."""
     match args:
         case (str() as event_id, int() as seq) if not kwargs:
-            return runtime.get().deliver(event_id, seq)
+            return runtime.batcher().deliver(event_id, seq, task.request.hostname)
     runtime.get().bury_message(args, kwargs, "task arguments must be (event_id, seq)")
     return "poison"

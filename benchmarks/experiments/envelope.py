@@ -127,8 +127,10 @@ def works_with_worker(template: str, count: int = 50) -> str:
             endpoint.close()
         errors = log.count("ERROR") + log.count("CRITICAL")
         verdict = "works" if delivered == count and not dead and not errors else "BREAKS"
-        return (f"{verdict}: delivered {delivered}/{count}, settled {settled}, dead {dead}, "
-                f"error log lines {errors}")
+        return (
+            f"{verdict}: delivered {delivered}/{count}, settled {settled}, dead {dead}, "
+            f"error log lines {errors}"
+        )
     finally:
         client.close()
         flush(GOALQUEUE_URL)
@@ -180,8 +182,10 @@ def _report(args: argparse.Namespace) -> None:
         check = "-" if args.skip_worker else works_with_worker(template)
         print(f"{name:<42}{len(message):>7}{per_goal:>8}  {check}", flush=True)
     lean = CANDIDATES["no content-encoding"]
-    print(f"{'no content-encoding + 22-char event ids':<42}{'':>7}"
-          f"{bytes_per_goal(lean, args.n, short_id):>8}")
+    print(
+        f"{'no content-encoding + 22-char event ids':<42}{'':>7}"
+        f"{bytes_per_goal(lean, args.n, short_id):>8}"
+    )
     for name, size in ledger_layouts(args.n).items():
         print(f"ledger alone, {name:<28}{'':>7}{size:>8}")
 

@@ -85,8 +85,11 @@ def _pool() -> tuple[ThreadPoolExecutor, httpx.Client]:
     with _lock:
         if _state.get("pid") != os.getpid():
             limit = max(BATCH * runtime.pool_size, 4)
-            _state.update(pid=os.getpid(), pool=ThreadPoolExecutor(limit),
-                          client=build_client(settings, limit))
+            _state.update(
+                pid=os.getpid(),
+                pool=ThreadPoolExecutor(limit),
+                client=build_client(settings, limit),
+            )
         return _state["pool"], _state["client"]
 
 
@@ -97,8 +100,7 @@ def _loop() -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]:
             threading.Thread(target=loop.run_forever, daemon=True, name="bench-http").start()
             limit = BATCH * runtime.pool_size
             client = httpx.AsyncClient(
-                headers={"Authorization": f"Bearer {settings.api_key}",
-                         "User-Agent": USER_AGENT},
+                headers={"Authorization": f"Bearer {settings.api_key}", "User-Agent": USER_AGENT},
                 timeout=httpx.Timeout(settings.http_timeout_seconds),
                 limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
             )
@@ -152,8 +154,9 @@ def _deliver_pipelined(deliverer: Deliverer, pairs: list[tuple[str, int]]) -> No
     args = [settings.key_fingerprint, deliverer.probe_lease_ms]
     with deliverer.redis.pipeline(transaction=False) as pipe:
         for event_id, seq in pairs:
-            deliverer.scripts.take([seq, event_id, now, *args], client=pipe,
-                                   DELIVERED=keys.delivered(event_id))
+            deliverer.scripts.take(
+                [seq, event_id, now, *args], client=pipe, DELIVERED=keys.delivered(event_id)
+            )
         replies = pipe.execute()
     sends: list[tuple[str, GoalEvent]] = []
     fallback: list[tuple[str, int]] = []
@@ -176,12 +179,18 @@ def _deliver_pipelined(deliverer: Deliverer, pairs: list[tuple[str, int]]) -> No
         for (entry, event), result in zip(sends, results, strict=True):
             verdict = classify(result, now=deliverer.clock(), max_wait=RETRY_AFTER_MAX_SECONDS)
             if verdict.outcome is Outcome.DELIVERED:
-                deliverer.scripts.delivered([entry, verdict.remote_id or "", ttl], client=pipe,
-                                            DELIVERED=keys.delivered(event.event_id))
+                deliverer.scripts.delivered(
+                    [entry, verdict.remote_id or "", ttl],
+                    client=pipe,
+                    DELIVERED=keys.delivered(event.event_id),
+                )
             else:
                 attempted = event.attempted(now, verdict.status_code, verdict.error)
-                later.append(lambda e=entry, a=attempted, v=verdict: deliverer._settle(
-                    e, a, v, probe=False, streak=0))
+                later.append(
+                    lambda e=entry, a=attempted, v=verdict: deliverer._settle(
+                        e, a, v, probe=False, streak=0
+                    )
+                )
         pipe.execute()
     for settle in later:
         settle()
