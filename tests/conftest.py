@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import redis
 from goalqueue import GoalQueue, keys
 from goalqueue.config import Settings
 from goalqueue.sandbox import Sandbox
+from goalqueue.spool import Spool
 
 REDIS_URL = os.environ.get("GOALQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 API_KEY = "df_sandbox"
@@ -278,3 +280,15 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in servers:
             server.stop(signal.SIGKILL)
+
+
+def spooled_rows(directory: Path) -> list[tuple[str, str]]:
+    """(event id, payload) of every goal in the spool, file by file, read behind its back."""
+    rows: list[tuple[str, str]] = []
+    for path in Spool(directory).files():
+        db = sqlite3.connect(path)
+        try:
+            rows += db.execute("SELECT event_id, payload FROM goals ORDER BY seq")
+        finally:
+            db.close()
+    return rows

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,59 +28,19 @@ from goalqueue import ConfigError, EnqueueError, GoalQueue, InvalidGoal, keys
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
 from goalqueue.spool import Spool
-from tests.conftest import wait_for
+from tests.conftest import RedisServer, free_port, spooled_rows, wait_for
 
 TIMEOUT = 0.3
 # Scheduling noise on a busy test machine; a second attempt after the timeout would exceed it.
 MARGIN = 0.2
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class OwnRedis:
-    """A ``redis-server`` of this test's own on a free port, without persistence."""
-
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> OwnRedis:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        wait_for(self.answers, 10)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
-
-    def answers(self) -> bool:
-        """the test's redis-server answers PING"""
-        assert self.process is not None and self.process.poll() is None, "redis-server died"
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
-        except redis.ConnectionError:
-            return False
-
-
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis().start()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test's own on a free port."""
+    server = RedisServer(tmp_path / "redis").start()
     yield server
-    server.stop()
+    server.stop(signal.SIGKILL)
 
 
 class SlowProxy:
@@ -125,7 +85,7 @@ class SlowProxy:
 
 
 @pytest.fixture(params=["closed-port", "silent-listener", "client-pause", "slow-replies"])
-def dead_url(request: pytest.FixtureRequest, own_redis: OwnRedis) -> Iterator[str]:
+def dead_url(request: pytest.FixtureRequest, own_redis: RedisServer) -> Iterator[str]:
     """A Redis URL that cannot take a goal within TIMEOUT, in one of four ways."""
     kind = request.param
     if kind == "closed-port":
@@ -171,18 +131,6 @@ def timed(action: Callable[[], object]) -> tuple[float, object]:
     except Exception as exc:
         outcome = exc
     return time.monotonic() - start, outcome
-
-
-def spooled_rows(directory: Path) -> list[tuple[str, str]]:
-    """(event id, payload) of every goal in the spool, file by file, read behind its back."""
-    rows: list[tuple[str, str]] = []
-    for path in Spool(directory).files():
-        db = sqlite3.connect(path)
-        try:
-            rows += db.execute("SELECT event_id, payload FROM goals ORDER BY seq")
-        finally:
-            db.close()
-    return rows
 
 
 def spooled_ids(directory: Path) -> list[str]:
@@ -239,7 +187,7 @@ def test_with_a_spool_a_dead_redis_costs_one_timeout_then_none(
 
 
 def test_a_paused_redis_enqueues_nothing_even_after_it_resumes(
-    own_redis: OwnRedis, make_queue: Callable[..., GoalQueue]
+    own_redis: RedisServer, make_queue: Callable[..., GoalQueue]
 ) -> None:
     # Given a Redis that holds back every write (the handshake still goes through)
     admin = own_redis.client()
@@ -268,7 +216,7 @@ def test_the_error_names_the_broker_without_its_password(
 
 
 def test_spooled_goals_are_re_sent_with_their_ids_once_redis_is_back(
-    own_redis: OwnRedis, make_queue: Callable[..., GoalQueue], tmp_path: Path
+    own_redis: RedisServer, make_queue: Callable[..., GoalQueue], tmp_path: Path
 ) -> None:
     # Given a queue with a spool, and its Redis stopped
     queue = make_queue(own_redis.url, tmp_path / "spool")
@@ -293,7 +241,7 @@ def test_spooled_goals_are_re_sent_with_their_ids_once_redis_is_back(
 
 
 def test_a_goal_spooled_after_a_late_reply_is_not_doubled_in_the_ledger(
-    own_redis: OwnRedis, make_queue: Callable[..., GoalQueue], tmp_path: Path
+    own_redis: RedisServer, make_queue: Callable[..., GoalQueue], tmp_path: Path
 ) -> None:
     # Given a connected producer whose Redis turns slow: it runs every command it gets, but its
     # replies come after the timeout
@@ -319,7 +267,7 @@ def test_a_goal_spooled_after_a_late_reply_is_not_doubled_in_the_ledger(
 
 
 def test_a_producer_re_sends_a_spool_left_behind_after_its_first_goal(
-    own_redis: OwnRedis, make_queue: Callable[..., GoalQueue], tmp_path: Path
+    own_redis: RedisServer, make_queue: Callable[..., GoalQueue], tmp_path: Path
 ) -> None:
     # Given a spool that an earlier process filled while Redis was down
     dead = make_queue(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "spool")
@@ -345,7 +293,7 @@ while True:
 
 
 def test_a_killed_process_leaves_its_spool_for_the_next_one(
-    own_redis: OwnRedis, tmp_path: Path
+    own_redis: RedisServer, tmp_path: Path
 ) -> None:
     # Given a process spooling goals as fast as it can, Redis being down
     spool_dir = tmp_path / "spool"

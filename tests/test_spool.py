@@ -23,7 +23,7 @@ from goalqueue.config import Settings, get_settings
 from goalqueue.event import GoalEvent
 from goalqueue.producer import new_event
 from goalqueue.spool import Spool
-from tests.conftest import wait_for
+from tests.conftest import spooled_rows, wait_for
 from tests.test_producer_durability import OwnRedis
 
 
@@ -41,18 +41,6 @@ def events(count: int, prefix: str = "v") -> list[GoalEvent]:
         )
         for i in range(count)
     ]
-
-
-def waiting(directory: Path) -> list[tuple[str, str]]:
-    """(event id, payload) of every goal in the spool, file by file, read behind its back."""
-    rows: list[tuple[str, str]] = []
-    for path in Spool(directory).files():
-        db = sqlite3.connect(path)
-        try:
-            rows += db.execute("SELECT event_id, payload FROM goals ORDER BY seq")
-        finally:
-            db.close()
-    return rows
 
 
 def ledger_ids(client: redis.Redis) -> list[str]:
@@ -115,7 +103,7 @@ def test_added_goals_wait_with_their_ids_and_exact_payloads(spool: Spool) -> Non
     assert spool.pending() == 4
     oldest = spool.oldest()
     assert oldest is not None and before <= oldest <= time.time()
-    assert waiting(spool.directory)[:3] == [(e.event_id, e.to_json()) for e in batch]
+    assert spooled_rows(spool.directory)[:3] == [(e.event_id, e.to_json()) for e in batch]
 
 
 def test_the_spool_uses_wal_with_full_sync(spool: Spool) -> None:
@@ -202,7 +190,7 @@ def test_flush_to_an_unreachable_redis_keeps_every_goal(
     spool.add(batch)
     with pytest.raises(EnqueueError, match="unreachable"):
         spool.flush(make_queue(dead_url()))
-    assert [eid for eid, _ in waiting(spool.directory)] == [e.event_id for e in batch]
+    assert [eid for eid, _ in spooled_rows(spool.directory)] == [e.event_id for e in batch]
 
 
 def test_an_unreadable_file_is_left_in_place_and_the_others_are_re_sent(
@@ -290,7 +278,7 @@ def test_four_threads_and_two_processes_spooling_at_once_lose_nothing(
     for output in outputs:
         returned += output.split()
     assert len(returned) == 6 * PER_WRITER
-    spooled = [eid for eid, _ in waiting(directory)]
+    spooled = [eid for eid, _ in spooled_rows(directory)]
     assert sorted(spooled) == sorted(returned)
 
 
