@@ -23,8 +23,7 @@ from goalqueue.config import Settings, get_settings
 from goalqueue.event import GoalEvent
 from goalqueue.producer import new_event
 from goalqueue.spool import Spool
-from tests.conftest import spooled_rows, wait_for
-from tests.test_producer_durability import OwnRedis
+from tests.conftest import RedisServer, spooled_rows, wait_for
 
 
 def dead_url() -> str:
@@ -53,20 +52,20 @@ def spool(tmp_path: Path) -> Spool:
 
 
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own: tests elsewhere flush the shared one at any time."""
-    server = OwnRedis().start()
+    server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def redis_client(own_redis: OwnRedis) -> redis.Redis:
+def redis_client(own_redis: RedisServer) -> redis.Redis:
     return own_redis.client()
 
 
 @pytest.fixture
-def make_queue(own_redis: OwnRedis) -> Iterator[Callable[..., GoalQueue]]:
+def make_queue(own_redis: RedisServer) -> Iterator[Callable[..., GoalQueue]]:
     made: list[GoalQueue] = []
 
     def make(url: str | None = None, spool_dir: Path | None = None) -> GoalQueue:
@@ -287,7 +286,7 @@ def test_four_threads_and_two_processes_spooling_at_once_lose_nothing(
 
 @pytest.fixture
 def cli(
-    own_redis: OwnRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    own_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., Result]]:
     """Runs ``goalqueue`` with the spool in tmp_path and the test Redis (or ``broker``)."""
     monkeypatch.setenv("GOALQUEUE_SPOOL_DIR", str(tmp_path / "spool"))
