@@ -8,7 +8,9 @@ transport stores, cut to what a worker reads:
 * the task id is the goal's event id, so Flower shows one row per goal;
 * the arguments are ``(event_id, seq)``: the goal itself stays in the ledger, so the message
   holds no personal data and no secret, and the queue stays small;
-* the delivery tag is the sequence number, unique for every enqueue.
+* the delivery tag is the sequence number, unique for every enqueue;
+* no ``content-encoding``: kombu reads a missing one as utf-8, and every queued goal is 27 bytes
+  smaller for it.
 
 ``TEMPLATE`` has four ``string.format`` slots for the Lua side: event id, sequence, event id,
 sequence.
@@ -24,7 +26,6 @@ from goalqueue import keys
 def _template() -> str:
     envelope = {
         "body": '[["%s",%d],{},{}]',
-        "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {"id": "%s", "task": keys.TASK_NAME},
         "properties": {
