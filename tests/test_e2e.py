@@ -67,6 +67,20 @@ def test_a_run_of_503s_is_delivered_afterwards(
     assert sandbox.stats().duplicates == 0
 
 
+def test_a_batch_worker_delivers_the_goals_it_claims_once_each(
+    queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
+) -> None:
+    # Given a backlog, and a worker whose tasks claim up to 9 more goals each
+    ids = set(queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(300)]))
+    worker = workers.start("-c", "2", env={"GOALQUEUE_BATCH_SIZE": "10"})
+    # Then every goal is delivered once, most of them by tasks that carried a batch
+    wait_for(lambda: ids <= accepted_keys(sandbox))
+    assert sandbox.stats().duplicates == 0
+    wait_for(lambda: redis_client.get(keys.DELIVERED_COUNT) == "300")
+    assert "delivered (+9: 9 delivered)" in worker.output()
+    assert redis_client.zcard(keys.LEDGER) == 0
+
+
 def test_a_goal_taken_by_a_worker_killed_right_after_brpop_is_still_delivered(
     queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
 ) -> None:

@@ -133,3 +133,23 @@ def test_flower_refuses_the_api_without_basic_auth(flower: Flower) -> None:
     assert flower.get("/api/workers", auth=None).status_code == 401
     assert flower.get("/api/tasks", auth=(AUTH[0], "wrong")).status_code == 401
     assert flower.get("/api/tasks").status_code == 200
+
+
+def test_flower_shows_goals_a_batch_task_claimed_as_tasks_of_their_own(
+    flower: Flower, queue: GoalQueue, sandbox: Sandbox, workers: Workers
+) -> None:
+    # Given a backlog, then a worker whose tasks claim more goals off the queue
+    ids = queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(30)])
+    workers.start("-c", "1", env={"GOALQUEUE_BATCH_SIZE": "10"})
+    name = f"test0@{socket.gethostname()}"
+
+    def delivered_in_flower() -> bool:
+        """Flower lists every goal, claimed or not, as a goalqueue.deliver task in SUCCESS"""
+        tasks = flower.api("/api/tasks")
+        return all(tasks.get(i, {}).get("state") == "SUCCESS" for i in ids)
+
+    # Then every goal shows up under its event id, named and placed like any other task
+    wait_for(delivered_in_flower, 30)
+    tasks = flower.api("/api/tasks")
+    assert {(tasks[i]["name"], tasks[i]["worker"]) for i in ids} == {(keys.TASK_NAME, name)}
+    assert any("(+9" in str(tasks[i]["result"]) for i in ids), "no task carried a batch"

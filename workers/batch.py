@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from goalqueue import keys
@@ -57,6 +57,7 @@ class Batcher:
         claimed = self._claim(own) if self.batch_size > 1 else []
         futures = [self._pool.submit(self._deliver_one, *pair) for pair in claimed]
         outcome = own.deliver(event_id, seq)
+        wait(futures)  # every claimed goal settles before the task returns and is acked
         results = [
             (pair[0], future.result()) for pair, future in zip(claimed, futures, strict=True)
         ]
