@@ -122,6 +122,30 @@ def main(argv: list[str] | None = None) -> int:
         return _profile(args, py_spy, system)
 
 
+def _record(py_spy: str, pid: int, output: Path, seconds: float, *extra: str) -> None:
+    """py-spy samples of the GIL holder in ``pid`` for ``seconds``, written to ``output``."""
+    subprocess.run(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--gil",
+            "--rate",
+            "250",
+            *extra,
+            "--duration",
+            str(int(seconds)),
+            "--output",
+            str(output),
+            "--nonblocking",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=seconds + 60,
+    )
+
+
 def _profile(args: argparse.Namespace, py_spy: str, system: System) -> int:
     work = Path(tempfile.mkdtemp(prefix="goalqueue-profile-"))
     flush(GOALQUEUE_URL)
@@ -141,27 +165,7 @@ def _profile(args: argparse.Namespace, py_spy: str, system: System) -> int:
             endpoint.child.cpu_seconds(),
         )
         raw = work / "profile.txt"
-        subprocess.run(
-            [
-                py_spy,
-                "record",
-                "--pid",
-                str(worker.pid),
-                "--gil",
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "--duration",
-                str(int(args.seconds)),
-                "--output",
-                str(raw),
-                "--nonblocking",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=args.seconds + 60,
-        )
+        _record(py_spy, worker.pid, raw, args.seconds, "--format", "raw")
         after = (
             endpoint.count(),
             time.monotonic(),
@@ -170,25 +174,7 @@ def _profile(args: argparse.Namespace, py_spy: str, system: System) -> int:
             endpoint.child.cpu_seconds(),
         )
         if args.svg:
-            subprocess.run(
-                [
-                    py_spy,
-                    "record",
-                    "--pid",
-                    str(worker.pid),
-                    "--gil",
-                    "--rate",
-                    "250",
-                    "--duration",
-                    "5",
-                    "--output",
-                    args.svg,
-                    "--nonblocking",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=70,
-            )
+            _record(py_spy, worker.pid, Path(args.svg), 5)
         endpoint.close()
     client.close()
     flush(GOALQUEUE_URL)
