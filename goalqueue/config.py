@@ -95,6 +95,11 @@ class Settings:
             )
 
     @property
+    def probe_lease_ms(self) -> int:
+        """How long the one probe goal after a pause may hold the way before another is sent."""
+        return int(self.visibility_timeout_seconds * 1000)
+
+    @property
     def key_fingerprint(self) -> str:
         """A short, one-way tag of the API key, so a pause for a bad key can tell keys apart."""
         return hashlib.sha256((self.api_key or "").encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ import redis
 from goalqueue import keys
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
-from goalqueue.event import GoalEvent, dumps
+from goalqueue.event import GoalEvent
 from goalqueue.scripts import Scripts
 from workers.client import post_goal
 from workers.policy import (
@@ -53,7 +53,6 @@ class Deliverer:
         self.http = http
         self.clock = clock
         self.rand = rand
-        self.probe_lease_ms = int(settings.visibility_timeout_seconds * 1000)
 
     def deliver(self, event_id: str, seq: int) -> str:
         """Process one queued copy of a goal; returns what happened, for the task's result."""
@@ -88,15 +87,9 @@ class Deliverer:
             streak=streak,
         )
 
-    def bury_message(self, args: Any, kwargs: Any, error: str) -> None:
-        """Dead-letter a task message whose arguments are not ``(event_id, seq)``."""
-        letter = DeadLetter.poison(dumps({"args": repr(args), "kwargs": repr(kwargs)}), error)
-        self.redis.hset(keys.DEAD, letter.event_id, letter.to_json())
-        logger.error("dead-lettered an unreadable task message as %s: %s", letter.event_id, error)
-
     def _take(self, event_id: str, seq: int, now: float) -> tuple[str, str, int]:
         reply: list[Any] = self.scripts.take(
-            [seq, event_id, now, self.settings.key_fingerprint, self.probe_lease_ms],
+            [seq, event_id, now, self.settings.key_fingerprint, self.settings.probe_lease_ms],
             DELIVERED=keys.delivered(event_id),
         )
         state = reply[0]

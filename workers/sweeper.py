@@ -51,7 +51,13 @@ class Sweeper:
         while True:
             count = int(
                 self.scripts.sweep(
-                    [TEMPLATE, now, BATCH, self.settings.key_fingerprint, self._probe_lease_ms]
+                    [
+                        TEMPLATE,
+                        now,
+                        BATCH,
+                        self.settings.key_fingerprint,
+                        self.settings.probe_lease_ms,
+                    ]
                 )
             )
             moved += count
@@ -65,10 +71,6 @@ class Sweeper:
                 "re-queued %d goal(s) a lost worker had taken but not settled", recovered
             )
         return moved, recovered
-
-    @property
-    def _probe_lease_ms(self) -> int:
-        return int(self.settings.visibility_timeout_seconds * 1000)
 
     def _run(self) -> None:
         interval = self.settings.sweep_interval_seconds

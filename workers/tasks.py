@@ -7,7 +7,9 @@ from typing import Any
 from celery import Task
 
 from goalqueue import keys
+from goalqueue.event import dumps
 from workers.celery import app, runtime
+from workers.transport import bury
 
 
 @app.task(
@@ -18,5 +20,8 @@ def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
     match args:
         case (str() as event_id, int() as seq) if not kwargs:
             return runtime.batcher().deliver(event_id, seq, task.request.hostname)
-    runtime.get().bury_message(args, kwargs, "task arguments must be (event_id, seq)")
+    bury(
+        dumps({"args": repr(args), "kwargs": repr(kwargs)}),
+        "task arguments must be (event_id, seq)",
+    )
     return "poison"
