@@ -407,7 +407,8 @@ def _goalqueue_memory(n: int) -> list[Row]:
         for start in range(0, n, BULK_BATCH):
             queue.track_goals([goal_fields() for _ in range(min(BULK_BATCH, n - start))])
         ready = used_memory(client)
-        message, entry = client.lindex(keys.QUEUE, 0), client.zrange(keys.LEDGER, 0, 0)[0]
+        message: str = client.lindex(keys.QUEUE, 0)  # type: ignore[assignment]
+        entry: str = client.zrange(keys.LEDGER, 0, 0)[0]  # type: ignore[index,assignment]
         ready_row = Row(
             "memory",
             "goalqueue_ready",
@@ -480,6 +481,7 @@ def keys_bytes(client: redis.Redis) -> int:
 def _park_everything(client: redis.Redis) -> None:
     """Move every ledger entry to the waiting set as a worker does after a 503, and drop the
     queue messages, so that only waiting goals are left."""
+    from workers.delivery import Settlement
     from workers.policy import classify
 
     answer = httpx.Response(
@@ -488,13 +490,13 @@ def _park_everything(client: redis.Redis) -> None:
     now = time.time()
     verdict = classify(answer, now=now, max_wait=3600)
     scripts = Scripts(client)
-    entries = client.zrange(keys.LEDGER, 0, -1)
+    entries: list[str] = client.zrange(keys.LEDGER, 0, -1)  # type: ignore[assignment]
     for start in range(0, len(entries), BULK_BATCH):
-        with client.pipeline(transaction=False) as pipe:
-            for entry in entries[start : start + BULK_BATCH]:
-                event = GoalEvent.from_json(entry).attempted(now, 503, verdict.error)
-                scripts.park([entry, now + 3600, event.to_json()], client=pipe)
-            pipe.execute()
+        settlement = Settlement()
+        for entry in entries[start : start + BULK_BATCH]:
+            event = GoalEvent.from_json(entry).attempted(now, 503, verdict.error)
+            settlement.park(entry, event, due=now + 3600)
+        scripts.settle([0, keys.DELIVERED_PREFIX, *settlement.args])
     client.delete(keys.QUEUE)
 
 

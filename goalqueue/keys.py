@@ -27,9 +27,11 @@ DELIVERED_COUNT = "goalqueue:count:delivered"
 PAUSE = "goalqueue:pause"
 PROBE = "goalqueue:probe"
 
+DELIVERED_PREFIX = "goalqueue:delivered:"
+
 TASK_NAME = "goalqueue.deliver"
 
 
 def delivered(event_id: str) -> str:
     """Key of the marker that says ``event_id`` reached DataFast."""
-    return f"goalqueue:delivered:{event_id}"
+    return DELIVERED_PREFIX + event_id

@@ -39,32 +39,69 @@ for i = 2, #ARGV, 2 do last = push(ARGV[1], ARGV[i], ARGV[i + 1]) end
 return last
 """
 
-# ARGV: seq, event id, now, key fingerprint, probe lease (ms).
-# Returns {verdict, ledger entry, pause streak}; verdict is one of
+# ARGV: now, key fingerprint, probe lease (ms), how many more to claim, task name,
+# delivered-marker key prefix, then (event id, seq) of the goals the task was given.
+# Claims up to that many more goal messages off the consuming end of the queue (anything else
+# goes back where it was, for kombu's consumer to deal with: see workers.transport), then takes
+# every goal. Returns five fields per goal: event id, seq, verdict, ledger entry, pause streak;
+# the verdict is one of
 #   gone  - the entry was settled or re-queued under another sequence: drop this copy
 #   done  - the goal was already delivered: settle without sending
 #   hold  - delivery is paused for everyone: park the goal in the waiting set
 #   probe - the pause is over and this goal is the one allowed to test the API
 #   send  - deliver it
+# The delivered markers' keys are built here from the prefix, as a claimed goal's id is only
+# known once it is popped.
 TAKE = """
-local seq = tonumber(ARGV[1])
-if seq > tonumber(redis.call('GET', KEYS_TAKEN) or '0') then redis.call('SET', KEYS_TAKEN, seq) end
-local entry = redis.call('ZRANGEBYSCORE', KEYS_LEDGER, seq, seq)[1]
-if not entry then return {'gone'} end
-if redis.call('EXISTS', KEYS_DELIVERED) == 1 then return {'done', entry} end
-local pause = redis.call('HMGET', KEYS_PAUSE, 'until', 'reason', 'key', 'streak')
-if pause[1] and pause[2] == 'auth' and pause[3] ~= ARGV[4] then
-  redis.call('DEL', KEYS_PAUSE, KEYS_PROBE)
-elseif pause[1] then
-  local probe = redis.call('GET', KEYS_PROBE)
-  if probe == ARGV[2] then return {'probe', entry, pause[4]} end
-  if not probe and tonumber(ARGV[3]) >= tonumber(pause[1]) then
-    redis.call('SET', KEYS_PROBE, ARGV[2], 'PX', ARGV[5])
-    return {'probe', entry, pause[4]}
+local now, prefix = tonumber(ARGV[1]), ARGV[6]
+local goals = {}
+for i = 7, #ARGV, 2 do table.insert(goals, {ARGV[i], tonumber(ARGV[i + 1])}) end
+local popped = tonumber(ARGV[4]) > 0 and redis.call('RPOP', KEYS_QUEUE, ARGV[4]) or {}
+for _, message in ipairs(popped) do
+  local args = nil
+  local ok, envelope = pcall(cjson.decode, message)
+  if ok and type(envelope) == 'table' and type(envelope['headers']) == 'table'
+     and envelope['headers']['task'] == ARGV[5] and type(envelope['body']) == 'string' then
+    local ok_body, body = pcall(cjson.decode, envelope['body'])
+    if ok_body and type(body) == 'table' and type(body[1]) == 'table' then args = body[1] end
   end
-  return {'hold', entry, pause[4]}
+  if args and type(args[1]) == 'string' and type(args[2]) == 'number' then
+    table.insert(goals, {args[1], args[2]})
+  else
+    redis.call('RPUSH', KEYS_QUEUE, message)
+  end
 end
-return {'send', entry}
+local highest = tonumber(redis.call('GET', KEYS_TAKEN) or '0')
+local pause = redis.call('HMGET', KEYS_PAUSE, 'until', 'reason', 'key', 'streak')
+if pause[1] and pause[2] == 'auth' and pause[3] ~= ARGV[2] then
+  redis.call('DEL', KEYS_PAUSE, KEYS_PROBE)
+  pause = {}
+end
+local replies = {}
+for _, goal in ipairs(goals) do
+  local eid, seq = goal[1], goal[2]
+  if seq > highest then highest = seq; redis.call('SET', KEYS_TAKEN, seq) end
+  local entry = redis.call('ZRANGEBYSCORE', KEYS_LEDGER, seq, seq)[1]
+  local verdict, streak = 'send', ''
+  if not entry then
+    verdict, entry = 'gone', ''
+  elseif redis.call('EXISTS', prefix .. eid) == 1 then
+    verdict = 'done'
+  elseif pause[1] then
+    local probe = redis.call('GET', KEYS_PROBE)
+    streak = pause[4] or ''
+    if probe == eid then
+      verdict = 'probe'
+    elseif not probe and now >= tonumber(pause[1]) then
+      redis.call('SET', KEYS_PROBE, eid, 'PX', ARGV[3])
+      verdict = 'probe'
+    else
+      verdict = 'hold'
+    end
+  end
+  for _, field in ipairs({eid, seq, verdict, entry, streak}) do table.insert(replies, field) end
+end
+return replies
 """
 
 # ARGV: template, now, limit, key fingerprint, probe lease (ms). Returns how many were moved.
@@ -110,55 +147,30 @@ if redis.call('HDEL', KEYS_DEAD, ARGV[2]) == 0 then return 0 end
 return push(ARGV[1], ARGV[2], ARGV[3])
 """
 
-# ARGV: how many, task name. Pops up to that many messages off the consuming end of the queue
-# and returns {event id, seq, ...} for the goal messages; anything else goes back where it was,
-# for kombu's consumer to deal with (see workers.transport).
-CLAIM = """
-local popped = redis.call('RPOP', KEYS_QUEUE, ARGV[1])
-if not popped then return {} end
-local claimed = {}
-for _, message in ipairs(popped) do
-  local args = nil
-  local ok, envelope = pcall(cjson.decode, message)
-  if ok and type(envelope) == 'table' and type(envelope['headers']) == 'table'
-     and envelope['headers']['task'] == ARGV[2] and type(envelope['body']) == 'string' then
-    local ok_body, body = pcall(cjson.decode, envelope['body'])
-    if ok_body and type(body) == 'table' and type(body[1]) == 'table' then args = body[1] end
-  end
-  if args and type(args[1]) == 'string' and type(args[2]) == 'number' then
-    table.insert(claimed, args[1])
-    table.insert(claimed, args[2])
-  else
-    redis.call('RPUSH', KEYS_QUEUE, message)
+# ARGV: delivered-marker TTL (ms), delivered-marker key prefix, then four fields per outcome:
+#   delivered, entry, event id, DataFast's event id  - mark delivered (counted once, by whichever
+#                                                      copy first sets the marker)
+#   bury,      entry, event id, dead letter JSON     - dead-letter it
+#   park,      entry, due time, event JSON           - put it in the waiting set
+#   forget,    entry, '', ''                         - it was delivered before: drop the entry
+# Each acts only if this copy still owns the ledger entry: when two copies of a goal race (a slow
+# worker and a re-queued copy), exactly one of them moves it on. Returns how many it owned.
+SETTLE = """
+local owned = 0
+for i = 3, #ARGV, 4 do
+  local kind, entry, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local mine = redis.call('ZREM', KEYS_LEDGER, entry)
+  owned = owned + mine
+  if kind == 'delivered' then
+    if redis.call('SET', ARGV[2] .. a, b, 'PX', ARGV[1], 'NX') then
+      redis.call('INCR', KEYS_COUNT)
+    end
+  elseif mine == 1 and kind == 'bury' then
+    redis.call('HSET', KEYS_DEAD, a, b)
+  elseif mine == 1 and kind == 'park' then
+    redis.call('ZADD', KEYS_WAITING, a, b)
   end
 end
-return claimed
-"""
-
-# The settling scripts act only if this copy still owns the ledger entry: when two copies of a
-# goal race (a slow worker and a re-queued copy), exactly one of them moves it on.
-
-# ARGV: entry, DataFast's event id, marker TTL (ms). Returns 1 if this copy settled the entry.
-# A goal is counted once, by whichever copy first marks it delivered.
-DELIVERED = """
-local owned = redis.call('ZREM', KEYS_LEDGER, ARGV[1])
-if redis.call('SET', KEYS_DELIVERED, ARGV[2], 'PX', ARGV[3], 'NX') then
-  redis.call('INCR', KEYS_COUNT)
-end
-return owned
-"""
-
-# ARGV: entry, event id, dead letter JSON.
-BURY = """
-local owned = redis.call('ZREM', KEYS_LEDGER, ARGV[1])
-if owned == 1 then redis.call('HSET', KEYS_DEAD, ARGV[2], ARGV[3]) end
-return owned
-"""
-
-# ARGV: entry, due time, event JSON after this attempt.
-PARK = """
-local owned = redis.call('ZREM', KEYS_LEDGER, ARGV[1])
-if owned == 1 then redis.call('ZADD', KEYS_WAITING, ARGV[2], ARGV[3]) end
 return owned
 """
 
@@ -168,19 +180,16 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self.enqueue = _register(redis, ENQUEUE, "SEQ", "LEDGER", "QUEUE")
-        self.take = _register(redis, TAKE, "TAKEN", "LEDGER", "DELIVERED", "PAUSE", "PROBE")
+        self.take = _register(redis, TAKE, "QUEUE", "TAKEN", "LEDGER", "PAUSE", "PROBE")
         self.sweep = _register(redis, SWEEP, "PAUSE", "PROBE", "WAITING", "SEQ", "LEDGER", "QUEUE")
         self.reconcile = _register(
             redis, RECONCILE, "TAKEN", "CHECKPOINTS", "SEQ", "LEDGER", "QUEUE"
         )
         self.replay = _register(redis, REPLAY, "DEAD", "SEQ", "LEDGER", "QUEUE")
-        self.claim = _register(redis, CLAIM, "QUEUE")
-        self.delivered = _register(redis, DELIVERED, "LEDGER", "DELIVERED", "COUNT")
-        self.bury = _register(redis, BURY, "LEDGER", "DEAD")
-        self.park = _register(redis, PARK, "LEDGER", "WAITING")
+        self.settle = _register(redis, SETTLE, "LEDGER", "COUNT", "DEAD", "WAITING")
 
 
-_STATIC_KEYS = {
+_KEYS = {
     "SEQ": keys.SEQ,
     "LEDGER": keys.LEDGER,
     "QUEUE": keys.QUEUE,
@@ -198,17 +207,14 @@ ScriptArg = str | int | float
 
 
 class BoundScript:
-    """A registered script and the keys it declares, in order; per-call keys are passed in."""
+    """A registered script and the keys it declares, in order."""
 
     def __init__(self, script: Script, names: tuple[str, ...]) -> None:
         self.script = script
         self.names = names
 
-    def __call__(
-        self, args: Sequence[ScriptArg], client: Redis | None = None, **dynamic: str
-    ) -> Any:
-        keys_ = [dynamic.get(name) or _STATIC_KEYS[name] for name in self.names]
-        return self.script(keys=keys_, args=args, client=client)
+    def __call__(self, args: Sequence[ScriptArg], client: Redis | None = None) -> Any:
+        return self.script(keys=[_KEYS[name] for name in self.names], args=args, client=client)
 
 
 def _register(redis: Redis, body: str, *names: str) -> BoundScript:

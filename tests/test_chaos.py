@@ -62,7 +62,7 @@ from tests.conftest import (
     wait_for,
     worker_env,
 )
-from workers.client import build_client
+from workers.client import Sender, build_client
 from workers.delivery import Deliverer
 from workers.sweeper import Sweeper
 
@@ -436,7 +436,7 @@ def test_delivered_counter_counts_a_goal_whose_delivering_copy_lost_the_ledger_r
     def worker(answer: Callable[[httpx.Request], httpx.Response]) -> Deliverer:
         http = build_client(settings, 1)
         http._transport = httpx.MockTransport(answer)
-        return Deliverer(settings, client, http, rand=lambda: 0.0)
+        return Deliverer(settings, client, Sender(settings, lambda: http), rand=lambda: 0.0)
 
     def second_copy_gets_503(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503, json={"status": "error", "error": {"message": "down"}})

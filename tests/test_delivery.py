@@ -17,7 +17,7 @@ from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
 from goalqueue.message import TEMPLATE
 from tests.conftest import API_KEY, pop_message
-from workers.client import build_client
+from workers.client import Sender, build_client
 from workers.delivery import Deliverer
 from workers.sweeper import Sweeper
 
@@ -60,7 +60,8 @@ def deliverer(settings: Settings, handler: Handler, clock: Clock | None = None) 
     http = build_client(settings, 4)
     http._transport = httpx.MockTransport(handler)
     client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
-    return Deliverer(settings, client, http, clock=clock or Clock(1e10), rand=lambda: 1.0)
+    sender = Sender(settings, lambda: http)
+    return Deliverer(settings, client, sender, clock=clock or Clock(1e10), rand=lambda: 1.0)
 
 
 def run_next(worker: Deliverer, client: redis.Redis) -> str:

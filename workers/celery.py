@@ -33,7 +33,7 @@ from goalqueue import keys
 from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
 from workers.batch import Batcher
-from workers.client import build_client
+from workers.client import Sender
 from workers.delivery import Deliverer
 from workers.sweeper import Sweeper
 
@@ -90,7 +90,7 @@ class _Runtime:
             if self._batcher is None or self._pid != os.getpid():
                 client = self._redis = redis_client(settings)
                 self._batcher = Batcher(
-                    lambda: Deliverer(settings, client, build_client(settings, 1)),
+                    Deliverer(settings, client, Sender(settings)),
                     settings.batch_size,
                     self.pool_size,
                     _event_dispatcher if app.conf.worker_send_task_events else None,
@@ -99,8 +99,8 @@ class _Runtime:
             return self._batcher
 
     def get(self) -> Deliverer:
-        """The calling thread's deliverer."""
-        return self.batcher().deliverer()
+        """This process's deliverer."""
+        return self.batcher().deliverer
 
     def close(self) -> None:
         with self._lock:
@@ -117,7 +117,7 @@ def _event_dispatcher(hostname: str | None) -> Any:
         app.connection_for_write(),
         hostname=hostname,
         buffer_group=["task"],
-        buffer_limit=3 * settings.batch_size,
+        buffer_limit=2 * settings.batch_size,
     )
 
 

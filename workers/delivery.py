@@ -1,9 +1,15 @@
-"""Deliver one goal: the path a worker runs for every task, top to bottom.
+"""Deliver goals: the path a worker runs for every task, top to bottom.
 
-take it from the ledger  (gone? already delivered? paused?)
-POST it to DataFast
-classify the answer      (workers.policy)
-settle it                delivered marker | dead letter | waiting set (+ pause)
+take them from the ledger   (gone? already delivered? paused?)   one TAKE call for the batch
+POST each to DataFast       (concurrently when given an executor)
+classify each answer        (workers.policy)
+settle them                 delivered marker | dead letter | waiting set (+ pause)
+
+A task is given one goal, and may claim more off the queue in the same TAKE call (see
+:mod:`workers.batch`). Answers are settled in groups, as they arrive: whatever has come back
+while the previous group was being recorded goes into the next SETTLE call. A goal DataFast
+has accepted is recorded within about one Redis round trip, not after the slowest request of
+its batch: a worker killed in between would send it again.
 """
 
 from __future__ import annotations
@@ -11,18 +17,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import redis
 
 from goalqueue import keys
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import Scripts
-from workers.client import post_goal
+from goalqueue.scripts import ScriptArg, Scripts
+from workers.client import Answer, Sender
 from workers.policy import (
     RETRY_AFTER_MAX_SECONDS,
     Outcome,
@@ -35,14 +42,55 @@ from workers.policy import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What TAKE said about one queued copy of a goal (see :data:`goalqueue.scripts.TAKE`)."""
+
+    event_id: str
+    seq: int
+    verdict: str
+    entry: str
+    streak: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What became of one queued copy of a goal, and how long it took."""
+
+    event_id: str
+    result: str
+    seconds: float
+
+
+class Settlement:
+    """Outcomes to record in one SETTLE call."""
+
+    def __init__(self) -> None:
+        self.args: list[ScriptArg] = []
+        self.letters: list[DeadLetter] = []
+
+    def delivered(self, entry: str, event_id: str, remote_id: str) -> None:
+        self.args += ["delivered", entry, event_id, remote_id]
+
+    def bury(self, entry: str, letter: DeadLetter) -> None:
+        self.args += ["bury", entry, letter.event_id, letter.to_json()]
+        self.letters.append(letter)
+
+    def park(self, entry: str, event: GoalEvent, due: float) -> None:
+        self.args += ["park", entry, due, event.to_json()]
+
+    def forget(self, entry: str) -> None:
+        self.args += ["forget", entry, "", ""]
+
+
 class Deliverer:
-    """Everything one worker process needs to deliver goals: Redis, HTTP, settings."""
+    """Everything a worker process needs to deliver goals: Redis, HTTP, settings."""
 
     def __init__(
         self,
         settings: Settings,
         client: redis.Redis,
-        http: httpx.Client,
+        sender: Sender,
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -50,70 +98,120 @@ class Deliverer:
         self.settings = settings
         self.redis = client
         self.scripts = Scripts(client)
-        self.http = http
+        self.sender = sender
         self.clock = clock
         self.rand = rand
 
     def deliver(self, event_id: str, seq: int) -> str:
         """Process one queued copy of a goal; returns what happened, for the task's result."""
+        return self.deliver_batch([(event_id, seq)])[0].result
+
+    def deliver_batch(
+        self, goals: Sequence[tuple[str, int]], *, claim: int = 0, executor: Executor | None = None
+    ) -> list[Delivery]:
+        """Process ``goals`` (event id, seq) and up to ``claim`` more claimed off the queue.
+
+        With an ``executor`` the POSTs run concurrently on it. Returns one :class:`Delivery`
+        per goal, ``goals`` first, then the claimed ones.
+        """
+        started = time.monotonic()
         now = self.clock()
-        state, entry, streak = self._take(event_id, seq, now)
-        if state == "gone":
+        taken = self._take(goals, claim, now)
+        results: dict[int, str] = {}
+        sending: list[tuple[int, GoalEvent]] = []
+        settlement = Settlement()
+        for index, copy in enumerate(taken):
+            prepared = self._prepare(copy, now, settlement)
+            if isinstance(prepared, GoalEvent):
+                sending.append((index, prepared))
+            else:
+                results[index] = prepared
+        self._write(settlement)
+        seconds = {index: time.monotonic() - started for index in results}
+        for group in self._post(sending, executor):
+            settlement = Settlement()
+            resumed = False
+            for position, answer in group:
+                index, event = sending[position]
+                copy = taken[index]
+                verdict = classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS)
+                event = event.attempted(now, verdict.status_code, verdict.error)
+                results[index] = self._settle(settlement, copy, event, verdict)
+                resumed |= copy.verdict == "probe" and verdict.outcome is not Outcome.DEFERRED
+            self._write(settlement)
+            seconds.update((index, time.monotonic() - started) for index, _ in group)
+            if resumed:
+                self.redis.delete(keys.PAUSE, keys.PROBE)
+                logger.warning("DataFast accepts goals again: delivery resumed")
+        return [
+            Delivery(copy.event_id, results[index], seconds[index])
+            for index, copy in enumerate(taken)
+        ]
+
+    def _take(self, goals: Sequence[tuple[str, int]], claim: int, now: float) -> list[Taken]:
+        args: list[ScriptArg] = [
+            now,
+            self.settings.key_fingerprint,
+            self.settings.probe_lease_ms,
+            claim,
+            keys.TASK_NAME,
+            keys.DELIVERED_PREFIX,
+        ]
+        for event_id, seq in goals:
+            args += [event_id, seq]
+        flat: list[Any] = self.scripts.take(args)
+        return [
+            Taken(str(flat[i]), int(flat[i + 1]), flat[i + 2], flat[i + 3], int(flat[i + 4] or 0))
+            for i in range(0, len(flat), 5)
+        ]
+
+    def _prepare(self, copy: Taken, now: float, settlement: Settlement) -> str | GoalEvent:
+        """The event to send, or what happened to a copy that needs no request."""
+        if copy.verdict == "gone":
             return "stale copy"
         try:
-            event = GoalEvent.from_json(entry)
+            event = GoalEvent.from_json(copy.entry)
         except ValueError as exc:
-            self._bury(entry, event_id, DeadLetter.poison(entry, str(exc)))
+            settlement.bury(copy.entry, DeadLetter.poison(copy.entry, str(exc)))
             return "poison"
-        if state == "done":
-            self.redis.zrem(keys.LEDGER, entry)
+        if copy.verdict == "done":
+            settlement.forget(copy.entry)
             return "already delivered"
         if now - event.enqueued_at > self.settings.max_age_seconds:
-            self._bury(entry, event_id, DeadLetter.of(event, "expired"))
+            settlement.bury(copy.entry, DeadLetter.of(event, "expired"))
             return "expired"
-        if state == "hold":
-            self._park(entry, event, due=now)
+        if copy.verdict == "hold":
+            settlement.park(copy.entry, event, due=now)
             return "held while paused"
-        verdict = classify(
-            post_goal(self.http, self.settings.api_url, event),
-            now=self.clock(),
-            max_wait=RETRY_AFTER_MAX_SECONDS,
-        )
-        return self._settle(
-            entry,
-            event.attempted(now, verdict.status_code, verdict.error),
-            verdict,
-            probe=state == "probe",
-            streak=streak,
-        )
+        return event
 
-    def _take(self, event_id: str, seq: int, now: float) -> tuple[str, str, int]:
-        reply: list[Any] = self.scripts.take(
-            [seq, event_id, now, self.settings.key_fingerprint, self.settings.probe_lease_ms],
-            DELIVERED=keys.delivered(event_id),
-        )
-        state = reply[0]
-        entry = reply[1] if len(reply) > 1 else ""
-        streak = int(reply[2]) if len(reply) > 2 and reply[2] else 0
-        return state, entry, streak
+    def _post(
+        self, sending: list[tuple[int, GoalEvent]], executor: Executor | None
+    ) -> Iterator[list[tuple[int, Answer]]]:
+        """The answers, in groups: each group is every answer that came back since the last."""
+        if executor is None or len(sending) < 2:
+            for position, (_, event) in enumerate(sending):
+                yield [(position, self.sender.post(event))]
+            return
+        post = self.sender.post
+        futures = {executor.submit(post, event): i for i, (_, event) in enumerate(sending)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield [(futures[future], future.result()) for future in done]
 
     def _settle(
-        self, entry: str, event: GoalEvent, verdict: Verdict, *, probe: bool, streak: int
+        self, settlement: Settlement, copy: Taken, event: GoalEvent, verdict: Verdict
     ) -> str:
         now = self.clock()
         if verdict.outcome is Outcome.DELIVERED:
-            self._record(
-                self.scripts.delivered,
-                [entry, verdict.remote_id or "", int(self.settings.delivered_ttl_seconds * 1000)],
-                DELIVERED=keys.delivered(event.event_id),
-            )
+            settlement.delivered(copy.entry, event.event_id, verdict.remote_id or "")
         elif verdict.outcome is Outcome.PERMANENT:
-            self._bury(
-                entry, event.event_id, DeadLetter.of(event, verdict.reason or "client_error")
-            )
+            settlement.bury(copy.entry, DeadLetter.of(event, verdict.reason or "client_error"))
         elif verdict.outcome is Outcome.DEFERRED:
-            self._pause(verdict, now=now, streak=streak + 1 if probe else 0)
-            self._park(entry, event, due=now)
+            probe = copy.verdict == "probe"
+            self._pause(verdict, now=now, streak=copy.streak + 1 if probe else 0)
+            settlement.park(copy.entry, event, due=now)
             return f"deferred ({verdict.reason})"
         else:
             delay = backoff(
@@ -122,10 +220,7 @@ class Deliverer:
                 cap=self.settings.retry_max_seconds,
                 rand=self.rand,
             )
-            self._park(entry, event, due=now + delay)
-        if probe:
-            self.redis.delete(keys.PAUSE, keys.PROBE)
-            logger.warning("DataFast accepts goals again: delivery resumed")
+            settlement.park(copy.entry, event, due=now + delay)
         return verdict.outcome.value
 
     def _pause(self, verdict: Verdict, *, now: float, streak: int) -> None:
@@ -162,32 +257,34 @@ class Deliverer:
                 length,
             )
 
-    def _record(self, script: Callable[..., object], args: list[Any], **dynamic: str) -> None:
-        """Record a goal's new state, waiting out a short Redis outage.
+    def _write(self, settlement: Settlement) -> None:
+        """Record outcomes, waiting out a short Redis outage.
 
-        DataFast has already answered: giving up here means the goal is sent again, so keep
-        trying for half the visibility timeout (after that the reconciler would re-queue it).
+        DataFast may already have answered: giving up here means the goal is sent again, so
+        keep trying for half the visibility timeout (after that the reconciler re-queues it).
+        SETTLE is safe to repeat: a copy that no longer owns its entry changes nothing.
         """
+        if not settlement.args:
+            return
+        args: list[ScriptArg] = [
+            int(self.settings.delivered_ttl_seconds * 1000),
+            keys.DELIVERED_PREFIX,
+        ]
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
         while True:
             try:
-                script(args, **dynamic)
-                return
+                self.scripts.settle(args + settlement.args)
+                break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise
-                logger.warning("could not record a goal's outcome yet (%s): retrying", exc)
+                logger.warning("could not record goals' outcomes yet (%s): retrying", exc)
                 time.sleep(0.25)
-
-    def _park(self, entry: str, event: GoalEvent, *, due: float) -> None:
-        self._record(self.scripts.park, [entry, due, event.to_json()])
-
-    def _bury(self, entry: str, event_id: str, letter: DeadLetter) -> None:
-        self._record(self.scripts.bury, [entry, letter.event_id, letter.to_json()])
-        logger.warning(
-            "goal %s dead-lettered: %s (status %s) %r",
-            event_id,
-            letter.reason,
-            letter.status_code,
-            letter.error or "",
-        )
+        for letter in settlement.letters:
+            logger.warning(
+                "goal %s dead-lettered: %s (status %s) %r",
+                letter.event_id,
+                letter.reason,
+                letter.status_code,
+                letter.error or "",
+            )

@@ -88,7 +88,7 @@ def _events(n: int, make_id: Callable[[], str]) -> list[GoalEvent]:
 def enqueue(client: redis.Redis, template: str, events: list[GoalEvent]) -> None:
     scripts = Scripts(client)
     for start in range(0, len(events), 500):
-        args: list[object] = [template]
+        args: list[str | int | float] = [template]
         for event in events[start : start + 500]:
             args += (event.event_id, event.to_json())
         scripts.enqueue(args)
