@@ -19,7 +19,8 @@ from goalqueue.config import Settings
 from goalqueue.message import TEMPLATE
 from tests.conftest import pop_message, wait_for
 from tests.test_delivery import Clock, FakeDataFast, Handler, deliverer, error, ok
-from workers.delivery import Deliverer
+from workers.client import Answer
+from workers.delivery import Deliverer, GroupCommit
 
 
 @pytest.fixture
@@ -140,3 +141,42 @@ def test_a_batch_taken_while_paused_sends_one_probe_and_holds_the_rest(
     assert [r.headers["idempotency-key"] for r in api.requests] == ids[:1]
     assert not redis_client.exists(keys.PAUSE)
     assert redis_client.zcard(keys.WAITING) == 3
+
+
+def test_group_commit_records_every_answer_once_in_groups_from_many_threads() -> None:
+    # Given a recorder that is slow, so answers pile up while it runs
+    groups: list[list[int]] = []
+
+    def record(group: list[tuple[int, Answer]]) -> None:
+        time.sleep(0.001)
+        groups.append([position for position, _ in group])
+
+    answers = GroupCommit(record)
+    # When 32 threads each bring 50 answers at once
+    with ThreadPoolExecutor(32) as executor:
+        list(executor.map(lambda i: answers.add(i, httpx.Response(200)), range(1600)))
+    answers.finish()
+    # Then every answer is recorded exactly once, one group at a time, most of them in groups
+    recorded = [position for group in groups for position in group]
+    assert sorted(recorded) == list(range(1600))
+    assert len(groups) < 1600
+
+
+def test_group_commit_keeps_answers_a_failed_recording_left_for_the_next() -> None:
+    # Given a recorder that fails once (Redis down past the retry window)
+    recorded: list[int] = []
+    failures = iter([True])
+
+    def record(group: list[tuple[int, Answer]]) -> None:
+        if next(failures, False):
+            raise redis.ConnectionError("down")
+        recorded.extend(position for position, _ in group)
+
+    answers = GroupCommit(record)
+    # When the first answer's recording fails
+    with pytest.raises(redis.ConnectionError):
+        answers.add(0, httpx.Response(200))
+    # Then the next answer's thread records both, and nothing is left for finish()
+    answers.add(1, httpx.Response(200))
+    answers.finish()
+    assert recorded == [0, 1]

@@ -9,16 +9,17 @@ A task is given one goal, and may claim more off the queue in the same TAKE call
 :mod:`workers.batch`). Answers are settled in groups, as they arrive: whatever has come back
 while the previous group was being recorded goes into the next SETTLE call. A goal DataFast
 has accepted is recorded within about one Redis round trip, not after the slowest request of
-its batch: a worker killed in between would send it again.
+its batch: a worker killed in between would send it again (see :class:`GroupCommit`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,54 @@ class Settlement:
         self.args += ["forget", entry, "", ""]
 
 
+class GroupCommit:
+    """Records answers in groups, on the thread that brings one.
+
+    A thread with an answer adds it and, unless another thread is already recording, records
+    every answer waiting, again and again until none is left. Answers that arrive during a
+    SETTLE call share the next one, and none waits for a particular thread to be scheduled:
+    under a saturated CPU and GIL, handing answers to one coordinating thread delayed their
+    recording by hundreds of milliseconds, and a worker killed meanwhile sent them again.
+    """
+
+    def __init__(self, record: Callable[[list[tuple[int, Answer]]], None]) -> None:
+        self._record = record
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, Answer]] = []
+        self._recording = False
+
+    def add(self, position: int, answer: Answer) -> None:
+        with self._lock:
+            self._waiting.append((position, answer))
+            if self._recording:
+                return
+            self._recording = True
+        self._drain()
+
+    def finish(self) -> None:
+        """Record what a failed recorder left waiting (raising again if it fails again)."""
+        with self._lock:
+            if self._recording:
+                return
+            self._recording = True
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                group, self._waiting = self._waiting, []
+                if not group:
+                    self._recording = False
+                    return
+            try:
+                self._record(group)
+            except BaseException:
+                with self._lock:
+                    self._waiting[:0] = group
+                    self._recording = False
+                raise
+
+
 class Deliverer:
     """Everything a worker process needs to deliver goals: Redis, HTTP, settings."""
 
@@ -128,7 +177,8 @@ class Deliverer:
                 results[index] = prepared
         self._write(settlement)
         seconds = {index: time.monotonic() - started for index in results}
-        for group in self._post(sending, executor):
+
+        def record(group: list[tuple[int, Answer]]) -> None:
             settlement = Settlement()
             resumed = False
             for position, answer in group:
@@ -139,10 +189,14 @@ class Deliverer:
                 results[index] = self._settle(settlement, copy, event, verdict)
                 resumed |= copy.verdict == "probe" and verdict.outcome is not Outcome.DEFERRED
             self._write(settlement)
-            seconds.update((index, time.monotonic() - started) for index, _ in group)
+            seconds.update(
+                (sending[position][0], time.monotonic() - started) for position, _ in group
+            )
             if resumed:
                 self.redis.delete(keys.PAUSE, keys.PROBE)
                 logger.warning("DataFast accepts goals again: delivery resumed")
+
+        self._post(sending, GroupCommit(record), executor)
         return [
             Delivery(copy.event_id, results[index], seconds[index])
             for index, copy in enumerate(taken)
@@ -186,19 +240,23 @@ class Deliverer:
         return event
 
     def _post(
-        self, sending: list[tuple[int, GoalEvent]], executor: Executor | None
-    ) -> Iterator[list[tuple[int, Answer]]]:
-        """The answers, in groups: each group is every answer that came back since the last."""
+        self, sending: list[tuple[int, GoalEvent]], answers: GroupCommit, executor: Executor | None
+    ) -> None:
+        """POST every goal, each answer recorded by the thread that receives it."""
+        post = self.sender.post
+
+        def send(position: int, event: GoalEvent) -> None:
+            answers.add(position, post(event))
+
         if executor is None or len(sending) < 2:
             for position, (_, event) in enumerate(sending):
-                yield [(position, self.sender.post(event))]
+                send(position, event)
             return
-        post = self.sender.post
-        futures = {executor.submit(post, event): i for i, (_, event) in enumerate(sending)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield [(futures[future], future.result()) for future in done]
+        futures = [executor.submit(send, i, event) for i, (_, event) in enumerate(sending)]
+        wait(futures)
+        answers.finish()
+        for future in futures:
+            future.result()
 
     def _settle(
         self, settlement: Settlement, copy: Taken, event: GoalEvent, verdict: Verdict
