@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from kombu import Connection, Exchange, Producer
 
 from goalqueue import GoalQueue, keys
 from goalqueue.deadletters import DeadLetter
@@ -29,6 +30,7 @@ from tests.conftest import (
     wait_for,
     worker_env,
 )
+from workers.transport import Transport, harden
 
 MARK = "poison-marker"
 
@@ -139,3 +141,24 @@ def test_a_poison_message_is_dead_lettered_once_and_the_worker_goes_on(
     # And nothing of it is left to come back: not in the queue, not in kombu's unacked messages
     wait_for(lambda: client.llen(keys.QUEUE) == 0 and client.hlen("unacked") == 0, 10)
     assert len(set(poison_letters(client)) - before) == 1
+
+
+def test_task_events_are_published_through_one_redis_client_per_channel(redis_url: str) -> None:
+    # Given a write connection switched to the hardened transport, as the worker's are
+    subscriber = redis.Redis.from_url(redis_url).pubsub()
+    with Connection(redis_url) as connection:
+        harden(connection)
+        assert connection.get_transport_cls() is Transport
+        channel = connection.default_channel
+        subscriber.psubscribe("*celeryev*")
+        subscriber.get_message(timeout=1)
+        # When it publishes two task events
+        producer = Producer(channel, Exchange("celeryev", type="fanout"))
+        for n in range(2):
+            producer.publish({"n": n}, routing_key="task.succeeded")
+        # Then both arrive, and the channel built one client for them, not one per event
+        received = [subscriber.get_message(timeout=2) for _ in range(2)]
+        assert all(m and m["type"] == "pmessage" for m in received), received
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+    subscriber.close()

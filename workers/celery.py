@@ -36,6 +36,7 @@ from workers.batch import Batcher
 from workers.client import Sender
 from workers.delivery import Deliverer
 from workers.sweeper import Sweeper
+from workers.transport import harden
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class _Runtime:
 def _event_dispatcher(hostname: str | None) -> Any:
     """A task-event dispatcher that sends what it is given as one message per flush."""
     return app.events.Dispatcher(
-        app.connection_for_write(),
+        harden(app.connection_for_write()),
         hostname=hostname,
         buffer_group=["task"],
         buffer_limit=2 * settings.batch_size,

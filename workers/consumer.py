@@ -4,7 +4,8 @@ Every message that is not a readable ``goalqueue.deliver`` task becomes a ``pois
 and is taken off the queue for good (see :mod:`workers.transport` for the layers and why):
 
 * the connection it reads from uses the hardened transport of :mod:`workers.transport`, so an
-  unreadable envelope never reaches the event loop;
+  unreadable envelope never reaches the event loop (and the one its task events go out on
+  does too, for the transport's single Redis client);
 * any error while handling one message is that message's problem: it is buried and rejected
   instead of being taken for a lost connection (kombu counts ``KeyError`` as one, and the
   restore that follows would bring the message back forever);
@@ -22,7 +23,7 @@ from celery.utils.functional import promise
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.utils.json import dumps
 
-from workers.transport import bury, hardened
+from workers.transport import bury, harden
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,14 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
         """The broker connection tasks are read from, with the hardened transport."""
-        connection = self.app.connection_for_read(heartbeat=heartbeat)
-        transport = hardened(connection.get_transport_cls())
-        # A dotted name, not the class: `celery inspect stats` reports it and must be JSON.
-        connection.transport_cls = f"{transport.__module__}:{transport.__qualname__}"
-        return self.ensure_connected(connection)
+        return self.ensure_connected(harden(self.app.connection_for_read(heartbeat=heartbeat)))
+
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
+        """The connection task events go out on: the hardened transport publishes them on one
+        Redis client per channel, where kombu's builds a new one for every event."""
+        return self.ensure_connected(
+            harden(self.app.connection_for_write(url=url, heartbeat=heartbeat))
+        )
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Any], Any]:
         """Celery's handler for one message, with any error in it blamed on the message."""

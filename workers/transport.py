@@ -175,3 +175,13 @@ def hardened(transport_cls: type) -> type:
     if transport_cls is kombu_redis.Transport:
         return Transport
     return transport_cls
+
+
+def harden(connection: Any) -> Any:
+    """``connection``, switched to the hardened counterpart of its transport.
+
+    A dotted name, not the class: ``celery inspect stats`` reports it and must be JSON.
+    """
+    transport = hardened(connection.get_transport_cls())
+    connection.transport_cls = f"{transport.__module__}:{transport.__qualname__}"
+    return connection
