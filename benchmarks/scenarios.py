@@ -331,7 +331,7 @@ def enqueue_costs(n: int, repeats: int) -> list[Row]:
     raw = redis.Redis.from_url(GOALQUEUE_URL)
     task = plain_task()
     event_id = "0b0e9f9c-8f2e-4a7e-9a51-8f0e1b7c2d3a"
-    message = TEMPLATE % (event_id, 123456, event_id, 123456)
+    message = TEMPLATE % (123456, event_id, 123456)
 
     def single(goals: list[dict[str, Any]]) -> None:
         for goal in goals:

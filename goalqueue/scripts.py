@@ -22,7 +22,7 @@ _PUSH = """
 local function push(template, eid, payload)
   local seq = redis.call('INCR', KEYS_SEQ)
   redis.call('ZADD', KEYS_LEDGER, seq, payload)
-  redis.call('LPUSH', KEYS_QUEUE, string.format(template, eid, seq, eid, seq))
+  redis.call('LPUSH', KEYS_QUEUE, string.format(template, seq, eid, seq))
   return seq
 end
 local function event_id(payload)
@@ -58,15 +58,17 @@ local goals = {}
 for i = 7, #ARGV, 2 do table.insert(goals, {ARGV[i], tonumber(ARGV[i + 1])}) end
 local popped = tonumber(ARGV[4]) > 0 and redis.call('RPOP', KEYS_QUEUE, ARGV[4]) or {}
 for _, message in ipairs(popped) do
-  local args = nil
+  local eid, args = nil, nil
   local ok, envelope = pcall(cjson.decode, message)
   if ok and type(envelope) == 'table' and type(envelope['headers']) == 'table'
      and envelope['headers']['task'] == ARGV[5] and type(envelope['body']) == 'string' then
+    eid = envelope['headers']['id']
     local ok_body, body = pcall(cjson.decode, envelope['body'])
     if ok_body and type(body) == 'table' and type(body[1]) == 'table' then args = body[1] end
   end
-  if args and type(args[1]) == 'string' and type(args[2]) == 'number' then
-    table.insert(goals, {args[1], args[2]})
+  if args and #args == 2 and type(args[1]) == 'string' then eid = args[1]; args = {args[2]} end
+  if type(eid) == 'string' and args and #args == 1 and type(args[1]) == 'number' then
+    table.insert(goals, {eid, args[1]})
   else
     redis.call('RPUSH', KEYS_QUEUE, message)
   end

@@ -89,11 +89,13 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def pop_message(client: redis.Redis) -> tuple[str, int]:
-    """Take the next task message off the queue as kombu's BRPOP would; returns its args."""
+    """Take the next task message off the queue as kombu's BRPOP would; returns what the task
+    delivers: its id (the event id) and its argument (the sequence)."""
     raw = client.rpop(keys.QUEUE)
     assert raw is not None, "the queue is empty"
-    event_id, seq = json.loads(json.loads(raw)["body"])[0]
-    return event_id, seq
+    message = json.loads(raw)
+    (seq,) = json.loads(message["body"])[0]
+    return message["headers"]["id"], seq
 
 
 @dataclass

@@ -5,6 +5,7 @@ Real Redis, DataFast faked with httpx.MockTransport, a real thread pool.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ def test_a_stale_copy_in_a_batch_is_dropped_and_the_live_one_delivered(
 ) -> None:
     # Given a goal queued twice (the first copy's sequence no longer owns the ledger entry)
     (event_id,) = enqueue(queue, 1)
-    redis_client.lpush(keys.QUEUE, TEMPLATE % (event_id, 0, event_id, 0))
+    redis_client.lpush(keys.QUEUE, TEMPLATE % (0, event_id, 0))
     api = FakeDataFast()
     own = pop_message(redis_client)
     # When one batch holds both copies
@@ -83,6 +84,27 @@ def test_a_stale_copy_in_a_batch_is_dropped_and_the_live_one_delivered(
     # Then DataFast saw the goal once
     assert sorted(d.result for d in done) == ["delivered", "stale copy"]
     assert len(api.requests) == 1
+
+
+def test_a_batch_claims_a_message_in_the_first_builds_shape(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, pool: ThreadPoolExecutor
+) -> None:
+    # Given two queued goals, the second one's message rewritten as the first builds wrote it,
+    # with (event_id, seq) as its arguments
+    first, second = enqueue(queue, 2)
+    own = pop_message(redis_client)
+    redis_client.rpush(keys.QUEUE, first_builds_message(redis_client.rpop(keys.QUEUE)))
+    # When a batch claims it
+    done = worker(settings, FakeDataFast()).deliver_batch([own], claim=4, executor=pool)
+    # Then both goals are delivered
+    assert [(d.event_id, d.result) for d in done] == [(first, "delivered"), (second, "delivered")]
+
+
+def first_builds_message(raw: str) -> str:
+    message = json.loads(raw)
+    (seq,) = json.loads(message["body"])[0]
+    message["body"] = json.dumps([[message["headers"]["id"], seq], {}, {}])
+    return json.dumps(message)
 
 
 def test_answers_are_recorded_as_they_arrive_not_after_the_slowest_request(

@@ -25,12 +25,14 @@ def test_track_goal_writes_the_message_and_its_ledger_entry_together(
 ) -> None:
     # When a goal is tracked
     event_id = queue.track_goal("visitor-1", "Sign Up", metadata={"plan": "pro", "seats": 3})
-    # Then the queue holds one Celery message for it, named by the task and the event id
+    # Then the queue holds one Celery message for it, named by the task and the event id, whose
+    # only argument is the sequence (the event id is there once, as the task id)
     (raw,) = redis_client.lrange(keys.QUEUE, 0, -1)
     message = json.loads(raw)
     assert message["headers"] == {"id": event_id, "task": "goalqueue.deliver"}
     args, kwargs, _ = json.loads(message["body"])
-    assert args == [event_id, 1] and kwargs == {}
+    assert args == [1] and kwargs == {}
+    assert raw.count(event_id) == 1
     # And the ledger holds the normalised goal under the same sequence
     ((event, seq),) = ledger(redis_client)
     assert seq == 1
