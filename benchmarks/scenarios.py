@@ -496,7 +496,7 @@ def _park_everything(client: redis.Redis) -> None:
         for entry in entries[start : start + BULK_BATCH]:
             event = GoalEvent.from_json(entry).attempted(now, 503, verdict.error)
             settlement.park(entry, event, due=now + 3600)
-        scripts.settle([0, keys.DELIVERED_PREFIX, *settlement.args])
+        scripts.settle(settlement.script_args(0))
     client.delete(keys.QUEUE)
 
 

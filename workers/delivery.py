@@ -83,6 +83,10 @@ class Settlement:
     def forget(self, entry: str) -> None:
         self.args += ["forget", entry, "", ""]
 
+    def script_args(self, delivered_ttl_ms: int) -> list[ScriptArg]:
+        """SETTLE's ARGV (see :data:`goalqueue.scripts.SETTLE`): its header, then the outcomes."""
+        return [delivered_ttl_ms, keys.DELIVERED_PREFIX, *self.args]
+
 
 class GroupCommit:
     """Records answers in groups, on the thread that brings one.
@@ -103,13 +107,11 @@ class GroupCommit:
     def add(self, position: int, answer: Answer) -> None:
         with self._lock:
             self._waiting.append((position, answer))
-            if self._recording:
-                return
-            self._recording = True
-        self._drain()
+        self.finish()
 
     def finish(self) -> None:
-        """Record what a failed recorder left waiting (raising again if it fails again)."""
+        """Record every answer waiting, unless another thread is already doing so (raising if
+        the recording fails: what it could not record stays waiting for the next call)."""
         with self._lock:
             if self._recording:
                 return
@@ -324,14 +326,11 @@ class Deliverer:
         """
         if not settlement.args:
             return
-        args: list[ScriptArg] = [
-            int(self.settings.delivered_ttl_seconds * 1000),
-            keys.DELIVERED_PREFIX,
-        ]
+        args = settlement.script_args(int(self.settings.delivered_ttl_seconds * 1000))
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
         while True:
             try:
-                self.scripts.settle(args + settlement.args)
+                self.scripts.settle(args)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() > deadline:
