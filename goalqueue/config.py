@@ -42,7 +42,8 @@ class Settings:
     delivered_ttl_seconds: float = 24 * 3600.0
     enqueue_timeout_seconds: float = 2.0
     spool_dir: str | None = None
-    batch_size: int = 1
+    max_in_flight: int = 256
+    max_rate: float | None = field(default=None, metadata={"parse": "rate"})
     allow_insecure_api_url: bool = False
 
     def __post_init__(self) -> None:
@@ -59,8 +60,10 @@ class Settings:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{ENV_NAMES[name]} must be a positive, finite number of seconds")
-        if not 1 <= self.batch_size <= 1000:
-            raise ConfigError("GOALQUEUE_BATCH_SIZE must be a whole number from 1 to 1000")
+        if not 1 <= self.max_in_flight <= 10_000:
+            raise ConfigError("GOALQUEUE_MAX_IN_FLIGHT must be a whole number from 1 to 10000")
+        if self.max_rate is not None and not (self.max_rate > 0 and math.isfinite(self.max_rate)):
+            raise ConfigError("GOALQUEUE_MAX_RATE must be a positive number of goals per second")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ConfigError(
                 "GOALQUEUE_RETRY_MAX_SECONDS must not be smaller than GOALQUEUE_RETRY_BASE_SECONDS"
@@ -82,7 +85,8 @@ class Settings:
             var = ENV_NAMES[spec.name]
             raw = env.get(var, "").strip()
             if raw:
-                values[spec.name] = _PARSERS.get(str(spec.type), _text)(var, raw)
+                parse = _PARSERS.get(spec.metadata.get("parse", str(spec.type)), _text)
+                values[spec.name] = parse(var, raw)
         return cls(**values)  # type: ignore[arg-type]
 
     def require_credentials(self) -> None:
@@ -119,7 +123,8 @@ ENV_NAMES: dict[str, str] = {
     "delivered_ttl_seconds": "GOALQUEUE_DELIVERED_TTL_SECONDS",
     "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
     "spool_dir": "GOALQUEUE_SPOOL_DIR",
-    "batch_size": "GOALQUEUE_BATCH_SIZE",
+    "max_in_flight": "GOALQUEUE_MAX_IN_FLIGHT",
+    "max_rate": "GOALQUEUE_MAX_RATE",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
 }
 
@@ -130,11 +135,14 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
-def _parse_seconds(var: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+def _parse_number(unit: str) -> Callable[[str, str], float]:
+    def parse(var: str, raw: str) -> float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be a number of {unit}, got {raw!r}") from None
+
+    return parse
 
 
 def _parse_count(var: str, raw: str) -> int:
@@ -156,9 +164,10 @@ def _text(var: str, raw: str) -> str:
 
 
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-# How a variable's value is read, by the type of its field.
+# How a variable's value is read: by the type of its field, unless its metadata names a parser.
 _PARSERS: dict[str, Callable[[str, str], object]] = {
-    "float": _parse_seconds,
+    "float": _parse_number("seconds"),
+    "rate": _parse_number("goals per second"),
     "bool": _parse_flag,
     "int": _parse_count,
 }

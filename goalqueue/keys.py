@@ -12,6 +12,8 @@ goalqueue:delivered:<id>      string  DataFast's event id for a delivered goal (
 goalqueue:count:delivered     string  goals delivered, ever
 goalqueue:pause               hash    until, reason, streak, key: delivery paused for everyone
 goalqueue:probe               string  id of the one event allowed through when a pause ends
+goalqueue:pace                hash    rate, tokens, at, ceiling, grown, dry: the shared send rate
+                                      (a token bucket) after a 429, or under GOALQUEUE_MAX_RATE
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ DEAD = "goalqueue:dead"
 DELIVERED_COUNT = "goalqueue:count:delivered"
 PAUSE = "goalqueue:pause"
 PROBE = "goalqueue:probe"
+PACE = "goalqueue:pace"
 
 DELIVERED_PREFIX = "goalqueue:delivered:"
 

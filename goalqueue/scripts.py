@@ -11,12 +11,15 @@ reconciler find goals lost between kombu's BRPOP and its unacked bookkeeping wit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
-from redis.commands.core import Script
 
 from goalqueue import keys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.commands.core import AsyncScript, Script
 
 _PUSH = """
 local function push(template, eid, payload)
@@ -39,24 +42,84 @@ for i = 2, #ARGV, 2 do last = push(ARGV[1], ARGV[i], ARGV[i + 1]) end
 return last
 """
 
+# The shared send rate: a token bucket in Redis that every worker draws from. There is none
+# until DataFast answers 429 (or GOALQUEUE_MAX_RATE caps the rate from the start). A 429 halves
+# the rate (DEFER, below); while the bucket runs dry and no 429 comes, the rate doubles every
+# second up to half the rate of the last 429, and grows by a tenth a second above that.
+_PACE = """
+local PACE_START, PACE_MIN, PACE_BURST_SECONDS, PACE_TTL_MS = 10, 1, 0.1, 3600000
+local function pace_burst(rate) return math.max(1, rate * PACE_BURST_SECONDS) end
+local function pace_load(now, max_rate)
+  local p = redis.call('HMGET', KEYS_PACE, 'rate', 'tokens', 'at', 'ceiling', 'grown', 'dry')
+  local pace
+  if p[1] then
+    pace = {rate = tonumber(p[1]), tokens = tonumber(p[2]), at = tonumber(p[3]),
+            ceiling = tonumber(p[4]), grown = tonumber(p[5]), dry = p[6] == '1'}
+  elseif max_rate > 0 then
+    pace = {rate = max_rate, tokens = pace_burst(max_rate), at = now, ceiling = 0, grown = now,
+            dry = false}
+  else
+    return nil
+  end
+  if now - pace.grown >= 1 then
+    if pace.dry then
+      local slow_start = pace.ceiling == 0 or pace.rate < pace.ceiling / 2
+      pace.rate = pace.rate * (slow_start and 2 or 1.1)
+    end
+    pace.grown, pace.dry = now, false
+  end
+  if max_rate > 0 and pace.rate > max_rate then pace.rate = max_rate end
+  pace.tokens = math.min(pace_burst(pace.rate),
+                         pace.tokens + math.max(0, now - pace.at) * pace.rate)
+  pace.at = now
+  return pace
+end
+local function pace_save(pace)
+  redis.call('HSET', KEYS_PACE, 'rate', pace.rate, 'tokens', pace.tokens, 'at', pace.at,
+             'ceiling', pace.ceiling, 'grown', pace.grown, 'dry', pace.dry and 1 or 0)
+  redis.call('PEXPIRE', KEYS_PACE, PACE_TTL_MS)
+end
+"""
+
 # ARGV: now, key fingerprint, probe lease (ms), how many more to claim, task name,
-# delivered-marker key prefix, then (event id, seq) of the goals the task was given.
-# Claims up to that many more goal messages off the consuming end of the queue (anything else
-# goes back where it was, for kombu's consumer to deal with: see workers.transport), then takes
-# every goal. Returns five fields per goal: event id, seq, verdict, ledger entry, pause streak;
-# the verdict is one of
+# delivered-marker key prefix, max rate (goals/s, 0 for none), patient (1 or 0), then
+# (event id, seq) of the goals the task was given.
+# Unless the shared rate leaves no token for the task's own goals, claims up to that many more
+# goal messages off the consuming end of the queue (no more than the tokens allow; anything that
+# is not a goal goes back where it was, for kombu's consumer to deal with: see
+# workers.transport), then takes every goal. Returns the wait in ms, then five fields per goal:
+# event id, seq, verdict, ledger entry, pause streak. A wait above zero with no goals means: no
+# token yet, try again after that long (a patient call changes nothing else). The verdict is one of
 #   gone  - the entry was settled or re-queued under another sequence: drop this copy
 #   done  - the goal was already delivered: settle without sending
-#   hold  - delivery is paused for everyone: park the goal in the waiting set
+#   hold  - delivery is paused for everyone, or (an impatient call) there is no token: park the
+#           goal in the waiting set, due after the wait
 #   probe - the pause is over and this goal is the one allowed to test the API
 #   send  - deliver it
 # The delivered markers' keys are built here from the prefix, as a claimed goal's id is only
 # known once it is popped.
 TAKE = """
-local now, prefix = tonumber(ARGV[1]), ARGV[6]
+local now, prefix, max_rate = tonumber(ARGV[1]), ARGV[6], tonumber(ARGV[7])
 local goals = {}
-for i = 7, #ARGV, 2 do table.insert(goals, {ARGV[i], tonumber(ARGV[i + 1])}) end
-local popped = tonumber(ARGV[4]) > 0 and redis.call('RPOP', KEYS_QUEUE, ARGV[4]) or {}
+for i = 9, #ARGV, 2 do table.insert(goals, {ARGV[i], tonumber(ARGV[i + 1])}) end
+local pause = redis.call('HMGET', KEYS_PAUSE, 'until', 'reason', 'key', 'streak')
+if pause[1] and pause[2] == 'auth' and pause[3] ~= ARGV[2] then
+  redis.call('DEL', KEYS_PAUSE, KEYS_PROBE)
+  pause = {}
+end
+local claim, wait = tonumber(ARGV[4]), 0
+local pace = nil
+if not pause[1] then pace = pace_load(now, max_rate) end
+if pace then
+  if pace.tokens < #goals then
+    wait = math.ceil((#goals - pace.tokens) / pace.rate * 1000)
+    pace.dry = true
+    if ARGV[8] == '1' then pace_save(pace); return {wait} end
+  end
+  local allowed = math.max(0, math.floor(pace.tokens) - #goals)
+  if allowed < claim then claim, pace.dry = allowed, true end
+end
+local popped = claim > 0 and redis.call('RPOP', KEYS_QUEUE, claim) or {}
 for _, message in ipairs(popped) do
   local eid, args = nil, nil
   local ok, envelope = pcall(cjson.decode, message)
@@ -66,7 +129,6 @@ for _, message in ipairs(popped) do
     local ok_body, body = pcall(cjson.decode, envelope['body'])
     if ok_body and type(body) == 'table' and type(body[1]) == 'table' then args = body[1] end
   end
-  if args and #args == 2 and type(args[1]) == 'string' then eid = args[1]; args = {args[2]} end
   if type(eid) == 'string' and args and #args == 1 and type(args[1]) == 'number' then
     table.insert(goals, {eid, args[1]})
   else
@@ -74,12 +136,7 @@ for _, message in ipairs(popped) do
   end
 end
 local highest = tonumber(redis.call('GET', KEYS_TAKEN) or '0')
-local pause = redis.call('HMGET', KEYS_PAUSE, 'until', 'reason', 'key', 'streak')
-if pause[1] and pause[2] == 'auth' and pause[3] ~= ARGV[2] then
-  redis.call('DEL', KEYS_PAUSE, KEYS_PROBE)
-  pause = {}
-end
-local replies = {}
+local replies = {wait}
 for _, goal in ipairs(goals) do
   local eid, seq = goal[1], goal[2]
   if seq > highest then highest = seq; redis.call('SET', KEYS_TAKEN, seq) end
@@ -100,10 +157,35 @@ for _, goal in ipairs(goals) do
     else
       verdict = 'hold'
     end
+  elseif pace then
+    if pace.tokens >= 1 then pace.tokens = pace.tokens - 1 else verdict = 'hold' end
   end
   for _, field in ipairs({eid, seq, verdict, entry, streak}) do table.insert(replies, field) end
 end
+if pace then pace_save(pace) end
 return replies
+"""
+
+# ARGV: until, reason, streak, key fingerprint, now, max rate, halve (1 or 0).
+# Pauses delivery for everyone until ``until``; the next probe tests the API. A 429 (halve = 1)
+# that finds delivery running also halves the shared rate, starting one if there was none:
+# the 429s that come back while a pause is on are answers to the same rush.
+DEFER = """
+local running = redis.call('EXISTS', KEYS_PAUSE) == 0
+redis.call('HSET', KEYS_PAUSE, 'until', ARGV[1], 'reason', ARGV[2], 'streak', ARGV[3],
+           'key', ARGV[4])
+redis.call('DEL', KEYS_PROBE)
+if ARGV[7] ~= '1' or not running then return 0 end
+local now = tonumber(ARGV[5])
+local pace = pace_load(now, tonumber(ARGV[6]))
+if pace then
+  pace.ceiling, pace.rate = pace.rate, math.max(PACE_MIN, pace.rate / 2)
+else
+  pace = {rate = PACE_START, ceiling = 0, at = now}
+end
+pace.tokens, pace.grown, pace.dry = 0, now, false
+pace_save(pace)
+return 1
 """
 
 # ARGV: template, now, limit, key fingerprint, probe lease (ms). Returns how many were moved.
@@ -180,9 +262,10 @@ return owned
 class Scripts:
     """The scripts above, registered on one Redis client, with the keys each one touches."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis | AsyncRedis) -> None:
         self.enqueue = _register(redis, ENQUEUE, "SEQ", "LEDGER", "QUEUE")
-        self.take = _register(redis, TAKE, "QUEUE", "TAKEN", "LEDGER", "PAUSE", "PROBE")
+        self.take = _register(redis, TAKE, "QUEUE", "TAKEN", "LEDGER", "PAUSE", "PROBE", "PACE")
+        self.defer = _register(redis, DEFER, "PAUSE", "PROBE", "PACE")
         self.sweep = _register(redis, SWEEP, "PAUSE", "PROBE", "WAITING", "SEQ", "LEDGER", "QUEUE")
         self.reconcile = _register(
             redis, RECONCILE, "TAKEN", "CHECKPOINTS", "SEQ", "LEDGER", "QUEUE"
@@ -202,6 +285,7 @@ _KEYS = {
     "PROBE": keys.PROBE,
     "DEAD": keys.DEAD,
     "COUNT": keys.DELIVERED_COUNT,
+    "PACE": keys.PACE,
 }
 
 
@@ -211,16 +295,16 @@ ScriptArg = str | int | float
 class BoundScript:
     """A registered script and the keys it declares, in order."""
 
-    def __init__(self, script: Script, names: tuple[str, ...]) -> None:
+    def __init__(self, script: Script | AsyncScript, names: tuple[str, ...]) -> None:
         self.script = script
         self.names = names
 
-    def __call__(self, args: Sequence[ScriptArg], client: Redis | None = None) -> Any:
+    def __call__(self, args: Sequence[ScriptArg], client: Any = None) -> Any:
         return self.script(keys=[_KEYS[name] for name in self.names], args=args, client=client)
 
 
-def _register(redis: Redis, body: str, *names: str) -> BoundScript:
-    source = (_PUSH if "SEQ" in names else "") + body
+def _register(redis: Redis | AsyncRedis, body: str, *names: str) -> BoundScript:
+    source = (_PUSH if "SEQ" in names else "") + (_PACE if "PACE" in names else "") + body
     for index, name in enumerate(names, start=1):
         source = source.replace(f"KEYS_{name}", f"KEYS[{index}]")
     return BoundScript(redis.register_script(source), names)

@@ -4,10 +4,11 @@
   outcome is recorded, and a killed pool process puts its goal back.
 * A short ``visibility_timeout``: nothing waits inside the broker (waits live in the waiting
   set), so a dead worker's unacknowledged goals come back within about that long.
-* ``worker_prefetch_multiplier = 1``: each worker holds no more goals than it runs at once.
-* The threads pool: delivery is I/O bound, so one process drives many requests at once, each
-  thread on its own keep-alive connection. With ``GOALQUEUE_BATCH_SIZE`` above 1 each task
-  also delivers goals it claims off the queue (see :mod:`workers.batch`).
+* ``worker_prefetch_multiplier = 1``: each worker holds no more task messages than it runs.
+* The threads pool, a few threads: each task hands its goal to the process's event loop
+  (:mod:`workers.engine`) and waits for its outcome, while the goals its TAKE claims keep the
+  loop's ``GOALQUEUE_MAX_IN_FLIGHT`` requests busy. One process uses one core; ``goalqueue
+  worker`` starts one per core.
 * httpx's per-request INFO line is turned down to WARNING (unless the worker logs at DEBUG):
   Celery already logs each task.
 """
@@ -26,21 +27,21 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
+    worker_shutting_down,
 )
 from celery.utils.log import mlevel
 
 from goalqueue import keys
 from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
-from workers.batch import Batcher
-from workers.client import Sender
-from workers.delivery import Deliverer
+from workers.engine import Engine
+from workers.events import Announcer
 from workers.sweeper import Sweeper
 from workers.transport import harden
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 32
+DEFAULT_CONCURRENCY = 8
 
 try:
     settings = get_settings()
@@ -82,44 +83,53 @@ class _Runtime:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid = 0
-        self._batcher: Batcher | None = None
+        self._engine: Engine | None = None
+        self._announcer: Announcer | None = None
         self._redis: redis.Redis | None = None
-        self.pool_size = DEFAULT_CONCURRENCY
+        self.hostname: str | None = None
 
-    def batcher(self) -> Batcher:
+    def engine(self) -> Engine:
+        """This process's engine (a forked pool process makes its own)."""
         with self._lock:
-            if self._batcher is None or self._pid != os.getpid():
-                client = self._redis = redis_client(settings)
-                self._batcher = Batcher(
-                    Deliverer(settings, client, Sender(settings)),
-                    settings.batch_size,
-                    self.pool_size,
-                    _event_dispatcher if app.conf.worker_send_task_events else None,
-                )
+            if self._engine is None or self._pid != os.getpid():
+                announcer = None
+                if app.conf.worker_send_task_events:
+                    announcer = self._announcer = Announcer(self._dispatcher)
+                self._engine = Engine(settings, announce=announcer.announce if announcer else None)
+                self._redis = redis_client(settings)
                 self._pid = os.getpid()
-            return self._batcher
+            return self._engine
 
-    def get(self) -> Deliverer:
-        """This process's deliverer."""
-        return self.batcher().deliverer
+    @property
+    def redis(self) -> redis.Redis:
+        """A blocking client for this process's odd jobs (dead-lettering poison messages)."""
+        self.engine()
+        assert self._redis is not None
+        return self._redis
+
+    def stop_waiting(self) -> None:
+        with self._lock:
+            if self._engine is not None and self._pid == os.getpid():
+                self._engine.stop_waiting()
 
     def close(self) -> None:
         with self._lock:
-            if self._batcher is not None and self._pid == os.getpid():
-                self._batcher.close()
+            if self._engine is not None and self._pid == os.getpid():
+                self._engine.close()
+                if self._announcer is not None:
+                    self._announcer.close()
                 if self._redis is not None:
                     self._redis.close()
-            self._batcher = None
+            self._engine = self._announcer = self._redis = None
 
-
-def _event_dispatcher(hostname: str | None) -> Any:
-    """A task-event dispatcher that sends what it is given as one message per flush."""
-    return app.events.Dispatcher(
-        harden(app.connection_for_write()),
-        hostname=hostname,
-        buffer_group=["task"],
-        buffer_limit=2 * settings.batch_size,
-    )
+    def _dispatcher(self) -> Any:
+        """A task-event dispatcher that sends what it is given as one message per flush."""
+        return app.events.Dispatcher(
+            harden(app.connection_for_write()),
+            hostname=self.hostname,
+            buffer_group=["task"],
+            buffer_limit=2 * settings.max_in_flight,
+        )
 
 
 runtime = _Runtime()
@@ -132,7 +142,7 @@ def _check_before_start(sender: Any = None, **_: Any) -> None:
         settings.require_credentials()
     except ConfigError as exc:
         raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
-    runtime.pool_size = max(int(getattr(sender, "concurrency", 0) or 0), 1)
+    runtime.hostname = getattr(sender, "hostname", None)
     if mlevel(getattr(sender, "loglevel", logging.INFO)) > logging.DEBUG:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.allow_insecure_api_url:
@@ -160,7 +170,12 @@ def warn_if_lossy(client: redis.Redis) -> None:
 
 @worker_process_init.connect
 def _start_process(**_: Any) -> None:
-    runtime.get()
+    runtime.engine()
+
+
+@worker_shutting_down.connect
+def _shutting_down(**_: Any) -> None:
+    runtime.stop_waiting()
 
 
 @worker_process_shutdown.connect
@@ -179,7 +194,7 @@ class SweeperStep(bootsteps.StartStopStep):
         self.sweeper: Sweeper | None = None
 
     def start(self, worker: Any) -> None:
-        runtime.get()
+        runtime.engine()
         self.sweeper = Sweeper(settings, redis_client(settings))
         self.sweeper.start()
 

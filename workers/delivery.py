@@ -1,36 +1,40 @@
-"""Deliver goals: the path a worker runs for every task, top to bottom.
+"""Deliver goals: the path every goal takes on a worker process's event loop, top to bottom.
 
-take them from the ledger   (gone? already delivered? paused?)   one TAKE call for the batch
-POST each to DataFast       (concurrently when given an executor)
+take them from the ledger   (gone? already delivered? paused? a token to send?)   one TAKE call
+POST each to DataFast       (all at once, on the process's one AsyncClient)
 classify each answer        (workers.policy)
-settle them                 delivered marker | dead letter | waiting set (+ pause)
+settle it                   delivered marker | dead letter | waiting set (+ pause, slower pace)
 
-A task is given one goal, and may claim more off the queue in the same TAKE call (see
-:mod:`workers.batch`). Answers are settled in groups, as they arrive: whatever has come back
-while the previous group was being recorded goes into the next SETTLE call. A goal DataFast
-has accepted is recorded within about one Redis round trip, not after the slowest request of
-its batch: a worker killed in between would send it again (see :class:`GroupCommit`).
+A task is given one goal and claims more off the queue in the same TAKE call, as many as the
+process has room for (``GOALQUEUE_MAX_IN_FLIGHT``) and the shared pace allows. The task returns,
+and Celery acks its message, once its own goal is settled; the claimed goals carry on without
+it. They never enter kombu's unacknowledged bookkeeping: if the worker dies, the ledger still
+holds them and the reconciler puts them back.
+
+Every answer is recorded as soon as it arrives (see :class:`Recorder`): the time between
+DataFast's answer and the recorded outcome is what a SIGKILL turns into duplicates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, wait
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import redis
+import redis.asyncio
 
 from goalqueue import keys
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.scripts import ScriptArg, Scripts
-from workers.client import Answer, Sender
+from workers.client import post_goal
 from workers.policy import (
     RETRY_AFTER_MAX_SECONDS,
     Outcome,
@@ -41,6 +45,8 @@ from workers.policy import (
 )
 
 logger = logging.getLogger(__name__)
+
+RETRY_WRITE_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +69,24 @@ class Delivery:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Delivery paused for everyone until ``until`` (see :data:`goalqueue.scripts.DEFER`)."""
+
+    verdict: Verdict
+    streak: int
+    until: float
+    seconds: float
+
+
 class Settlement:
-    """Outcomes to record in one SETTLE call."""
+    """Outcomes to record in one round trip: SETTLE's outcomes, a pause, a resumption."""
 
     def __init__(self) -> None:
         self.args: list[ScriptArg] = []
         self.letters: list[DeadLetter] = []
+        self.pause: Pause | None = None
+        self.resume = False
 
     def delivered(self, entry: str, event_id: str, remote_id: str) -> None:
         self.args += ["delivered", entry, event_id, remote_id]
@@ -87,142 +105,174 @@ class Settlement:
         """SETTLE's ARGV (see :data:`goalqueue.scripts.SETTLE`): its header, then the outcomes."""
         return [delivered_ttl_ms, keys.DELIVERED_PREFIX, *self.args]
 
+    @classmethod
+    def merge(cls, settlements: Iterable[Settlement]) -> Settlement:
+        """One settlement for all of them; the last pause wins, as it was set last."""
+        merged = cls()
+        for settlement in settlements:
+            merged.args += settlement.args
+            merged.letters += settlement.letters
+            merged.pause = settlement.pause or merged.pause
+            merged.resume |= settlement.resume
+        return merged
 
-class GroupCommit:
-    """Records answers in groups, on the thread that brings one.
 
-    A thread with an answer adds it and, unless another thread is already recording, records
-    every answer waiting, again and again until none is left. Answers that arrive during a
-    SETTLE call share the next one, and none waits for a particular thread to be scheduled:
-    under a saturated CPU and GIL, handing answers to one coordinating thread delayed their
-    recording by hundreds of milliseconds, and a worker killed meanwhile sent them again.
+class Recorder:
+    """Records settlements in groups, each as soon as the previous round trip is done.
+
+    Whatever arrives while a write is on its way goes into the next one, so the time from an
+    answer to its recorded outcome stays about one Redis round trip at any rate. A failed write
+    fails every settlement in its group.
     """
 
-    def __init__(self, record: Callable[[list[tuple[int, Answer]]], None]) -> None:
-        self._record = record
-        self._lock = threading.Lock()
-        self._waiting: list[tuple[int, Answer]] = []
-        self._recording = False
+    def __init__(self, write: Callable[[Settlement], Awaitable[None]]) -> None:
+        self._write = write
+        self._waiting: list[tuple[Settlement, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
-    def add(self, position: int, answer: Answer) -> None:
-        with self._lock:
-            self._waiting.append((position, answer))
-        self.finish()
+    async def record(self, settlement: Settlement) -> None:
+        """Returns once ``settlement`` is written."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((settlement, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain())
+        await future
 
-    def finish(self) -> None:
-        """Record every answer waiting, unless another thread is already doing so (raising if
-        the recording fails: what it could not record stays waiting for the next call)."""
-        with self._lock:
-            if self._recording:
-                return
-            self._recording = True
-        self._drain()
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
                 group, self._waiting = self._waiting, []
-                if not group:
-                    self._recording = False
-                    return
-            try:
-                self._record(group)
-            except BaseException:
-                with self._lock:
-                    self._waiting[:0] = group
-                    self._recording = False
-                raise
+                try:
+                    await self._write(Settlement.merge(settlement for settlement, _ in group))
+                except Exception as exc:
+                    _resolve(group, exc)
+                else:
+                    _resolve(group, None)
+        finally:
+            self._writer = None
+
+
+def _resolve(group: list[tuple[Settlement, asyncio.Future[None]]], exc: Exception | None) -> None:
+    for _, future in group:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
 
 
 class Deliverer:
-    """Everything a worker process needs to deliver goals: Redis, HTTP, settings."""
+    """Everything a worker process needs to deliver goals: Redis, HTTP, settings, room.
+
+    All of it runs on one event loop; nothing here is thread-safe, nor needs to be.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        client: redis.Redis,
-        sender: Sender,
+        client: redis.asyncio.Redis,
+        http: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        announce: Callable[[Delivery], None] | None = None,
     ) -> None:
         self.settings = settings
         self.redis = client
+        self.http = http
         self.scripts = Scripts(client)
-        self.sender = sender
+        self.recorder = Recorder(self._write)
         self.clock = clock
         self.rand = rand
+        self.announce = announce
+        self.in_flight = 0
+        self.stopping = False
+        self._claimed: set[asyncio.Task[Delivery]] = set()
 
-    def deliver(self, event_id: str, seq: int) -> str:
-        """Process one queued copy of a goal; returns what happened, for the task's result."""
-        return self.deliver_batch([(event_id, seq)])[0].result
-
-    def deliver_batch(
-        self, goals: Sequence[tuple[str, int]], *, claim: int = 0, executor: Executor | None = None
-    ) -> list[Delivery]:
-        """Process ``goals`` (event id, seq) and up to ``claim`` more claimed off the queue.
-
-        With an ``executor`` the POSTs run concurrently on it. Returns one :class:`Delivery`
-        per goal, ``goals`` first, then the claimed ones.
-        """
+    async def deliver(self, event_id: str, seq: int) -> Delivery:
+        """Deliver a task's goal, and start on the goals its TAKE claims; returns once the
+        task's own goal is settled (the claimed ones carry on)."""
         started = time.monotonic()
-        now = self.clock()
-        taken = self._take(goals, claim, now)
-        results: dict[int, str] = {}
-        sending: list[tuple[int, GoalEvent]] = []
-        settlement = Settlement()
-        for index, copy in enumerate(taken):
-            prepared = self._prepare(copy, now, settlement)
-            if isinstance(prepared, GoalEvent):
-                sending.append((index, prepared))
-            else:
-                results[index] = prepared
-        self._write(settlement)
-        seconds = {index: time.monotonic() - started for index in results}
+        now, wait, taken = await self._take(event_id, seq)
+        own, *claimed = taken
+        for copy in claimed:
+            task = asyncio.create_task(self._handle(copy, now, wait, started))
+            self._claimed.add(task)
+            task.add_done_callback(self._claimed_done)
+        return await self._handle(own, now, wait, started)
 
-        def record(group: list[tuple[int, Answer]]) -> None:
-            settlement = Settlement()
-            resumed = False
-            for position, answer in group:
-                index, event = sending[position]
-                copy = taken[index]
-                verdict = classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS)
-                event = event.attempted(now, verdict.status_code, verdict.error)
-                results[index] = self._settle(settlement, copy, event, verdict)
-                resumed |= copy.verdict == "probe" and verdict.outcome is not Outcome.DEFERRED
-            self._write(settlement)
-            seconds.update(
-                (sending[position][0], time.monotonic() - started) for position, _ in group
+    async def drain(self) -> None:
+        """Wait until every claimed goal is settled (a warm shutdown's last step)."""
+        self.stopping = True
+        while self._claimed:
+            await asyncio.wait(set(self._claimed))
+
+    async def _take(self, event_id: str, seq: int) -> tuple[float, float, list[Taken]]:
+        """TAKE the task's goal and claims: once the pace has a token for it, or, after waiting
+        a quarter of the visibility timeout (or when stopping), holding it in the waiting set."""
+        patience = time.monotonic() + self.settings.visibility_timeout_seconds / 4
+        while True:
+            now = self.clock()
+            patient = not self.stopping and time.monotonic() < patience
+            wait, taken = await self._take_once(event_id, seq, now, patient)
+            if taken:
+                return now, wait, taken
+            await asyncio.sleep(wait)
+
+    async def _take_once(
+        self, event_id: str, seq: int, now: float, patient: bool
+    ) -> tuple[float, list[Taken]]:
+        room = self.settings.max_in_flight - self.in_flight - 1
+        settings = self.settings
+        flat = await self.scripts.take(
+            [
+                now,
+                settings.key_fingerprint,
+                settings.probe_lease_ms,
+                0 if self.stopping else max(0, room),
+                keys.TASK_NAME,
+                keys.DELIVERED_PREFIX,
+                settings.max_rate or 0,
+                int(patient),
+                event_id,
+                seq,
+            ]
+        )
+        wait, fields = int(flat[0]) / 1000, flat[1:]
+        taken = [
+            Taken(str(eid), int(seq), verdict, entry, int(streak or 0))
+            for eid, seq, verdict, entry, streak in _fives(fields)
+        ]
+        return wait, taken
+
+    def _claimed_done(self, task: asyncio.Task[Delivery]) -> None:
+        self._claimed.discard(task)
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:
+            logger.error(
+                "a claimed goal was not settled (the reconciler will re-queue it): %s", exc
             )
-            if resumed:
-                self.redis.delete(keys.PAUSE, keys.PROBE)
-                logger.warning("DataFast accepts goals again: delivery resumed")
+        elif self.announce is not None:
+            self.announce(task.result())
 
-        self._post(sending, GroupCommit(record), executor)
-        return [
-            Delivery(copy.event_id, results[index], seconds[index])
-            for index, copy in enumerate(taken)
-        ]
+    async def _handle(self, copy: Taken, now: float, wait: float, started: float) -> Delivery:
+        settlement = Settlement()
+        prepared = self._prepare(copy, now, wait, settlement)
+        if isinstance(prepared, GoalEvent):
+            result = await self._send(copy, prepared, now, settlement)
+        else:
+            result = prepared
+        if settlement.args:
+            await self.recorder.record(settlement)
+        return Delivery(copy.event_id, result, time.monotonic() - started)
 
-    def _take(self, goals: Sequence[tuple[str, int]], claim: int, now: float) -> list[Taken]:
-        args: list[ScriptArg] = [
-            now,
-            self.settings.key_fingerprint,
-            self.settings.probe_lease_ms,
-            claim,
-            keys.TASK_NAME,
-            keys.DELIVERED_PREFIX,
-        ]
-        for event_id, seq in goals:
-            args += [event_id, seq]
-        flat: list[Any] = self.scripts.take(args)
-        return [
-            Taken(str(flat[i]), int(flat[i + 1]), flat[i + 2], flat[i + 3], int(flat[i + 4] or 0))
-            for i in range(0, len(flat), 5)
-        ]
-
-    def _prepare(self, copy: Taken, now: float, settlement: Settlement) -> str | GoalEvent:
-        """The event to send, or what happened to a copy that needs no request."""
+    def _prepare(
+        self, copy: Taken, now: float, wait: float, settlement: Settlement
+    ) -> str | GoalEvent:
+        """The event to send, or what happened to a copy that needs no request (a held goal is
+        due again after TAKE's ``wait``: none while paused, the next token for the pace)."""
         if copy.verdict == "gone":
             return "stale copy"
         try:
@@ -237,40 +287,36 @@ class Deliverer:
             settlement.bury(copy.entry, DeadLetter.of(event, "expired"))
             return "expired"
         if copy.verdict == "hold":
-            settlement.park(copy.entry, event, due=now)
-            return "held while paused"
+            settlement.park(copy.entry, event, due=now + wait)
+            return "held while paused" if wait == 0 else "held for the pace"
         return event
 
-    def _post(
-        self, sending: list[tuple[int, GoalEvent]], answers: GroupCommit, executor: Executor | None
-    ) -> None:
-        """POST every goal, each answer recorded by the thread that receives it."""
-        post = self.sender.post
-
-        def send(position: int, event: GoalEvent) -> None:
-            answers.add(position, post(event))
-
-        if executor is None or len(sending) < 2:
-            for position, (_, event) in enumerate(sending):
-                send(position, event)
-            return
-        futures = [executor.submit(send, i, event) for i, (_, event) in enumerate(sending)]
-        wait(futures)
-        answers.finish()
-        for future in futures:
-            future.result()
+    async def _send(self, copy: Taken, event: GoalEvent, now: float, settlement: Settlement) -> str:
+        """POST the goal and put its outcome in ``settlement``."""
+        self.in_flight += 1
+        try:
+            answer = await post_goal(self.http, self.settings.api_url, event)
+        finally:
+            self.in_flight -= 1
+        verdict = classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS)
+        settlement.resume = copy.verdict == "probe" and verdict.outcome is not Outcome.DEFERRED
+        if verdict.outcome is Outcome.DELIVERED:
+            settlement.delivered(copy.entry, event.event_id, verdict.remote_id or "")
+            return verdict.outcome.value
+        event = event.attempted(now, verdict.status_code, verdict.error)
+        return self._settle(settlement, copy, event, verdict)
 
     def _settle(
         self, settlement: Settlement, copy: Taken, event: GoalEvent, verdict: Verdict
     ) -> str:
+        """Put the outcome of a goal DataFast did not take into ``settlement``."""
         now = self.clock()
-        if verdict.outcome is Outcome.DELIVERED:
-            settlement.delivered(copy.entry, event.event_id, verdict.remote_id or "")
-        elif verdict.outcome is Outcome.PERMANENT:
+        if verdict.outcome is Outcome.PERMANENT:
             settlement.bury(copy.entry, DeadLetter.of(event, verdict.reason or "client_error"))
         elif verdict.outcome is Outcome.DEFERRED:
-            probe = copy.verdict == "probe"
-            self._pause(verdict, now=now, streak=copy.streak + 1 if probe else 0)
+            streak = copy.streak + 1 if copy.verdict == "probe" else 0
+            length = self._pause_length(verdict, streak)
+            settlement.pause = Pause(verdict, streak, now + length, length)
             settlement.park(copy.entry, event, due=now)
             return f"deferred ({verdict.reason})"
         else:
@@ -283,65 +329,88 @@ class Deliverer:
             settlement.park(copy.entry, event, due=now + delay)
         return verdict.outcome.value
 
-    def _pause(self, verdict: Verdict, *, now: float, streak: int) -> None:
-        """Pause delivery for every worker until ``until``; the next probe tests the API."""
-        length = verdict.retry_after
-        if length is None:
-            length = pause_length(
-                streak, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
-            )
-        until = now + length
-        with self.redis.pipeline() as pipe:
-            pipe.hset(
-                keys.PAUSE,
-                mapping={
-                    "until": until,
-                    "reason": verdict.reason or "",
-                    "streak": streak,
-                    "key": self.settings.key_fingerprint,
-                },
-            )
-            pipe.delete(keys.PROBE)
-            pipe.execute()
-        if verdict.reason == "auth":
-            logger.error(
-                "DataFast rejected the API key (401: %s). Delivery is paused and no goal is "
-                "dropped; set a valid DATAFAST_API_KEY and restart the workers to resume.",
-                verdict.error,
-            )
-        else:
-            logger.warning(
-                "DataFast answered %s (%s): delivery paused for %.1f s",
-                verdict.status_code,
-                verdict.reason,
-                length,
-            )
+    def _pause_length(self, verdict: Verdict, streak: int) -> float:
+        if verdict.retry_after is not None:
+            return verdict.retry_after
+        return pause_length(
+            streak, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
+        )
 
-    def _write(self, settlement: Settlement) -> None:
-        """Record outcomes, waiting out a short Redis outage.
+    async def _write(self, settlement: Settlement) -> None:
+        """Record a settlement in one round trip, waiting out a short Redis outage.
 
         DataFast may already have answered: giving up here means the goal is sent again, so
         keep trying for half the visibility timeout (after that the reconciler re-queues it).
-        SETTLE is safe to repeat: a copy that no longer owns its entry changes nothing.
+        Every part is safe to repeat: a copy that no longer owns its entry changes nothing, and a
+        pause already on is not slowed again.
         """
-        if not settlement.args:
-            return
-        args = settlement.script_args(int(self.settings.delivered_ttl_seconds * 1000))
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
         while True:
             try:
-                self.scripts.settle(args)
+                slowed = await self._write_once(settlement)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise
                 logger.warning("could not record goals' outcomes yet (%s): retrying", exc)
-                time.sleep(0.25)
-        for letter in settlement.letters:
-            logger.warning(
-                "goal %s dead-lettered: %s (status %s) %r",
-                letter.event_id,
-                letter.reason,
-                letter.status_code,
-                letter.error or "",
-            )
+                await asyncio.sleep(RETRY_WRITE_SECONDS)
+        _log(settlement, slowed)
+
+    async def _write_once(self, settlement: Settlement) -> str | None:
+        """One pipeline: resume, pause, settle; returns the new pace if the pause slowed it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if settlement.resume:
+                pipe.delete(keys.PAUSE, keys.PROBE)
+            if (pause := settlement.pause) is not None:
+                await self.scripts.defer(self._defer_args(pause), client=pipe)
+            if settlement.args:
+                ttl_ms = int(self.settings.delivered_ttl_seconds * 1000)
+                await self.scripts.settle(settlement.script_args(ttl_ms), client=pipe)
+            replies = await pipe.execute()
+        return replies[int(settlement.resume)] if pause is not None else None
+
+    def _defer_args(self, pause: Pause) -> list[ScriptArg]:
+        verdict = pause.verdict
+        return [
+            pause.until,
+            verdict.reason or "",
+            pause.streak,
+            self.settings.key_fingerprint,
+            self.clock(),
+            self.settings.max_rate or 0,
+            int(verdict.status_code == 429),
+        ]
+
+
+def _fives(fields: list[Any]) -> Iterable[tuple[Any, ...]]:
+    return (tuple(fields[i : i + 5]) for i in range(0, len(fields), 5))
+
+
+def _log(settlement: Settlement, slowed: str | None) -> None:
+    for letter in settlement.letters:
+        logger.warning(
+            "goal %s dead-lettered: %s (status %s) %r",
+            letter.event_id,
+            letter.reason,
+            letter.status_code,
+            letter.error or "",
+        )
+    if settlement.resume:
+        logger.warning("DataFast accepts goals again: delivery resumed")
+    if (pause := settlement.pause) is None:
+        return
+    verdict = pause.verdict
+    if verdict.reason == "auth":
+        logger.error(
+            "DataFast rejected the API key (401: %s). Delivery is paused and no goal is "
+            "dropped; set a valid DATAFAST_API_KEY and restart the workers to resume.",
+            verdict.error,
+        )
+        return
+    logger.warning(
+        "DataFast answered %s (%s): delivery paused for %.1f s%s",
+        verdict.status_code,
+        verdict.reason,
+        pause.seconds,
+        f"; sending resumes at {float(slowed):g} goals/s and speeds up" if slowed else "",
+    )

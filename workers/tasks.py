@@ -16,15 +16,10 @@ from workers.transport import bury
     name=keys.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
 )
 def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
-    """Deliver the goal ``seq`` whose event id is the task id (or, from a message of the first
-    builds, ``(event_id, seq)``); any other arguments go to the dead letters."""
+    """Deliver the goal ``seq`` whose event id is the task id; any other arguments go to the
+    dead letters."""
     match args:
         case (int() as seq,) if not kwargs and isinstance(task.request.id, str):
-            return runtime.batcher().deliver(task.request.id, seq, task.request.hostname)
-        case (str() as event_id, int() as seq) if not kwargs:
-            return runtime.batcher().deliver(event_id, seq, task.request.hostname)
-    bury(
-        dumps({"args": repr(args), "kwargs": repr(kwargs)}),
-        "task arguments must be (seq,) or (event_id, seq)",
-    )
+            return runtime.engine().deliver(task.request.id, seq).result
+    bury(dumps({"args": repr(args), "kwargs": repr(kwargs)}), "task arguments must be (seq,)")
     return "poison"

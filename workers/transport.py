@@ -65,7 +65,7 @@ def bury(raw: str | bytes, error: str) -> str | None:
 
     letter = DeadLetter.poison(raw, error)
     try:
-        runtime.get().redis.hset(keys.DEAD, letter.event_id, letter.to_json())
+        runtime.redis.hset(keys.DEAD, letter.event_id, letter.to_json())
     except redis.RedisError as exc:
         logger.error(
             "dropped a poison message (%s) that could not be dead-lettered (%s): %r",

@@ -1,0 +1,86 @@
+"""Task events for the goals a task claims, so that Flower shows every goal as a task.
+
+Celery sends the events of the task's own goal. A claimed goal has no message of its own, so
+once it is settled the event loop hands it to this thread, which sends its ``task-received``
+and ``task-succeeded`` events through Celery's event dispatcher, everything waiting as one
+message. Publishing is blocking I/O: it stays off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from goalqueue import keys
+from workers.delivery import Delivery
+
+logger = logging.getLogger(__name__)
+
+
+class Announcer:
+    """A thread that sends the task events of settled claimed goals, in groups."""
+
+    def __init__(self, make_dispatcher: Callable[[], Any]) -> None:
+        self._make_dispatcher = make_dispatcher
+        self._queue: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="goalqueue-events", daemon=True)
+        self._thread.start()
+
+    def announce(self, delivery: Delivery) -> None:
+        """Queue ``delivery``'s events; never blocks."""
+        self._queue.put(delivery)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        dispatcher = None
+        while (group := self._next_group()) is not None:
+            try:
+                dispatcher = dispatcher or self._make_dispatcher()
+                _send(dispatcher, group)
+            except Exception as exc:  # events are for monitoring: never stop over them
+                logger.warning("could not send task events for %d goal(s): %s", len(group), exc)
+                dispatcher = None
+        if dispatcher is not None:
+            dispatcher.close()
+
+    def _next_group(self) -> list[Delivery] | None:
+        """Every delivery queued, waiting for the first; None once closed and empty."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        group = [first]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return group
+            if item is None:
+                self._queue.put(None)
+                return group
+            group.append(item)
+
+
+def _send(dispatcher: Any, group: list[Delivery]) -> None:
+    for delivery in group:
+        dispatcher.send(
+            "task-received",
+            uuid=delivery.event_id,
+            name=keys.TASK_NAME,
+            args="()",
+            kwargs="{}",
+            retries=0,
+        )
+        dispatcher.send(
+            "task-succeeded",
+            uuid=delivery.event_id,
+            result=repr(delivery.result),
+            runtime=delivery.seconds,
+        )
+    dispatcher.flush()
