@@ -68,16 +68,30 @@ def send(visitor_id: str, name: str, metadata: Sequence[str], description: str |
     click.echo(event_id)
 
 
-@main.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    add_help_option=False,
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes to run [default: one per core].",
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: Sequence[str]) -> None:
-    """Run a delivery worker (takes any `celery worker` option)."""
-    from workers import app
+def worker(processes: int | None, celery_args: Sequence[str]) -> None:
+    """Run a worker node: a Celery worker process per core, each delivering on its own event
+    loop. Takes any `celery worker` option (see `celery -A workers worker --help`)."""
+    from workers.node import Node, default_processes
 
-    app.worker_main(["worker", "--loglevel=INFO", *celery_args])
+    try:
+        get_settings().require_credentials()
+    except ConfigError as exc:
+        raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
+    count = processes or default_processes()
+    if count == 1:
+        from workers import app
+
+        app.worker_main(["worker", "--loglevel=INFO", *celery_args])
+        return
+    sys.exit(Node(count, celery_args).run())
 
 
 @main.command()

@@ -48,6 +48,7 @@ return last
 # second up to half the rate of the last 429, and grows by a tenth a second above that.
 _PACE = """
 local PACE_START, PACE_MIN, PACE_BURST_SECONDS, PACE_TTL_MS = 10, 1, 0.1, 3600000
+local PACE_EPSILON = 1e-6  -- float error in refills: a token short by less than this is whole
 local function pace_burst(rate) return math.max(1, rate * PACE_BURST_SECONDS) end
 local function pace_load(now, max_rate)
   local p = redis.call('HMGET', KEYS_PACE, 'rate', 'tokens', 'at', 'ceiling', 'grown', 'dry')
@@ -69,8 +70,8 @@ local function pace_load(now, max_rate)
     pace.grown, pace.dry = now, false
   end
   if max_rate > 0 and pace.rate > max_rate then pace.rate = max_rate end
-  pace.tokens = math.min(pace_burst(pace.rate),
-                         pace.tokens + math.max(0, now - pace.at) * pace.rate)
+  local refill = pace.tokens + math.max(0, now - pace.at) * pace.rate + PACE_EPSILON
+  pace.tokens = math.min(pace_burst(pace.rate), refill)
   pace.at = now
   return pace
 end
@@ -169,13 +170,14 @@ return replies
 # ARGV: until, reason, streak, key fingerprint, now, max rate, halve (1 or 0).
 # Pauses delivery for everyone until ``until``; the next probe tests the API. A 429 (halve = 1)
 # that finds delivery running also halves the shared rate, starting one if there was none:
-# the 429s that come back while a pause is on are answers to the same rush.
+# the 429s that come back while a pause is on are answers to the same rush. Returns the new
+# rate (goals/s, as text), or nil when the rate was left alone.
 DEFER = """
 local running = redis.call('EXISTS', KEYS_PAUSE) == 0
 redis.call('HSET', KEYS_PAUSE, 'until', ARGV[1], 'reason', ARGV[2], 'streak', ARGV[3],
            'key', ARGV[4])
 redis.call('DEL', KEYS_PROBE)
-if ARGV[7] ~= '1' or not running then return 0 end
+if ARGV[7] ~= '1' or not running then return false end
 local now = tonumber(ARGV[5])
 local pace = pace_load(now, tonumber(ARGV[6]))
 if pace then
@@ -185,7 +187,7 @@ else
 end
 pace.tokens, pace.grown, pace.dry = 0, now, false
 pace_save(pace)
-return 1
+return tostring(pace.rate)
 """
 
 # ARGV: template, now, limit, key fingerprint, probe lease (ms). Returns how many were moved.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -21,6 +22,7 @@ from goalqueue import GoalQueue, keys
 from goalqueue.config import Settings
 from goalqueue.sandbox import Sandbox
 from goalqueue.spool import Spool
+from workers.engine import Engine
 
 REDIS_URL = os.environ.get("GOALQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 API_KEY = "df_sandbox"
@@ -86,6 +88,29 @@ def queue(settings: Settings) -> GoalQueue:
 def sandbox() -> Iterator[Sandbox]:
     with Sandbox() as running:
         yield running
+
+
+Handler = Callable[[httpx.Request], object]
+"""An ``httpx.MockTransport`` handler: returns a response, or a coroutine that gives one."""
+
+
+@pytest.fixture
+def engines() -> Iterator[Callable[..., Engine]]:
+    """Starts delivery engines, a worker process's event loop with DataFast faked by
+    ``httpx.MockTransport(handler)``; each one is closed after the test.
+
+    ``engines(settings, handler, clock=..., rand=...)`` returns a started :class:`Engine`.
+    """
+    started: list[Engine] = []
+
+    def start(settings: Settings, handler: Handler, **options: object) -> Engine:
+        engine = Engine(settings, transport=httpx.MockTransport(handler), **options)  # type: ignore[arg-type]
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.close()
 
 
 def pop_message(client: redis.Redis) -> tuple[str, int]:

@@ -17,8 +17,7 @@ from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
 from goalqueue.message import TEMPLATE
 from tests.conftest import API_KEY, pop_message
-from workers.client import Sender, build_client
-from workers.delivery import Deliverer
+from workers.engine import Engine
 from workers.sweeper import Sweeper
 
 VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
@@ -56,17 +55,22 @@ class Clock:
         return self.now
 
 
-def deliverer(settings: Settings, handler: Handler, clock: Clock | None = None) -> Deliverer:
-    http = build_client(settings, 4)
-    http._transport = httpx.MockTransport(handler)
-    client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
-    sender = Sender(settings, lambda: http)
-    return Deliverer(settings, client, sender, clock=clock or Clock(1e10), rand=lambda: 1.0)
+@pytest.fixture
+def deliverer(
+    engines: Callable[..., Engine], clock: Clock
+) -> Callable[[Settings, Handler], Engine]:
+    """A worker's engine that takes one goal at a time (no claims), on the test's clock."""
+
+    def start(settings: Settings, handler: Handler, clock: Clock = clock) -> Engine:
+        one_at_a_time = replace(settings, max_in_flight=1)
+        return engines(one_at_a_time, handler, clock=clock, rand=lambda: 1.0)
+
+    return start
 
 
-def run_next(worker: Deliverer, client: redis.Redis) -> str:
+def run_next(worker: Engine, client: redis.Redis) -> str:
     """What a worker does with the next message on the queue."""
-    return worker.deliver(*pop_message(client))
+    return worker.deliver(*pop_message(client)).result
 
 
 @pytest.fixture
@@ -89,7 +93,11 @@ def _enqueued_at(client: redis.Redis, event_id: str) -> float:
 
 
 def test_a_delivered_goal_is_posted_once_with_auth_and_idempotency_key(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     # Given a queued goal
     event_id = enqueue(queue, clock)
@@ -113,7 +121,11 @@ def test_a_delivered_goal_is_posted_once_with_auth_and_idempotency_key(
 
 
 def test_a_dft_token_sends_the_website_id(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     enqueue(queue, clock)
     api = FakeDataFast()
@@ -133,6 +145,7 @@ def test_a_permanent_failure_is_dead_lettered_after_one_request(
     clock: Clock,
     status: int,
     reason: str,
+    deliverer: Callable[..., Engine],
 ) -> None:
     event_id = enqueue(queue, clock)
     api = FakeDataFast(error(status, "visitor has no pageviews"))
@@ -152,7 +165,11 @@ def test_a_permanent_failure_is_dead_lettered_after_one_request(
 
 
 def test_a_server_error_waits_with_backoff_then_is_delivered(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     event_id = enqueue(queue, clock)
     api = FakeDataFast(error(503), error(502))
@@ -178,7 +195,11 @@ def test_a_server_error_waits_with_backoff_then_is_delivered(
 
 
 def test_a_timeout_is_transient(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     enqueue(queue, clock)
 
@@ -191,7 +212,11 @@ def test_a_timeout_is_transient(
 
 
 def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     # Given three goals and an API that rate-limits the first request for 2 s
     first, second, third = (enqueue(queue, clock) for _ in range(3))
@@ -213,17 +238,23 @@ def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
     assert sweeper.sweep_once(clock.now) == (1, 0)
     assert sweeper.sweep_once(clock.now) == (0, 0)
     assert run_next(worker, redis_client) == "delivered"
-    # When the probe is accepted the pause lifts and the rest flow
+    # When the probe is accepted the pause lifts and the rest flow, at the shared pace that
+    # starts after a 429: one goal per token, a token every tenth of a second
     assert not redis_client.exists(keys.PAUSE)
     assert sweeper.sweep_once(clock.now) == (2, 0)
-    assert run_next(worker, redis_client) == "delivered"
-    assert run_next(worker, redis_client) == "delivered"
+    for _ in range(2):
+        clock.now += 0.1
+        assert run_next(worker, redis_client) == "delivered"
     delivered = {r.headers["idempotency-key"] for r in api.requests[1:]}
     assert delivered == {first, second, third}
 
 
 def test_a_pause_without_retry_after_grows_with_backoff(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     enqueue(queue, clock)
     api = FakeDataFast(error(403), error(403), error(403))
@@ -248,6 +279,7 @@ def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
     redis_client: redis.Redis,
     clock: Clock,
     caplog: pytest.LogCaptureFixture,
+    deliverer: Callable[..., Engine],
 ) -> None:
     # Given a worker with a wrong key
     event_id = enqueue(queue, clock)
@@ -267,7 +299,11 @@ def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
 
 
 def test_a_goal_older_than_the_maximum_age_is_dead_lettered_as_expired(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     event_id = enqueue(queue, clock)
     clock.now += settings.max_age_seconds + 1
@@ -279,7 +315,11 @@ def test_a_goal_older_than_the_maximum_age_is_dead_lettered_as_expired(
 
 
 def test_a_redelivered_copy_of_a_delivered_goal_is_not_posted_again(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     # Given a goal whose message kombu restored after it was delivered
     enqueue(queue, clock)
@@ -295,7 +335,11 @@ def test_a_redelivered_copy_of_a_delivered_goal_is_not_posted_again(
 
 
 def test_a_marked_goal_still_in_the_ledger_is_settled_without_a_request(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     # Given a goal delivered by a copy that died before settling its ledger entry
     event_id = enqueue(queue, clock)
@@ -307,7 +351,10 @@ def test_a_marked_goal_still_in_the_ledger_is_settled_without_a_request(
 
 
 def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
-    settings: Settings, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     # Given a ledger entry that is not an event, with its message on the queue
     GoalQueue(settings=settings).scripts.enqueue([TEMPLATE, "evt-1", '{"i": "e", "bogus": 1}'])
@@ -320,7 +367,11 @@ def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
 
 
 def test_the_api_key_is_stored_nowhere_in_redis(
-    settings: Settings, queue: GoalQueue, redis_client: redis.Redis, clock: Clock
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
 ) -> None:
     for _ in range(4):
         enqueue(queue, clock)

@@ -67,17 +67,19 @@ def test_a_run_of_503s_is_delivered_afterwards(
     assert sandbox.stats().duplicates == 0
 
 
-def test_a_batch_worker_delivers_the_goals_it_claims_once_each(
+def test_a_worker_delivers_a_backlog_through_claims_each_goal_once(
     queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
 ) -> None:
-    # Given a backlog, and a worker whose tasks claim up to 9 more goals each
+    # Given a backlog of 300 goals
     ids = set(queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(300)]))
-    worker = workers.start("-c", "2", env={"GOALQUEUE_BATCH_SIZE": "10"})
-    # Then every goal is delivered once, most of them by tasks that carried a batch
+    # When a worker with the default settings drains it
+    worker = workers.start()
+    # Then every goal is delivered once, most of them claimed by tasks rather than each
+    # received as a task message of its own
     wait_for(lambda: ids <= accepted_keys(sandbox))
     assert sandbox.stats().duplicates == 0
     wait_for(lambda: redis_client.get(keys.DELIVERED_COUNT) == "300")
-    assert "delivered (+9: 9 delivered)" in worker.output()
+    assert worker.output().count(f"Task {keys.TASK_NAME}[") < 2 * 100
     assert redis_client.zcard(keys.LEDGER) == 0
 
 
@@ -103,8 +105,7 @@ def test_workers_sigkilled_again_and_again_lose_no_goal(
     # Given 2,000 goals flowing to two workers, through a slow endpoint
     sandbox.set_faults(latency_ms=100)
     ids = set(queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(2000)]))
-    batches = {"GOALQUEUE_BATCH_SIZE": "8"}  # 16 goals in flight per worker: kills hit a flow
-    live = [workers.start("-c", "2", env=batches), workers.start("-c", "2", env=batches)]
+    live = [workers.start(), workers.start()]
     # When workers are SIGKILLed at random moments, ten times, and replaced
     rng = random.Random(7)
     delivered_at_kill = []
@@ -112,7 +113,7 @@ def test_workers_sigkilled_again_and_again_lose_no_goal(
         time.sleep(rng.uniform(0.05, 0.3))  # a random moment to kill, not a wait for a condition
         live.pop(rng.randrange(len(live))).kill()
         delivered_at_kill.append(len(accepted_keys(sandbox)))
-        live.append(workers.start("-c", "2", env=batches))
+        live.append(workers.start())
     # Then every kill hit a flow of goals, and every goal is delivered
     assert delivered_at_kill[-1] < 2000, delivered_at_kill
     wait_for(lambda: ids <= accepted_keys(sandbox), timeout=120)

@@ -3,6 +3,7 @@ cannot drive the operator's terminal."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,13 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from httpx_aiohttp import AiohttpTransport
 
 from goalqueue import GoalQueue, keys
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.sandbox import Sandbox
 from tests.conftest import RedisServer, Workers, quick_settings, wait_for, worker_env
-from workers.client import build_client, post_goal
+from workers.client import Answer, build_client, post_goal
 
 CANARY = "df_SECRET_canary_123"
 
@@ -175,8 +177,10 @@ def test_the_secret_scans_find_what_they_look_for(server: RedisServer) -> None:
 
 def test_the_worker_http_client_verifies_tls_and_follows_no_redirect() -> None:
     settings = replace(quick_settings("redis://127.0.0.1:1/0"), api_key=CANARY)
-    client = build_client(settings, 4)
-    context: ssl.SSLContext = client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    client = build_client(settings)
+    transport = client._transport
+    assert isinstance(transport, AiohttpTransport)
+    context = transport.ssl_context
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
     assert client.follow_redirects is False
@@ -230,10 +234,15 @@ def test_the_worker_refuses_a_certificate_it_cannot_verify_before_sending_the_ke
     with httpx.Client(verify=ssl.create_default_context(cafile=cert)) as trusting:
         assert trusting.post(url, headers={"Authorization": "Bearer x"}).status_code == 200
     # When the worker's client posts a goal there
-    with build_client(settings, 1) as client:
-        result = post_goal(client, url, event)
+
+    async def post() -> Answer:
+        async with build_client(settings) as client:
+            return await post_goal(client, url, event)
+
+    result = asyncio.run(post())
     # Then the TLS handshake fails, and the key never left the process
-    assert isinstance(result, httpx.ConnectError)
+    # (httpx-aiohttp reports it as a ConnectTimeout, a TransportError like ConnectError)
+    assert isinstance(result, httpx.TransportError)
     assert "CERTIFICATE_VERIFY_FAILED" in str(result)
     assert received == ["Bearer x"]
 

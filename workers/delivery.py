@@ -202,9 +202,8 @@ class Deliverer:
             task.add_done_callback(self._claimed_done)
         return await self._handle(own, now, wait, started)
 
-    async def drain(self) -> None:
-        """Wait until every claimed goal is settled (a warm shutdown's last step)."""
-        self.stopping = True
+    async def settled(self) -> None:
+        """Wait until every goal claimed so far is settled."""
         while self._claimed:
             await asyncio.wait(set(self._claimed))
 

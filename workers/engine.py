@@ -10,6 +10,7 @@ GIL behind dozens of delivery threads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -56,7 +57,15 @@ class Engine:
     def deliver(self, event_id: str, seq: int) -> Delivery:
         """Deliver the goal ``seq`` (and whatever its TAKE claims); returns once its own
         outcome is recorded."""
-        return self._run(self.deliverer.deliver(event_id, seq))
+        return self.submit(event_id, seq).result()
+
+    def submit(self, event_id: str, seq: int) -> concurrent.futures.Future[Delivery]:
+        """:meth:`deliver`, without waiting for the outcome."""
+        return asyncio.run_coroutine_threadsafe(self.deliverer.deliver(event_id, seq), self._loop)
+
+    def wait(self) -> None:
+        """Wait until every goal claimed so far is settled."""
+        self._run(self.deliverer.settled())
 
     def stop_waiting(self) -> None:
         """A shutdown has begun: claim nothing more, and hold goals rather than wait for the
@@ -73,7 +82,8 @@ class Engine:
         self._loop.close()
 
     async def _close(self) -> None:
-        await self.deliverer.drain()
+        self.deliverer.stopping = True
+        await self.deliverer.settled()
         await self.deliverer.http.aclose()
         await self.deliverer.redis.aclose()
 
