@@ -50,7 +50,7 @@ _PACE = """
 local PACE_START, PACE_MIN, PACE_BURST_SECONDS, PACE_TTL_MS = 10, 1, 0.1, 3600000
 local PACE_EPSILON = 1e-6  -- float error in refills: a token short by less than this is whole
 local function pace_burst(rate) return math.max(1, rate * PACE_BURST_SECONDS) end
-local function pace_load(now, max_rate)
+local function pace_load(now, max_rate, grow)
   local p = redis.call('HMGET', KEYS_PACE, 'rate', 'tokens', 'at', 'ceiling', 'grown', 'dry')
   local pace
   if p[1] then
@@ -62,7 +62,7 @@ local function pace_load(now, max_rate)
   else
     return nil
   end
-  if now - pace.grown >= 1 then
+  if grow and now - pace.grown >= 1 then
     if pace.dry then
       local slow_start = pace.ceiling == 0 or pace.rate < pace.ceiling / 2
       pace.rate = pace.rate * (slow_start and 2 or 1.1)
@@ -110,7 +110,7 @@ if pause[1] and pause[2] == 'auth' and pause[3] ~= ARGV[2] then
 end
 local claim, wait = tonumber(ARGV[4]), 0
 local pace = nil
-if not pause[1] then pace = pace_load(now, max_rate) end
+if not pause[1] then pace = pace_load(now, max_rate, true) end
 if pace then
   if pace.tokens < #goals then
     wait = math.ceil((#goals - pace.tokens) / pace.rate * 1000)
@@ -179,7 +179,7 @@ redis.call('HSET', KEYS_PAUSE, 'until', ARGV[1], 'reason', ARGV[2], 'streak', AR
 redis.call('DEL', KEYS_PROBE)
 if ARGV[7] ~= '1' or not running then return false end
 local now = tonumber(ARGV[5])
-local pace = pace_load(now, tonumber(ARGV[6]))
+local pace = pace_load(now, tonumber(ARGV[6]), false)
 if pace then
   pace.ceiling, pace.rate = pace.rate, math.max(PACE_MIN, pace.rate / 2)
 else

@@ -39,6 +39,7 @@ from redis.retry import Retry
 
 from goalqueue.config import ENV_NAMES, Settings
 from goalqueue.errors import ConfigError
+from workers.node import default_processes
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed: add pyyaml to the test extras")
 
@@ -614,8 +615,11 @@ def test_the_worker_healthcheck_answers_for_a_running_worker(
     env["HOSTNAME"] = socket.gethostname()  # as Docker sets it: the node name Celery picks
     process = start(local_argv(argv(worker["command"])), env, tmp_path)
     output = Output(process)
+    processes = default_processes()
     try:
-        output.wait_for(r"celery@\S+ ready\.")
+        # (one worker process per core, each under its own node name)
+        for index in range(1, processes + 1):
+            output.wait_for(rf"worker{index}@\S+ ready\.")
 
         # When Docker runs the healthcheck in the container
         check = argv(worker["healthcheck"]["test"])
@@ -629,9 +633,10 @@ def test_the_worker_healthcheck_answers_for_a_running_worker(
             timeout=seconds(worker["healthcheck"]["timeout"]),
         )
 
-        # Then the worker answers, and it had no complaint about Redis's eviction policy
+        # Then every worker process answers, and none had a complaint about Redis's eviction
+        # policy
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "pong" in result.stdout
+        assert result.stdout.count("pong") == processes, result.stdout
         assert "maxmemory-policy" not in output.text
     finally:
         # And `docker stop` (SIGTERM) ends it cleanly within the grace period

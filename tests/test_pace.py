@@ -1,0 +1,169 @@
+"""The shared pace: a token bucket in Redis that TAKE draws from, started by a 429 or by
+GOALQUEUE_MAX_RATE, halved by a 429 (DEFER) and grown while it holds delivery back.
+
+The scripts run on the real Redis with a clock the test moves.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from goalqueue import GoalQueue, keys
+from goalqueue.config import Settings
+from goalqueue.message import TEMPLATE
+from goalqueue.scripts import Scripts
+from tests.conftest import pop_message
+
+NOW = 1_800_000_000.0
+
+
+class Pace:
+    """TAKE and DEFER as a worker calls them, at moments the test chooses."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, max_rate: float = 0) -> None:
+        self.settings = settings
+        self.client = client
+        self.scripts = Scripts(client)
+        self.max_rate = max_rate
+
+    def take(self, now: float, claim: int = 100, patient: bool = True) -> tuple[int, list[str]]:
+        """TAKE the next queued goal and claim up to ``claim`` more: (wait ms, verdicts)."""
+        event_id, seq = pop_message(self.client)
+        flat = self.scripts.take(
+            [now, self.settings.key_fingerprint, 1000, claim, keys.TASK_NAME,
+             keys.DELIVERED_PREFIX, self.max_rate, int(patient), event_id, seq]
+        )  # fmt: skip
+        if not flat[1:]:  # no token yet: the task's goal goes back where it was
+            self.client.rpush(keys.QUEUE, _message(self.client, seq, event_id))
+        return int(flat[0]), [str(v) for v in flat[3::5]]
+
+    def sends(self, now: float, claim: int = 100) -> int:
+        """How many goals one TAKE at ``now`` lets out."""
+        return self.take(now, claim)[1].count("send")
+
+    def rate_limited(self, now: float) -> str | None:
+        """A 429 answer's DEFER, as the worker records it: the new rate, if it changed."""
+        reply = self.scripts.defer(
+            [now + 1, "rate_limited", 0, self.settings.key_fingerprint, now, self.max_rate, 1]
+        )
+        return None if reply is None else str(reply)
+
+    def resume(self) -> None:
+        self.client.delete(keys.PAUSE, keys.PROBE)
+
+    def rate(self) -> float:
+        return float(self.client.hget(keys.PACE, "rate") or 0)
+
+
+def _message(client: redis.Redis, seq: int, event_id: str) -> str:
+    return TEMPLATE % (seq, event_id, seq)
+
+
+@pytest.fixture
+def backlog(queue: GoalQueue) -> list[str]:
+    return queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(2000)])
+
+
+def test_without_a_429_or_a_cap_there_is_no_pace(
+    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+) -> None:
+    pace = Pace(settings, redis_client)
+    assert pace.sends(NOW, claim=255) == 256
+    assert not redis_client.exists(keys.PACE)
+
+
+def test_max_rate_caps_what_every_take_together_lets_out(
+    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+) -> None:
+    # Given a cap of 50 goals/s for the deployment
+    pace = Pace(settings, redis_client, max_rate=50)
+    # When workers TAKE again and again, twenty times a second for ten seconds
+    sent = sum(pace.sends(NOW + i / 20) for i in range(200))
+    # Then no more than 50/s went out (plus the first burst of a tenth of a second)
+    assert 480 <= sent <= 50 * 10 + 5
+    assert pace.rate() == 50
+
+
+def test_a_take_without_a_token_waits_and_changes_nothing(
+    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+) -> None:
+    pace = Pace(settings, redis_client, max_rate=10)
+    assert pace.sends(NOW) == 1  # the burst: one token at 10/s
+    queued, taken = redis_client.llen(keys.QUEUE), redis_client.get(keys.TAKEN)
+    # When the next TAKE comes before the next token
+    wait, verdicts = pace.take(NOW + 0.05)
+    # Then it is told how long to wait, and nothing moved
+    assert verdicts == [] and 45 <= wait <= 55
+    assert redis_client.llen(keys.QUEUE) == queued and redis_client.get(keys.TAKEN) == taken
+    # And an impatient TAKE (a worker shutting down, or waiting too long) holds the goal instead
+    assert pace.take(NOW + 0.05, patient=False)[1] == ["hold"]
+    # While one a token later sends it
+    assert pace.take(NOW + 0.1)[1] == ["send"]
+
+
+def test_a_429_starts_a_slow_pace_that_grows_while_it_holds_delivery_back(
+    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+) -> None:
+    pace = Pace(settings, redis_client)
+    # Given a first 429: delivery pauses, and sending will resume at 10 goals/s
+    assert pace.rate_limited(NOW) == "10"
+    # And more 429s from the same rush while paused change nothing
+    assert pace.rate_limited(NOW + 0.1) is None
+    pace.resume()
+    # When the backlog keeps the pace busy, second after second
+    rates = []
+    for second in range(1, 6):
+        for tick in range(10):
+            pace.sends(NOW + second + tick / 10)
+        rates.append(pace.rate())
+    # Then the rate doubles every second (no 429 has shown where the limit is yet)
+    assert rates == [10, 20, 40, 80, 160]
+
+
+def test_another_429_halves_the_pace_and_growth_slows_near_that_limit(
+    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+) -> None:
+    pace = Pace(settings, redis_client)
+    pace.rate_limited(NOW)
+    pace.resume()
+    for second in range(1, 4):
+        for tick in range(10):
+            pace.sends(NOW + second + tick / 10)
+    assert pace.rate() == 40
+    # When DataFast answers 429 at 40 goals/s
+    assert pace.rate_limited(NOW + 4) == "20"
+    pace.resume()
+    # Then the pace restarts at half, and grows by a tenth a second from there
+    rates = []
+    for second in range(5, 8):
+        for tick in range(10):
+            pace.sends(NOW + second + tick / 10)
+        rates.append(round(pace.rate(), 2))
+    assert rates == [20, 22, 24.2]
+
+
+def test_a_pace_that_holds_nothing_back_does_not_grow(
+    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+) -> None:
+    pace = Pace(settings, redis_client)
+    pace.rate_limited(NOW)
+    pace.resume()
+    # When goals trickle in slower than the pace allows, one TAKE a second, claiming nothing
+    for second in range(1, 6):
+        pace.sends(NOW + second, claim=0)
+    # Then the rate stays where it was: growing it would only make the next rush worse
+    assert pace.rate() == 10
+
+
+def test_a_429_under_a_cap_halves_below_the_cap(
+    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+) -> None:
+    pace = Pace(settings, redis_client, max_rate=100)
+    pace.sends(NOW)
+    assert pace.rate_limited(NOW + 1) == "50"
+    pace.resume()
+    for second in range(2, 12):
+        for tick in range(10):
+            pace.sends(NOW + second + tick / 10)
+    assert 50 < pace.rate() <= 100
