@@ -186,7 +186,7 @@ class Deliverer:
         self.clock = clock
         self.rand = rand
         self.announce = announce
-        self.in_flight = 0
+        self.held = 0  # goals taken (or being taken) and not yet settled
         self.stopping = False
         self._claimed: set[asyncio.Task[Delivery]] = set()
 
@@ -222,23 +222,29 @@ class Deliverer:
     async def _take_once(
         self, event_id: str, seq: int, now: float, patient: bool
     ) -> tuple[float, list[Taken]]:
-        room = self.settings.max_in_flight - self.in_flight - 1
+        # The room is reserved before the call, so that TAKEs running at once share it.
+        claim = 0 if self.stopping else max(0, self.settings.max_in_flight - self.held - 1)
+        self.held += claim + 1
         settings = self.settings
-        flat = await self.scripts.take(
-            [
-                now,
-                settings.key_fingerprint,
-                settings.probe_lease_ms,
-                0 if self.stopping else max(0, room),
-                keys.TASK_NAME,
-                keys.DELIVERED_PREFIX,
-                settings.max_rate or 0,
-                int(patient),
-                event_id,
-                seq,
-            ]
-        )
+        try:
+            flat = await self.scripts.take(
+                [
+                    now,
+                    settings.key_fingerprint,
+                    settings.probe_lease_ms,
+                    claim,
+                    keys.TASK_NAME,
+                    keys.DELIVERED_PREFIX,
+                    settings.max_rate or 0,
+                    int(patient),
+                    event_id,
+                    seq,
+                ]
+            )
+        finally:
+            self.held -= claim + 1
         wait, fields = int(flat[0]) / 1000, flat[1:]
+        self.held += len(fields) // 5
         taken = [
             Taken(str(eid), int(seq), verdict, entry, int(streak or 0))
             for eid, seq, verdict, entry, streak in _fives(fields)
@@ -257,14 +263,17 @@ class Deliverer:
             self.announce(task.result())
 
     async def _handle(self, copy: Taken, now: float, wait: float, started: float) -> Delivery:
-        settlement = Settlement()
-        prepared = self._prepare(copy, now, wait, settlement)
-        if isinstance(prepared, GoalEvent):
-            result = await self._send(copy, prepared, now, settlement)
-        else:
-            result = prepared
-        if settlement.args:
-            await self.recorder.record(settlement)
+        try:
+            settlement = Settlement()
+            prepared = self._prepare(copy, now, wait, settlement)
+            if isinstance(prepared, GoalEvent):
+                result = await self._send(copy, prepared, now, settlement)
+            else:
+                result = prepared
+            if settlement.args:
+                await self.recorder.record(settlement)
+        finally:
+            self.held -= 1
         return Delivery(copy.event_id, result, time.monotonic() - started)
 
     def _prepare(
@@ -292,11 +301,7 @@ class Deliverer:
 
     async def _send(self, copy: Taken, event: GoalEvent, now: float, settlement: Settlement) -> str:
         """POST the goal and put its outcome in ``settlement``."""
-        self.in_flight += 1
-        try:
-            answer = await post_goal(self.http, self.settings.api_url, event)
-        finally:
-            self.in_flight -= 1
+        answer = await post_goal(self.http, self.settings.api_url, event)
         verdict = classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS)
         settlement.resume = copy.verdict == "probe" and verdict.outcome is not Outcome.DEFERRED
         if verdict.outcome is Outcome.DELIVERED:
