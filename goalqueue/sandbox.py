@@ -4,7 +4,8 @@ The sandbox is a hand-written ASGI app served by uvicorn. It answers
 ``POST /api/v1/goals`` the way DataFast does (bearer key, field rules, bots, visitors
 without pageviews) and records every request it receives, accepted or not. Faults can
 be injected at start or at run time: added latency, random 503s, the next N requests
-failing with a chosen status, persistent rate limiting (429 + ``Retry-After``), a
+failing with a chosen status, rate limiting (429 + ``Retry-After`` for every request, or
+beyond a number of requests a second), a
 suspended website (403) and hanging requests (to exercise client timeouts).
 
 Three ways to run it:
@@ -18,7 +19,8 @@ Admin endpoints under ``/_sandbox/`` (JSON, no auth; a loopback tool):
 
     GET    /_sandbox/health                  {"status": "ok"}
     GET    /_sandbox/events[?status=200]     {"events": [...]}
-    GET    /_sandbox/stats                   counts by status, distinct keys, duplicates
+    GET    /_sandbox/stats                   counts by status, distinct keys, duplicates, and
+                                             goal requests in flight (received, not answered)
     GET    /_sandbox/faults                  the current faults
     POST   /_sandbox/faults                  partial update, e.g. {"fail_next": {"status": 503}}
     DELETE /_sandbox/faults                  clear all faults
@@ -100,16 +102,22 @@ class FailNext:
 
 
 @dataclass(frozen=True)
-class Faults:
-    """Injected faults; replaced as a whole on every change, so readers never see half an update.
+class RateLimit:
+    """429 with ``Retry-After: retry_after``: for every request, or only beyond ``per_second``
+    goal requests a second (a token bucket that holds one second's worth)."""
 
-    ``rate_limit`` is the ``Retry-After`` value sent with a 429 for every request while set.
-    """
+    retry_after: RetryAfter = 1
+    per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected faults; replaced as a whole on every change, so readers never see half an update."""
 
     latency_ms: float = 0.0
     error_rate: float = 0.0
     fail_next: FailNext | None = None
-    rate_limit: RetryAfter | None = None
+    rate_limit: RateLimit | None = None
     suspended: bool = False
     hang: bool = False
 
@@ -120,7 +128,7 @@ class Faults:
             "latency_ms": self.latency_ms,
             "error_rate": self.error_rate,
             "fail_next": dataclasses.asdict(fail_next) if fail_next and fail_next.count else None,
-            "rate_limit": None if self.rate_limit is None else {"retry_after": self.rate_limit},
+            "rate_limit": None if self.rate_limit is None else dataclasses.asdict(self.rate_limit),
             "suspended": self.suspended,
             "hang": self.hang,
         }
@@ -151,7 +159,8 @@ class SandboxStats:
     """Counts over the recorded requests.
 
     ``duplicates`` counts extra acceptances of an ``Idempotency-Key`` already accepted:
-    a key accepted three times adds 2.
+    a key accepted three times adds 2. ``in_flight`` counts goal requests received and not
+    answered yet: what a client killed at this moment would send again, though they may succeed.
     """
 
     total: int
@@ -160,6 +169,7 @@ class SandboxStats:
     distinct_keys: int
     duplicates: int
     accepted_without_key: int
+    in_flight: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (status codes become string keys)."""
@@ -184,7 +194,30 @@ class SandboxState:
     _events: list[RecordedEvent] = field(default_factory=list, init=False, repr=False)
     _by_status: Counter[int] = field(default_factory=Counter, init=False, repr=False)
     _accepted_keys: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _in_flight: int = field(default=0, init=False, repr=False)
+    _tokens: float = field(default=0.0, init=False, repr=False)
+    _tokens_at: float = field(default=0.0, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def received(self) -> None:
+        """A goal request came in (``answered`` follows when it is answered)."""
+        with self._lock:
+            self._in_flight += 1
+
+    def answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def rate_limited(self, per_second: float) -> bool:
+        """Whether this request goes over ``per_second`` (a bucket of one second's worth)."""
+        now = time.monotonic()
+        with self._lock:
+            refill = (now - self._tokens_at) * per_second if self._tokens_at else per_second
+            self._tokens, self._tokens_at = min(per_second, self._tokens + refill), now
+            if self._tokens < 1:
+                return True
+            self._tokens -= 1
+            return False
 
     def record(self, event: RecordedEvent) -> None:
         """Remember one answered request and update the counters."""
@@ -218,6 +251,7 @@ class SandboxState:
                 distinct_keys=len(self._accepted_keys),
                 duplicates=sum(n - 1 for n in keyed),
                 accepted_without_key=accepted - sum(keyed),
+                in_flight=self._in_flight,
             )
 
     def set_faults(self, changes: Mapping[str, Any]) -> Faults:
@@ -287,14 +321,23 @@ def _fail_next(value: Any) -> FailNext | None:
     return FailNext(status, count, None if retry is None else _retry_after(retry))
 
 
-def _rate_limit(value: Any) -> RetryAfter | None:
+def _rate_limit(value: Any) -> RateLimit | None:
     if value is None or value is False:
         return None
     if value is True:
-        return 1
+        return RateLimit()
+    if isinstance(value, RateLimit):
+        return value
     if isinstance(value, Mapping):
-        return _retry_after(value.get("retry_after", 1))
-    return _retry_after(value)
+        unknown = set(value) - {"retry_after", "per_second"}
+        if unknown:
+            raise ValueError(f"rate_limit takes retry_after and per_second, not {sorted(unknown)}")
+        per_second = value.get("per_second")
+        return RateLimit(
+            _retry_after(value.get("retry_after", 1)),
+            None if per_second is None else _number(per_second, "rate_limit.per_second", 1),
+        )
+    return RateLimit(_retry_after(value))
 
 
 _FAULT_PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -312,7 +355,8 @@ def parse_fault_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
 
     Accepted forms: ``latency_ms`` >= 0; ``error_rate`` in [0, 1]; ``fail_next`` a
     ``FailNext``, ``{"status", "count", "retry_after"}`` or null; ``rate_limit``
-    ``{"retry_after": n}``, a Retry-After value, true (1 s) or null/false (off);
+    ``{"retry_after": n, "per_second": r}`` (429 beyond r goal requests a second; without
+    per_second, 429 for every request), a Retry-After value, true (1 s) or null/false (off);
     ``suspended`` and ``hang`` booleans. Raises ValueError on anything else.
     """
     unknown = set(changes) - _FAULT_PARSERS.keys()
@@ -352,16 +396,18 @@ async def _delay(state: SandboxState) -> None:
             await asyncio.sleep(_HANG_POLL_SECONDS)
 
 
-def _check_faults(faults: Faults) -> None:
+def _check_faults(state: SandboxState) -> None:
     """Raise the refusal an injected fault calls for, if any."""
+    faults = state.faults
     fail_next = faults.fail_next
     if fail_next is not None and fail_next.take():
         message = _FAULT_MESSAGES.get(fail_next.status) or HTTPStatus(fail_next.status).phrase
         raise _Refusal(fail_next.status, message, fail_next.retry_after)
     if faults.suspended:
         raise _Refusal(403, _FAULT_MESSAGES[403])
-    if faults.rate_limit is not None:
-        raise _Refusal(429, _FAULT_MESSAGES[429], faults.rate_limit)
+    limit = faults.rate_limit
+    if limit is not None and (limit.per_second is None or state.rate_limited(limit.per_second)):
+        raise _Refusal(429, _FAULT_MESSAGES[429], limit.retry_after)
     if faults.error_rate and random.random() < faults.error_rate:
         raise _Refusal(503, _FAULT_MESSAGES[503])
 
@@ -442,7 +488,7 @@ async def _judge(
     """Apply faults and DataFast's checks; the refusal to answer with, or None to accept."""
     try:
         await _delay(state)
-        _check_faults(state.faults)
+        _check_faults(state)
         _check_auth(state, headers.get("authorization"), website_id)
         if not is_json:
             raise _Refusal(400, "Request body is not valid JSON")
@@ -453,6 +499,14 @@ async def _judge(
 
 
 async def _handle_goal(state: SandboxState, scope: Scope, receive: Receive, send: Send) -> None:
+    state.received()
+    try:
+        await _answer_goal(state, scope, receive, send)
+    finally:
+        state.answered()
+
+
+async def _answer_goal(state: SandboxState, scope: Scope, receive: Receive, send: Send) -> None:
     raw = await _read_body(receive)
     headers = _header_map(scope)
     website_id = _query(scope).get("websiteId")
@@ -850,6 +904,13 @@ def _announce(key: str) -> Callable[[str], None]:
 )
 @click.option("--bot", "bots", multiple=True, metavar="VISITOR", help="A bot visitor (400).")
 @click.option("--visitor", "visitors", multiple=True, metavar="VISITOR", help="A known visitor.")
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=1),
+    default=None,
+    metavar="PER_SECOND",
+    help="Answer 429 (Retry-After: 1) beyond this many goal requests a second.",
+)
 def sandbox_command(
     host: str,
     port: int,
@@ -859,6 +920,7 @@ def sandbox_command(
     registered_only: bool,
     bots: tuple[str, ...],
     visitors: tuple[str, ...],
+    rate_limit: float | None,
 ) -> None:
     """Run a local stand-in for DataFast's goals API (POST /api/v1/goals)."""
     state = SandboxState(
@@ -866,7 +928,11 @@ def sandbox_command(
         visitor_mode="registered" if registered_only else "any",
         visitors=set(visitors),
         bots=set(bots),
-        faults=Faults(latency_ms=latency_ms, error_rate=error_rate),
+        faults=Faults(
+            latency_ms=latency_ms,
+            error_rate=error_rate,
+            rate_limit=None if rate_limit is None else RateLimit(per_second=rate_limit),
+        ),
     )
     try:
         serve(host, port, state, on_listening=_announce(key))

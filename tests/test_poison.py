@@ -21,9 +21,7 @@ from kombu import Connection, Exchange, Producer
 from goalqueue import GoalQueue, keys
 from goalqueue.deadletters import DeadLetter
 from goalqueue.message import TEMPLATE
-from goalqueue.producer import new_event
 from goalqueue.sandbox import Sandbox
-from goalqueue.schema import validate_goal
 from tests.conftest import (
     RedisServer,
     WorkerProcess,
@@ -144,21 +142,6 @@ def test_a_poison_message_is_dead_lettered_once_and_the_worker_goes_on(
     # And nothing of it is left to come back: not in the queue, not in kombu's unacked messages
     wait_for(lambda: client.llen(keys.QUEUE) == 0 and client.hlen("unacked") == 0, 10)
     assert len(set(poison_letters(client)) - before) == 1
-
-
-def test_a_goal_queued_in_the_first_builds_message_shape_is_still_delivered(
-    worker: WorkerProcess, sandbox: Sandbox, server: RedisServer, client: redis.Redis
-) -> None:
-    # Given a goal whose message carries (event_id, seq), as the first builds wrote it
-    event = new_event(validate_goal("visitor", "signup"))
-    seq = client.incr(keys.SEQ)
-    message = json.loads(TEMPLATE % (seq, event.event_id, seq))
-    message["body"] = json.dumps([[event.event_id, seq], {}, {}])
-    client.zadd(keys.LEDGER, {event.to_json(): seq})
-    client.lpush(keys.QUEUE, json.dumps(message))
-    # Then the worker delivers it
-    wait_for(lambda: event.event_id in {e.idempotency_key for e in sandbox.events(status=200)}, 30)
-    wait_for(lambda: client.zcard(keys.LEDGER) == 0, 10)
 
 
 def test_task_events_are_published_through_one_redis_client_per_channel(redis_url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from goalqueue.sandbox import DEFAULT_KEY, Sandbox, SandboxState, sandbox_command
+from tests.conftest import wait_for
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_KEY}"}
 GOAL: dict[str, Any] = {"datafast_visitor_id": "visitor-1", "name": "signup"}
@@ -192,6 +194,43 @@ def test_rate_limit_lasts_until_cleared(sandbox: Sandbox, client: httpx.Client) 
     assert post_goal(client).status_code == 200
 
 
+def test_a_per_second_rate_limit_refuses_only_the_excess(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    # Given a limit of 5 goal requests a second
+    sandbox.set_faults(rate_limit={"per_second": 5, "retry_after": 2})
+    assert client.get("/_sandbox/faults").json()["faults"]["rate_limit"] == {
+        "retry_after": 2,
+        "per_second": 5.0,
+    }
+    # When 8 come at once, the 3 over the limit get 429 with Retry-After
+    statuses = [post_goal(client).status_code for _ in range(8)]
+    assert statuses == [200] * 5 + [429] * 3
+    assert sandbox.events(status=429)[-1].status == 429
+    refused = post_goal(client)
+    assert_error(refused, 429)
+    assert refused.headers["Retry-After"] == "2"
+    # Then, a token later, requests pass again
+    wait_for(lambda: post_goal(client).status_code == 200, timeout=2, interval=0.05)
+
+
+def test_in_flight_counts_goal_requests_received_and_not_yet_answered(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    # Given a sandbox that holds every answer for 300 ms
+    sandbox.set_faults(latency_ms=300)
+    # When 4 goals are posted at once
+    with ThreadPoolExecutor(4) as pool:
+        answers = [
+            pool.submit(post_goal, httpx.Client(base_url=sandbox.base_url)) for _ in range(4)
+        ]
+        # Then all 4 are in flight while they wait, and none once they are answered
+        wait_for(lambda: sandbox.stats().in_flight == 4, timeout=2, interval=0.01)
+        assert [a.result().status_code for a in answers] == [200] * 4
+    assert sandbox.stats().in_flight == 0
+    assert client.get("/_sandbox/stats").json()["in_flight"] == 0
+
+
 def test_suspended_website_gets_403(sandbox: Sandbox, client: httpx.Client) -> None:
     sandbox.set_faults(suspended=True)
     assert_error(post_goal(client), 403, "tracking suspended")
@@ -249,6 +288,7 @@ def test_admin_events_filter_and_duplicate_stats(sandbox: Sandbox, client: httpx
         "distinct_keys": 2,
         "duplicates": 1,
         "accepted_without_key": 1,
+        "in_flight": 0,
     }
 
 

@@ -22,9 +22,9 @@ def queued_ids(client: redis.Redis) -> list[str]:
 
 def take(client: redis.Redis, settings: Settings, event_id: str, seq: int, now: float) -> str:
     """A worker starting on a message: what TAKE says about it."""
-    args = [now, settings.key_fingerprint, 1000, 0, keys.TASK_NAME, keys.DELIVERED_PREFIX]
+    args = [now, settings.key_fingerprint, 1000, 0, keys.TASK_NAME, keys.DELIVERED_PREFIX, 0, 1]
     reply = Scripts(client).take([*args, event_id, seq])
-    return reply[2]  # type: ignore[index,no-any-return]
+    return reply[3]  # type: ignore[index,no-any-return]
 
 
 def test_a_goal_lost_right_after_brpop_is_requeued_after_the_visibility_timeout(
