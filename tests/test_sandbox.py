@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -11,7 +12,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from goalqueue.errors import InvalidGoal
 from goalqueue.sandbox import DEFAULT_KEY, Sandbox, SandboxState, sandbox_command
+from goalqueue.schema import validate_goal
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_KEY}"}
 GOAL: dict[str, Any] = {"datafast_visitor_id": "visitor-1", "name": "signup"}
@@ -107,6 +110,69 @@ def test_refuses_a_bad_key_with_401(client: httpx.Client, headers: dict[str, str
 )
 def test_refuses_invalid_goals_with_400(client: httpx.Client, body: Any, message_part: str) -> None:
     assert_error(post_goal(client, body), 400, message_part)
+
+
+# Goals in the form the producer sends them: metadata values are already strings.
+SCHEMA_TABLE: list[tuple[str, str, Any, Any]] = [
+    ("visitor-1", "signup", None, None),
+    ("", "signup", None, None),
+    ("a visitor", "signup", None, None),
+    ("a\tvisitor", "signup", None, None),
+    ("visitor\n", "signup", None, None),
+    ("\u00a0visitor", "signup", None, None),
+    ("vis\x00itor", "signup", None, None),
+    ("visitor\x7f", "signup", None, None),
+    ("visitor\x85", "signup", None, None),
+    ("visitor\ud800", "signup", None, None),
+    ("visiteur-\u00e9", "signup", None, None),
+    ("v" * 128, "signup", None, None),
+    ("v" * 129, "signup", None, None),
+    ("visitor-1", "", None, None),
+    ("visitor-1", "Sign Up", None, None),
+    ("visitor-1", "plan:upgraded-to_pro", None, None),
+    ("visitor-1", "n" * 64, None, None),
+    ("visitor-1", "n" * 65, None, None),
+    ("visitor-1", "sign/up", None, None),
+    ("visitor-1", "IDENTIFY", None, None),
+    ("visitor-1", "signup", {}, None),
+    ("visitor-1", "signup", {"plan": ""}, None),
+    ("visitor-1", "signup", {"plan": "x" * 255}, None),
+    ("visitor-1", "signup", {"plan": "x" * 256}, None),
+    ("visitor-1", "signup", {"plan": "pro\udfff"}, None),
+    ("visitor-1", "signup", {f"k{i}": "v" for i in range(10)}, None),
+    ("visitor-1", "signup", {f"k{i}": "v" for i in range(11)}, None),
+    ("visitor-1", "signup", {"k" * 64: "v"}, None),
+    ("visitor-1", "signup", {"k" * 65: "v"}, None),
+    ("visitor-1", "signup", {"Plan": "v"}, None),
+    ("visitor-1", "signup", ["plan"], None),
+    ("visitor-1", "signup", None, ""),
+    ("visitor-1", "signup", None, "d" * 1024),
+    ("visitor-1", "signup", None, "d" * 1025),
+    ("visitor-1", "signup", None, "lone \ud800 surrogate"),
+    ("visitor-1", "signup", None, 7),
+]
+
+
+def schema_refuses(visitor: str, name: str, metadata: Any, description: Any) -> bool:
+    try:
+        validate_goal(visitor, name, metadata, description)
+    except InvalidGoal:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("visitor", "name", "metadata", "description"), SCHEMA_TABLE)
+def test_sandbox_refuses_with_400_exactly_what_the_schema_refuses(
+    client: httpx.Client, visitor: str, name: str, metadata: Any, description: Any
+) -> None:
+    # Given a goal as the producer would send it (escaped JSON carries lone surrogates)
+    goal = {"datafast_visitor_id": visitor, "name": name}
+    goal |= {"metadata": metadata, "description": description}
+    # When it reaches the sandbox
+    response = client.post("/api/v1/goals", content=json.dumps(goal).encode(), headers=AUTH)
+    # Then the sandbox refuses it with 400 if and only if goalqueue.schema refuses it
+    expected = 400 if schema_refuses(visitor, name, metadata, description) else 200
+    assert response.status_code == expected, response.text
 
 
 def test_normalises_names_before_checking_them(client: httpx.Client) -> None:
