@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -291,6 +292,54 @@ def test_hang_trips_client_timeouts_and_is_released_when_cleared(
     assert event.status == 200
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        time.sleep(0.005)
+
+
+def post_in_background(
+    pool: ThreadPoolExecutor, sandbox: Sandbox, headers: dict[str, str]
+) -> Future[httpx.Response]:
+    return pool.submit(httpx.post, sandbox.url, json=GOAL, headers=headers, timeout=10.0)
+
+
+def test_in_flight_counts_held_requests_until_they_are_answered(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    # Given answers held back by latency
+    sandbox.set_faults(latency_ms=1000)
+    # When three goals arrive at once
+    with ThreadPoolExecutor(3) as pool:
+        answers = [post_in_background(pool, sandbox, AUTH) for _ in range(3)]
+        # Then all three are in flight, in the state and over HTTP, and none is recorded yet
+        wait_until(lambda: sandbox.stats().in_flight == 3)
+        assert client.get("/_sandbox/stats").json()["in_flight"] == 3
+        assert sandbox.events() == []
+        assert [answer.result().status_code for answer in answers] == [200] * 3
+    # And once answered, none is
+    assert sandbox.stats().in_flight == sandbox.state.in_flight == 0
+    assert client.get("/_sandbox/stats").json()["in_flight"] == 0
+
+
+def test_in_flight_counts_hung_requests_and_refusals_until_the_hang_is_released(
+    sandbox: Sandbox,
+) -> None:
+    # Given hanging requests, one of them with a wrong key
+    sandbox.set_faults(hang=True)
+    with ThreadPoolExecutor(3) as pool:
+        answers = [post_in_background(pool, sandbox, AUTH) for _ in range(2)]
+        answers.append(post_in_background(pool, sandbox, {"Authorization": "Bearer wrong"}))
+        wait_until(lambda: sandbox.state.in_flight == 3)
+        # When the hang is released
+        sandbox.clear_faults()
+        statuses = sorted(answer.result().status_code for answer in answers)
+    # Then every one is answered, the refusal too, and nothing is left in flight
+    assert statuses == [200, 200, 401]
+    assert sandbox.state.in_flight == 0
+
+
 @pytest.mark.parametrize(
     "fault",
     [{"nope": 1}, {"error_rate": 2}, {"fail_next": {"status": 200}}, {"hang": "yes"}],
@@ -315,6 +364,7 @@ def test_admin_events_filter_and_duplicate_stats(sandbox: Sandbox, client: httpx
         "distinct_keys": 2,
         "duplicates": 1,
         "accepted_without_key": 1,
+        "in_flight": 0,
     }
 
 

@@ -18,7 +18,8 @@ Admin endpoints under ``/_sandbox/`` (JSON, no auth; a loopback tool):
 
     GET    /_sandbox/health                  {"status": "ok"}
     GET    /_sandbox/events[?status=200]     {"events": [...]}
-    GET    /_sandbox/stats                   counts by status, distinct keys, duplicates
+    GET    /_sandbox/stats                   counts by status, distinct keys, duplicates, and
+                                             in_flight: goal requests not yet answered
     GET    /_sandbox/faults                  the current faults
     POST   /_sandbox/faults                  partial update, e.g. {"fail_next": {"status": 503}}
     DELETE /_sandbox/faults                  clear all faults

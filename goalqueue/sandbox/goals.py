@@ -8,9 +8,11 @@ import os
 import time
 from typing import Any
 
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goalqueue.sandbox.answers import Refusal, SandboxJSON, refusal_response
 from goalqueue.sandbox.faults import check_faults
@@ -81,6 +83,22 @@ def _accepted(event_id: str) -> Response:
     return SandboxJSON({"status": "success", "data": data})
 
 
+class CountInFlight:
+    """Counts a goal request in flight from when it reaches its route until its answer is sent.
+
+    Route middleware, so the count also covers the sending of the answer, which Starlette does
+    after the endpoint returns; refusals and hung requests count like the others.
+    """
+
+    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.state.answering():
+            await self.app(scope, receive, send)
+
+
 def goal_route(state: SandboxState) -> Route:
     """The goals endpoint serving ``state``."""
 
@@ -96,4 +114,5 @@ def goal_route(state: SandboxState) -> Route:
         _record(state, request, body, 200, event_id)
         return _accepted(event_id)
 
-    return Route(GOALS_PATH, post_goal, methods=["POST"])
+    counted = [Middleware(CountInFlight, state=state)]
+    return Route(GOALS_PATH, post_goal, methods=["POST"], middleware=counted)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -39,10 +40,12 @@ class RecordedEvent:
 
 @dataclass(frozen=True)
 class SandboxStats:
-    """Counts over the recorded requests.
+    """Counts over the recorded requests, and the goal requests still being answered.
 
     ``duplicates`` counts extra acceptances of an ``Idempotency-Key`` already accepted:
-    a key accepted three times adds 2.
+    a key accepted three times adds 2. ``in_flight`` counts goal requests received and not
+    yet answered (held by latency or a hang, or just being judged): a client killed now loses
+    those answers, so it is the floor of the duplicates that no client can avoid.
     """
 
     total: int
@@ -51,6 +54,7 @@ class SandboxStats:
     distinct_keys: int
     duplicates: int
     accepted_without_key: int
+    in_flight: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (status codes become string keys)."""
@@ -75,7 +79,25 @@ class SandboxState:
     _events: list[RecordedEvent] = field(default_factory=list, init=False, repr=False)
     _by_status: Counter[int] = field(default_factory=Counter, init=False, repr=False)
     _accepted_keys: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _in_flight: int = field(default=0, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Count one goal request in flight for the duration of the block."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        """Goal requests received and not yet answered."""
+        with self._lock:
+            return self._in_flight
 
     def record(self, event: RecordedEvent) -> None:
         """Remember one answered request and update the counters."""
@@ -109,6 +131,7 @@ class SandboxState:
                 distinct_keys=len(self._accepted_keys),
                 duplicates=sum(n - 1 for n in keyed),
                 accepted_without_key=accepted - sum(keyed),
+                in_flight=self._in_flight,
             )
 
     def set_faults(self, changes: Mapping[str, Any]) -> Faults:
@@ -131,7 +154,10 @@ class SandboxState:
         self.bots.update(visitors)
 
     def reset(self) -> None:
-        """Forget recorded requests and clear faults; key, visitors and bots stay."""
+        """Forget recorded requests and clear faults; key, visitors and bots stay.
+
+        Requests in flight stay counted until they are answered.
+        """
         with self._lock:
             self._events.clear()
             self._by_status.clear()
