@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from goalqueue.errors import InvalidGoal
-from goalqueue.sandbox import DEFAULT_KEY, Sandbox, SandboxState, sandbox_command
+from goalqueue.sandbox import DEFAULT_KEY, RateLimit, Sandbox, SandboxState, sandbox_command
 from goalqueue.schema import validate_goal
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_KEY}"}
@@ -259,6 +263,96 @@ def test_rate_limit_lasts_until_cleared(sandbox: Sandbox, client: httpx.Client) 
     assert post_goal(client).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("fault", "shown", "header"),
+    [
+        ({"retry_after": 3}, 3, "3"),
+        (2, 2, "2"),
+        (
+            "Wed, 21 Oct 2037 07:28:00 GMT",
+            "Wed, 21 Oct 2037 07:28:00 GMT",
+            "Wed, 21 Oct 2037 07:28:00 GMT",
+        ),
+        (True, 1, "1"),
+    ],
+    ids=["retry-after-object", "bare-seconds", "bare-http-date", "true"],
+)
+def test_rate_limit_without_per_second_refuses_every_request(
+    client: httpx.Client, fault: Any, shown: int | str, header: str
+) -> None:
+    # Given a rate limit set over HTTP in one of its every-request forms
+    faults = client.post("/_sandbox/faults", json={"rate_limit": fault}).json()["faults"]
+    assert faults["rate_limit"] == {"retry_after": shown}
+    # Then every goal request gets 429 with that Retry-After, until it is turned off
+    for _ in range(5):
+        response = post_goal(client)
+        assert_error(response, 429)
+        assert response.headers["Retry-After"] == header
+    client.post("/_sandbox/faults", json={"rate_limit": None})
+    assert post_goal(client).status_code == 200
+
+
+def test_rate_limit_per_second_refuses_exactly_the_excess_of_a_burst(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    # Given a limit of 2 goals a second (a bucket refilled every half second)
+    faults = sandbox.set_faults(rate_limit={"per_second": 2, "retry_after": 1}).to_dict()
+    assert faults["rate_limit"] == {"per_second": 2, "retry_after": 1}
+    # When a burst of 6 arrives, well within a refill
+    statuses = [post_goal(client).status_code for _ in range(6)]
+    # Then the first 2 pass and exactly the 4 over the limit get 429 with Retry-After
+    assert statuses == [200, 200, 429, 429, 429, 429]
+    assert len(sandbox.events(429)) == 4
+    response = post_goal(client)
+    assert_error(response, 429)
+    assert response.headers["Retry-After"] == "1"
+    # And once the bucket has refilled, requests pass again
+    deadline = time.monotonic() + 5
+    while (status := post_goal(client).status_code) == 429:
+        assert time.monotonic() < deadline, "the rate limit never let a request through again"
+        time.sleep(0.05)
+    assert status == 200
+
+
+def test_rate_limit_per_second_is_set_over_http_and_kept_across_other_changes(
+    client: httpx.Client,
+) -> None:
+    fault = {"rate_limit": {"per_second": 1, "retry_after": 5}}
+    assert client.post("/_sandbox/faults", json=fault).status_code == 200
+    assert post_goal(client).status_code == 200
+    # Another fault changes; the bucket, now empty, stays as it is
+    client.post("/_sandbox/faults", json={"latency_ms": 1})
+    response = post_goal(client)
+    assert_error(response, 429)
+    assert response.headers["Retry-After"] == "5"
+    assert client.get("/_sandbox/faults").json()["faults"]["rate_limit"] == {
+        "per_second": 1.0,
+        "retry_after": 5,
+    }
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"per_second": 0}, {"per_second": -1}, {"per_second": "fast"}, {"per_sec": 200}],
+)
+def test_admin_refuses_bad_rate_limits(client: httpx.Client, fault: dict[str, Any]) -> None:
+    assert_error(client.post("/_sandbox/faults", json={"rate_limit": fault}), 400, "rate_limit")
+
+
+def test_rate_limit_bucket_holds_one_seconds_worth_and_refills_continuously() -> None:
+    now = [100.0]
+    bucket = RateLimit(per_second=4, clock=lambda: now[0])
+    assert [bucket.allows() for _ in range(5)] == [True] * 4 + [False]
+    now[0] += 0.25  # a quarter of a second: one request's worth
+    assert [bucket.allows(), bucket.allows()] == [True, False]
+    now[0] += 60  # a long pause fills the bucket to one second's worth, no more
+    assert sum(bucket.allows() for _ in range(10)) == 4
+    slow = RateLimit(per_second=0.5, clock=lambda: now[0])
+    assert [slow.allows(), slow.allows()] == [True, False]  # holds at least one request
+    now[0] += 2
+    assert slow.allows()
+
+
 def test_suspended_website_gets_403(sandbox: Sandbox, client: httpx.Client) -> None:
     sandbox.set_faults(suspended=True)
     assert_error(post_goal(client), 403, "tracking suspended")
@@ -400,7 +494,27 @@ def test_sandbox_picks_a_free_port_and_stops_cleanly() -> None:
 def test_cli_help_lists_the_options() -> None:
     result = CliRunner().invoke(sandbox_command, ["--help"])
     assert result.exit_code == 0
-    for option in ["--host", "--port", "--key", "--latency-ms", "--error-rate"]:
+    for option in ["--host", "--port", "--key", "--latency-ms", "--error-rate", "--rate-limit"]:
         assert option in result.output
     for option in ["--registered-only", "--bot", "--visitor"]:
         assert option in result.output
+
+
+def test_cli_rate_limit_lets_that_many_goals_through_a_second() -> None:
+    # Given `goalqueue sandbox --rate-limit 2` on a free port
+    command = [str(Path(sys.executable).with_name("goalqueue")), "sandbox", "--port", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [*command, "--rate-limit", "2"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout is not None
+        found = re.search(r"listening on (\S+)", process.stdout.readline())
+        assert found is not None
+        # When a burst of 3 goals arrives
+        statuses = [httpx.post(found[1], json=GOAL, headers=AUTH).status_code for _ in range(3)]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    # Then 2 pass and the third is rate limited
+    assert statuses == [200, 200, 429]

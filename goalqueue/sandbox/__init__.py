@@ -3,9 +3,15 @@
 The sandbox is a Starlette app served by uvicorn. It answers ``POST /api/v1/goals`` the way
 DataFast does (bearer key, field rules, bots, visitors without pageviews) and records every
 request it receives, accepted or not. Faults can be injected at start or at run time: added
-latency, random 503s, the next N requests failing with a chosen status, persistent rate
-limiting (429 + ``Retry-After``), a suspended website (403) and hanging requests (to exercise
-client timeouts).
+latency, random 503s, the next N requests failing with a chosen status, rate limiting (429 +
+``Retry-After``), a suspended website (403) and hanging requests (to exercise client timeouts).
+
+Rate limiting comes in two kinds. ``{"rate_limit": {"per_second": 200, "retry_after": 1}}``
+(``set_faults(rate_limit={...})``, ``goalqueue sandbox --rate-limit 200``) is a real limit: a
+token bucket holding one second's worth of goal requests (at least one), refilled continuously,
+lets up to 200 a second through and answers the rest 429 with ``Retry-After``. Without
+``per_second`` - ``{"rate_limit": {"retry_after": 1}}``, a bare Retry-After value, or true
+(1 s) - every goal request gets 429 while it is set; null or false turns either off.
 
 Three ways to run it:
 
@@ -37,7 +43,7 @@ from goalqueue.sandbox.admin import ADMIN_PREFIX
 from goalqueue.sandbox.answers import RetryAfter
 from goalqueue.sandbox.app import build_app
 from goalqueue.sandbox.cli import sandbox_command
-from goalqueue.sandbox.faults import FailNext, Faults, parse_fault_changes
+from goalqueue.sandbox.faults import FailNext, Faults, RateLimit, parse_fault_changes
 from goalqueue.sandbox.goals import GOALS_PATH, HANG_SECONDS
 from goalqueue.sandbox.server import DEFAULT_HOST, DEFAULT_PORT, Sandbox, serve
 from goalqueue.sandbox.state import (
@@ -57,6 +63,7 @@ __all__ = [
     "HANG_SECONDS",
     "FailNext",
     "Faults",
+    "RateLimit",
     "RecordedEvent",
     "RetryAfter",
     "Sandbox",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import click
 
 from goalqueue.sandbox.admin import ADMIN_PREFIX
-from goalqueue.sandbox.faults import Faults
+from goalqueue.sandbox.faults import Faults, RateLimit
 from goalqueue.sandbox.goals import GOALS_PATH
 from goalqueue.sandbox.server import DEFAULT_HOST, DEFAULT_PORT, serve
 from goalqueue.sandbox.state import DEFAULT_KEY, SandboxState
@@ -41,6 +41,12 @@ def _announce(key: str) -> Callable[[str], None]:
     "--error-rate", default=0.0, type=click.FloatRange(0, 1), help="Probability of a 503."
 )
 @click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="PER_SECOND",
+    help="Answer 429 (Retry-After: 1) beyond this many goals per second.",
+)
+@click.option(
     "--registered-only", is_flag=True, help="Refuse (404) visitors not registered with --visitor."
 )
 @click.option("--bot", "bots", multiple=True, metavar="VISITOR", help="A bot visitor (400).")
@@ -51,6 +57,7 @@ def sandbox_command(
     key: str,
     latency_ms: float,
     error_rate: float,
+    rate_limit: float | None,
     registered_only: bool,
     bots: tuple[str, ...],
     visitors: tuple[str, ...],
@@ -61,7 +68,11 @@ def sandbox_command(
         visitor_mode="registered" if registered_only else "any",
         visitors=set(visitors),
         bots=set(bots),
-        faults=Faults(latency_ms=latency_ms, error_rate=error_rate),
+        faults=Faults(
+            latency_ms=latency_ms,
+            error_rate=error_rate,
+            rate_limit=None if rate_limit is None else RateLimit(per_second=rate_limit),
+        ),
     )
     try:
         serve(host, port, state, on_listening=_announce(key))

@@ -165,7 +165,11 @@ class Sandbox:
         return self.state.events(status)
 
     def set_faults(self, **changes: Any) -> Faults:
-        """Partially update faults, e.g. ``set_faults(latency_ms=50, rate_limit=2)``."""
+        """Partially update faults, e.g. ``set_faults(latency_ms=50, rate_limit=2)``.
+
+        ``rate_limit={"per_second": 200, "retry_after": 1}`` is a real limit of 200 a second;
+        the other forms refuse every goal (see ``parse_fault_changes``).
+        """
         return self.state.set_faults(changes)
 
     def fail_next(self, status: int, count: int = 1, retry_after: RetryAfter | None = None) -> None:
