@@ -12,7 +12,8 @@ The broker is the first of these that works (``--broker`` picks one):
    the demo deletes its own keys when it ends. A database with anything in it is left alone.
 2. ``redis-server``: one from PATH, started on a free port in a temporary directory, with
    nothing kept on disk.
-3. ``fakeredis``: fakeredis's Redis-protocol server in a thread (needs ``fakeredis[lua]``).
+3. ``fakeredis``: fakeredis's Redis-protocol server in a thread (needs ``fakeredis[lua]``
+   2.41 or later).
 
 The modules: ``brokers`` (finding a broker), ``scenario`` (the goals, the faults, the worker),
 ``report`` (live progress and the final table), ``command`` (the click command), with
