@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from goalqueue.demo import BURST_429, BURST_503, Sent, problems, table_rows
+from goalqueue.demo import BURST_429, BURST_503, BrokerUnavailable, Sent, problems, table_rows
+from goalqueue.demo.brokers import fake_redis_server, fakeredis_version
 
 DEMO = [str(Path(sys.executable).with_name("goalqueue")), "demo"]
 # A database of the demo tests' own: the demo only uses an empty one and empties it afterwards.
@@ -198,3 +202,34 @@ def test_a_run_succeeds_only_when_valid_goals_are_delivered_and_failures_dead_le
     answers: dict[str, list[int]], dead: dict[str, int | None], expected: list[str]
 ) -> None:
     assert problems(SENT, answers, dead) == expected
+
+
+def test_the_fake_redis_server_keeps_a_connection_after_an_error_reply_and_skips_nagle() -> None:
+    # Given the demo's fakeredis server, and one connection to it
+    server = fake_redis_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.socket.getsockname()[:2]
+    client = redis.Redis(host=host, port=port, single_connection_client=True)
+    try:
+        connection = client.client_id()
+        # When a command fails, then a script runs (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA)
+        with pytest.raises(redis.ResponseError):
+            client.execute_command("NO-SUCH-COMMAND")
+        result = client.register_script("return 7")()
+        # Then the same connection answered both, and replies go out without Nagle's delay
+        assert (result, client.client_id()) == (7, connection)
+        assert server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_fakeredis_that_hangs_up_after_error_replies_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.40.0")
+    with pytest.raises(BrokerUnavailable, match=r"fakeredis 2\.40\.0 hangs up .*>=2\.41"):
+        fakeredis_version()

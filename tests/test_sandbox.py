@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
-from goalqueue.sandbox import DEFAULT_KEY, Sandbox, SandboxState, sandbox_command
-from tests.conftest import wait_for
+from goalqueue.errors import InvalidGoal
+from goalqueue.sandbox import DEFAULT_KEY, RateLimit, Sandbox, SandboxState, sandbox_command
+from goalqueue.schema import validate_goal
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_KEY}"}
 GOAL: dict[str, Any] = {"datafast_visitor_id": "visitor-1", "name": "signup"}
@@ -111,6 +117,69 @@ def test_refuses_invalid_goals_with_400(client: httpx.Client, body: Any, message
     assert_error(post_goal(client, body), 400, message_part)
 
 
+# Goals in the form the producer sends them: metadata values are already strings.
+SCHEMA_TABLE: list[tuple[str, str, Any, Any]] = [
+    ("visitor-1", "signup", None, None),
+    ("", "signup", None, None),
+    ("a visitor", "signup", None, None),
+    ("a\tvisitor", "signup", None, None),
+    ("visitor\n", "signup", None, None),
+    ("\u00a0visitor", "signup", None, None),
+    ("vis\x00itor", "signup", None, None),
+    ("visitor\x7f", "signup", None, None),
+    ("visitor\x85", "signup", None, None),
+    ("visitor\ud800", "signup", None, None),
+    ("visiteur-\u00e9", "signup", None, None),
+    ("v" * 128, "signup", None, None),
+    ("v" * 129, "signup", None, None),
+    ("visitor-1", "", None, None),
+    ("visitor-1", "Sign Up", None, None),
+    ("visitor-1", "plan:upgraded-to_pro", None, None),
+    ("visitor-1", "n" * 64, None, None),
+    ("visitor-1", "n" * 65, None, None),
+    ("visitor-1", "sign/up", None, None),
+    ("visitor-1", "IDENTIFY", None, None),
+    ("visitor-1", "signup", {}, None),
+    ("visitor-1", "signup", {"plan": ""}, None),
+    ("visitor-1", "signup", {"plan": "x" * 255}, None),
+    ("visitor-1", "signup", {"plan": "x" * 256}, None),
+    ("visitor-1", "signup", {"plan": "pro\udfff"}, None),
+    ("visitor-1", "signup", {f"k{i}": "v" for i in range(10)}, None),
+    ("visitor-1", "signup", {f"k{i}": "v" for i in range(11)}, None),
+    ("visitor-1", "signup", {"k" * 64: "v"}, None),
+    ("visitor-1", "signup", {"k" * 65: "v"}, None),
+    ("visitor-1", "signup", {"Plan": "v"}, None),
+    ("visitor-1", "signup", ["plan"], None),
+    ("visitor-1", "signup", None, ""),
+    ("visitor-1", "signup", None, "d" * 1024),
+    ("visitor-1", "signup", None, "d" * 1025),
+    ("visitor-1", "signup", None, "lone \ud800 surrogate"),
+    ("visitor-1", "signup", None, 7),
+]
+
+
+def schema_refuses(visitor: str, name: str, metadata: Any, description: Any) -> bool:
+    try:
+        validate_goal(visitor, name, metadata, description)
+    except InvalidGoal:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("visitor", "name", "metadata", "description"), SCHEMA_TABLE)
+def test_sandbox_refuses_with_400_exactly_what_the_schema_refuses(
+    client: httpx.Client, visitor: str, name: str, metadata: Any, description: Any
+) -> None:
+    # Given a goal as the producer would send it (escaped JSON carries lone surrogates)
+    goal = {"datafast_visitor_id": visitor, "name": name}
+    goal |= {"metadata": metadata, "description": description}
+    # When it reaches the sandbox
+    response = client.post("/api/v1/goals", content=json.dumps(goal).encode(), headers=AUTH)
+    # Then the sandbox refuses it with 400 if and only if goalqueue.schema refuses it
+    expected = 400 if schema_refuses(visitor, name, metadata, description) else 200
+    assert response.status_code == expected, response.text
+
+
 def test_normalises_names_before_checking_them(client: httpx.Client) -> None:
     assert post_goal(client, {**GOAL, "name": "Plan Upgraded:Pro"}).status_code == 200
 
@@ -194,41 +263,94 @@ def test_rate_limit_lasts_until_cleared(sandbox: Sandbox, client: httpx.Client) 
     assert post_goal(client).status_code == 200
 
 
-def test_a_per_second_rate_limit_refuses_only_the_excess(
+@pytest.mark.parametrize(
+    ("fault", "shown", "header"),
+    [
+        ({"retry_after": 3}, 3, "3"),
+        (2, 2, "2"),
+        (
+            "Wed, 21 Oct 2037 07:28:00 GMT",
+            "Wed, 21 Oct 2037 07:28:00 GMT",
+            "Wed, 21 Oct 2037 07:28:00 GMT",
+        ),
+        (True, 1, "1"),
+    ],
+    ids=["retry-after-object", "bare-seconds", "bare-http-date", "true"],
+)
+def test_rate_limit_without_per_second_refuses_every_request(
+    client: httpx.Client, fault: Any, shown: int | str, header: str
+) -> None:
+    # Given a rate limit set over HTTP in one of its every-request forms
+    faults = client.post("/_sandbox/faults", json={"rate_limit": fault}).json()["faults"]
+    assert faults["rate_limit"] == {"retry_after": shown}
+    # Then every goal request gets 429 with that Retry-After, until it is turned off
+    for _ in range(5):
+        response = post_goal(client)
+        assert_error(response, 429)
+        assert response.headers["Retry-After"] == header
+    client.post("/_sandbox/faults", json={"rate_limit": None})
+    assert post_goal(client).status_code == 200
+
+
+def test_rate_limit_per_second_refuses_exactly_the_excess_of_a_burst(
     sandbox: Sandbox, client: httpx.Client
 ) -> None:
-    # Given a limit of 5 goal requests a second
-    sandbox.set_faults(rate_limit={"per_second": 5, "retry_after": 2})
+    # Given a limit of 2 goals a second (a bucket refilled every half second)
+    faults = sandbox.set_faults(rate_limit={"per_second": 2, "retry_after": 1}).to_dict()
+    assert faults["rate_limit"] == {"per_second": 2, "retry_after": 1}
+    # When a burst of 6 arrives, well within a refill
+    statuses = [post_goal(client).status_code for _ in range(6)]
+    # Then the first 2 pass and exactly the 4 over the limit get 429 with Retry-After
+    assert statuses == [200, 200, 429, 429, 429, 429]
+    assert len(sandbox.events(429)) == 4
+    response = post_goal(client)
+    assert_error(response, 429)
+    assert response.headers["Retry-After"] == "1"
+    # And once the bucket has refilled, requests pass again
+    deadline = time.monotonic() + 5
+    while (status := post_goal(client).status_code) == 429:
+        assert time.monotonic() < deadline, "the rate limit never let a request through again"
+        time.sleep(0.05)
+    assert status == 200
+
+
+def test_rate_limit_per_second_is_set_over_http_and_kept_across_other_changes(
+    client: httpx.Client,
+) -> None:
+    fault = {"rate_limit": {"per_second": 1, "retry_after": 5}}
+    assert client.post("/_sandbox/faults", json=fault).status_code == 200
+    assert post_goal(client).status_code == 200
+    # Another fault changes; the bucket, now empty, stays as it is
+    client.post("/_sandbox/faults", json={"latency_ms": 1})
+    response = post_goal(client)
+    assert_error(response, 429)
+    assert response.headers["Retry-After"] == "5"
     assert client.get("/_sandbox/faults").json()["faults"]["rate_limit"] == {
-        "retry_after": 2,
-        "per_second": 5.0,
+        "per_second": 1.0,
+        "retry_after": 5,
     }
-    # When 8 come at once, the 3 over the limit get 429 with Retry-After
-    statuses = [post_goal(client).status_code for _ in range(8)]
-    assert statuses == [200] * 5 + [429] * 3
-    assert sandbox.events(status=429)[-1].status == 429
-    refused = post_goal(client)
-    assert_error(refused, 429)
-    assert refused.headers["Retry-After"] == "2"
-    # Then, a token later, requests pass again
-    wait_for(lambda: post_goal(client).status_code == 200, timeout=2, interval=0.05)
 
 
-def test_in_flight_counts_goal_requests_received_and_not_yet_answered(
-    sandbox: Sandbox, client: httpx.Client
-) -> None:
-    # Given a sandbox that holds every answer for 300 ms
-    sandbox.set_faults(latency_ms=300)
-    # When 4 goals are posted at once
-    with ThreadPoolExecutor(4) as pool:
-        answers = [
-            pool.submit(post_goal, httpx.Client(base_url=sandbox.base_url)) for _ in range(4)
-        ]
-        # Then all 4 are in flight while they wait, and none once they are answered
-        wait_for(lambda: sandbox.stats().in_flight == 4, timeout=2, interval=0.01)
-        assert [a.result().status_code for a in answers] == [200] * 4
-    assert sandbox.stats().in_flight == 0
-    assert client.get("/_sandbox/stats").json()["in_flight"] == 0
+@pytest.mark.parametrize(
+    "fault",
+    [{"per_second": 0}, {"per_second": -1}, {"per_second": "fast"}, {"per_sec": 200}],
+)
+def test_admin_refuses_bad_rate_limits(client: httpx.Client, fault: dict[str, Any]) -> None:
+    assert_error(client.post("/_sandbox/faults", json={"rate_limit": fault}), 400, "rate_limit")
+
+
+def test_rate_limit_bucket_holds_one_seconds_worth_and_refills_continuously() -> None:
+    now = [100.0]
+    bucket = RateLimit(per_second=4, clock=lambda: now[0])
+    assert [bucket.allows() for _ in range(5)] == [True] * 4 + [False]
+    now[0] += 0.25  # a quarter of a second: one request's worth
+    assert [bucket.allows(), bucket.allows()] == [True, False]
+    now[0] += 60  # a long pause fills the bucket to one second's worth, no more
+    assert sum(bucket.allows() for _ in range(10)) == 4
+    slow = RateLimit(per_second=0.5, clock=lambda: now[0])
+    assert [slow.allows(), slow.allows()] == [True, False]  # holds at least one request
+    now[0] += 2
+    assert slow.allows()
 
 
 def test_suspended_website_gets_403(sandbox: Sandbox, client: httpx.Client) -> None:
@@ -262,6 +384,54 @@ def test_hang_trips_client_timeouts_and_is_released_when_cleared(
     # The abandoned request completes server-side: a lost response, as in production.
     [event] = sandbox.wait_for_events(1)
     assert event.status == 200
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        time.sleep(0.005)
+
+
+def post_in_background(
+    pool: ThreadPoolExecutor, sandbox: Sandbox, headers: dict[str, str]
+) -> Future[httpx.Response]:
+    return pool.submit(httpx.post, sandbox.url, json=GOAL, headers=headers, timeout=10.0)
+
+
+def test_in_flight_counts_held_requests_until_they_are_answered(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    # Given answers held back by latency
+    sandbox.set_faults(latency_ms=1000)
+    # When three goals arrive at once
+    with ThreadPoolExecutor(3) as pool:
+        answers = [post_in_background(pool, sandbox, AUTH) for _ in range(3)]
+        # Then all three are in flight, in the state and over HTTP, and none is recorded yet
+        wait_until(lambda: sandbox.stats().in_flight == 3)
+        assert client.get("/_sandbox/stats").json()["in_flight"] == 3
+        assert sandbox.events() == []
+        assert [answer.result().status_code for answer in answers] == [200] * 3
+    # And once answered, none is
+    assert sandbox.stats().in_flight == sandbox.state.in_flight == 0
+    assert client.get("/_sandbox/stats").json()["in_flight"] == 0
+
+
+def test_in_flight_counts_hung_requests_and_refusals_until_the_hang_is_released(
+    sandbox: Sandbox,
+) -> None:
+    # Given hanging requests, one of them with a wrong key
+    sandbox.set_faults(hang=True)
+    with ThreadPoolExecutor(3) as pool:
+        answers = [post_in_background(pool, sandbox, AUTH) for _ in range(2)]
+        answers.append(post_in_background(pool, sandbox, {"Authorization": "Bearer wrong"}))
+        wait_until(lambda: sandbox.state.in_flight == 3)
+        # When the hang is released
+        sandbox.clear_faults()
+        statuses = sorted(answer.result().status_code for answer in answers)
+    # Then every one is answered, the refusal too, and nothing is left in flight
+    assert statuses == [200, 200, 401]
+    assert sandbox.state.in_flight == 0
 
 
 @pytest.mark.parametrize(
@@ -324,7 +494,27 @@ def test_sandbox_picks_a_free_port_and_stops_cleanly() -> None:
 def test_cli_help_lists_the_options() -> None:
     result = CliRunner().invoke(sandbox_command, ["--help"])
     assert result.exit_code == 0
-    for option in ["--host", "--port", "--key", "--latency-ms", "--error-rate"]:
+    for option in ["--host", "--port", "--key", "--latency-ms", "--error-rate", "--rate-limit"]:
         assert option in result.output
     for option in ["--registered-only", "--bot", "--visitor"]:
         assert option in result.output
+
+
+def test_cli_rate_limit_lets_that_many_goals_through_a_second() -> None:
+    # Given `goalqueue sandbox --rate-limit 2` on a free port
+    command = [str(Path(sys.executable).with_name("goalqueue")), "sandbox", "--port", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [*command, "--rate-limit", "2"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout is not None
+        found = re.search(r"listening on (\S+)", process.stdout.readline())
+        assert found is not None
+        # When a burst of 3 goals arrives
+        statuses = [httpx.post(found[1], json=GOAL, headers=AUTH).status_code for _ in range(3)]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    # Then 2 pass and the third is rate limited
+    assert statuses == [200, 200, 429]
