@@ -43,6 +43,7 @@ class Settings:
     enqueue_timeout_seconds: float = 2.0
     spool_dir: str | None = None
     batch_size: int = 1
+    max_in_flight: int = 256
     allow_insecure_api_url: bool = False
 
     def __post_init__(self) -> None:
@@ -120,6 +121,7 @@ ENV_NAMES: dict[str, str] = {
     "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
     "spool_dir": "GOALQUEUE_SPOOL_DIR",
     "batch_size": "GOALQUEUE_BATCH_SIZE",
+    "max_in_flight": "GOALQUEUE_MAX_IN_FLIGHT",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
 }
 
