@@ -3,7 +3,9 @@
 Every process the harness starts goes through :class:`Processes`, a context manager that
 stops them all on the way out (also on an exception or Ctrl+C): SIGTERM to the process
 group, then SIGKILL if it has not exited in time. Process groups matter because Celery's
-prefork pool forks children that must go too.
+prefork pool forks children that must go too. A supervisor such as ``goalqueue worker`` may
+start its workers in sessions of their own: a child's CPU is that of its whole process tree
+(its group and every descendant), and whatever of that tree outlives the stop is killed too.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ class Child:
         return self.log.read_text(errors="replace")[-tail:]
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of every live process in this child's process group."""
-        return group_cpu_seconds(self.pid)
+        """User + system CPU of this child's process tree (see :func:`tree_cpu_seconds`)."""
+        return tree_cpu_seconds(self.pid)
 
 
 @dataclass
@@ -106,12 +108,18 @@ class Processes:
 
     def stop(self, child: Child, timeout: float = 15.0) -> None:
         """SIGTERM the child's process group, then SIGKILL it after ``timeout`` seconds."""
+        tree = {stat.pid: stat.started for stat in _tree(child.pid)}
         if child.alive():
             _signal_group(child.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(timeout=timeout)
-        # Whatever is left of the group (a prefork child, a stuck process) is killed outright.
+        # Whatever is left of the group (a prefork child, a stuck process) is killed outright,
+        # and so is any descendant in a session of its own (the same process, by start time).
         _signal_group(child.pid, signal.SIGKILL)
+        for stat in _process_stats():
+            if tree.get(stat.pid) == stat.started:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(stat.pid, signal.SIGKILL)
         if child.alive():
             child.process.wait(timeout=10)
         if child.process.stdout is not None:
@@ -159,9 +167,19 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of the live processes in process group ``pgid``."""
-    total = 0
+@dataclass(frozen=True)
+class ProcessStat:
+    """What ``/proc/<pid>/stat`` says about one process."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    started: int
+    cpu_ticks: int
+
+
+def _process_stats() -> list[ProcessStat]:
+    stats = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -169,11 +187,37 @@ def group_cpu_seconds(pgid: int) -> float:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        # Fields after the parenthesised command: state ppid pgrp ... utime(14) stime(15)
+        # Fields after the parenthesised command: state(3) ppid(4) pgrp(5) ... utime(14)
+        # stime(15) cutime(16) cstime(17) ... starttime(22), here counted from state = 0.
         fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / _CLOCK_TICKS
+        ticks = sum(int(value) for value in fields[11:15])
+        stats.append(
+            ProcessStat(int(entry), int(fields[1]), int(fields[2]), int(fields[19]), ticks)
+        )
+    return stats
+
+
+def _tree(root: int) -> list[ProcessStat]:
+    """The live processes of process group ``root`` and every live descendant of ``root``."""
+    stats = _process_stats()
+    children: dict[int, list[ProcessStat]] = {}
+    for stat in stats:
+        children.setdefault(stat.ppid, []).append(stat)
+    found = {stat.pid: stat for stat in stats if stat.pgrp == root or stat.pid == root}
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child.pid not in found:
+                found[child.pid] = child
+                todo.append(child.pid)
+    return list(found.values())
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root``'s process tree: the live processes of its process
+    group and its live descendants (in a session of their own too), with the CPU of the
+    children each of them has reaped."""
+    return sum(stat.cpu_ticks for stat in _tree(root)) / _CLOCK_TICKS
 
 
 def machine_busy_seconds() -> float:
