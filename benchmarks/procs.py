@@ -72,8 +72,8 @@ class Child:
         return self.log.read_text(errors="replace")[-tail:]
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of this child's process tree (see :func:`tree_cpu_seconds`)."""
-        return tree_cpu_seconds(self.pid)
+        """User + system CPU of this child's process tree (see :meth:`ProcessTable.cpu_seconds`)."""
+        return ProcessTable.read().cpu_seconds(self.pid)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Processes:
 
     def stop(self, child: Child, timeout: float = 15.0) -> None:
         """SIGTERM the child's process group, then SIGKILL it after ``timeout`` seconds."""
-        tree = {stat.pid: stat.started for stat in _tree(child.pid)}
+        tree = {stat.pid: stat.started for stat in ProcessTable.read().tree(child.pid)}
         if child.alive():
             _signal_group(child.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -116,7 +116,7 @@ class Processes:
         # Whatever is left of the group (a prefork child, a stuck process) is killed outright,
         # and so is any descendant in a session of its own (the same process, by start time).
         _signal_group(child.pid, signal.SIGKILL)
-        for stat in _process_stats():
+        for stat in ProcessTable.read().stats:
             if tree.get(stat.pid) == stat.started:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(stat.pid, signal.SIGKILL)
@@ -178,46 +178,54 @@ class ProcessStat:
     cpu_ticks: int
 
 
-def _process_stats() -> list[ProcessStat]:
-    stats = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state(3) ppid(4) pgrp(5) ... utime(14)
-        # stime(15) cutime(16) cstime(17) ... starttime(22), here counted from state = 0.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        ticks = sum(int(value) for value in fields[11:15])
-        stats.append(
-            ProcessStat(int(entry), int(fields[1]), int(fields[2]), int(fields[19]), ticks)
-        )
-    return stats
+def _read_stat(pid: str) -> ProcessStat | None:
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        stat = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # Fields after the parenthesised command: state(3) ppid(4) pgrp(5) ... utime(14)
+    # stime(15) cutime(16) cstime(17) ... starttime(22), here counted from state = 0.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    ticks = sum(int(value) for value in fields[11:15])
+    return ProcessStat(int(pid), int(fields[1]), int(fields[2]), int(fields[19]), ticks)
 
 
-def _tree(root: int) -> list[ProcessStat]:
-    """The live processes of process group ``root`` and every live descendant of ``root``."""
-    stats = _process_stats()
-    children: dict[int, list[ProcessStat]] = {}
-    for stat in stats:
-        children.setdefault(stat.ppid, []).append(stat)
-    found = {stat.pid: stat for stat in stats if stat.pgrp == root or stat.pid == root}
-    todo = list(found)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child.pid not in found:
-                found[child.pid] = child
-                todo.append(child.pid)
-    return list(found.values())
+@dataclass(frozen=True)
+class ProcessTable:
+    """Every process on the machine at one moment (one pass over ``/proc``)."""
 
+    stats: list[ProcessStat]
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of ``root``'s process tree: the live processes of its process
-    group and its live descendants (in a session of their own too), with the CPU of the
-    children each of them has reaped."""
-    return sum(stat.cpu_ticks for stat in _tree(root)) / _CLOCK_TICKS
+    @classmethod
+    def read(cls) -> ProcessTable:
+        found = (_read_stat(entry) for entry in os.listdir("/proc") if entry.isdigit())
+        return cls([stat for stat in found if stat is not None])
+
+    def tree(self, root: int) -> list[ProcessStat]:
+        """The processes of process group ``root`` and every descendant of ``root``."""
+        children: dict[int, list[ProcessStat]] = {}
+        for stat in self.stats:
+            children.setdefault(stat.ppid, []).append(stat)
+        found = {stat.pid: stat for stat in self.stats if root in (stat.pgrp, stat.pid)}
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child.pid not in found:
+                    found[child.pid] = child
+                    todo.append(child.pid)
+        return list(found.values())
+
+    def cpu_seconds(self, root: int) -> float:
+        """User + system CPU seconds of ``root``'s process tree (its process group and its
+        descendants, in sessions of their own too), with the CPU of the children each of
+        them has reaped."""
+        return sum(stat.cpu_ticks for stat in self.tree(root)) / _CLOCK_TICKS
 
 
 def machine_busy_seconds() -> float:
