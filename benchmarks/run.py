@@ -1,4 +1,4 @@
-"""goalqueue against plain Celery + httpx and against the raw limits, side by side.
+"""goalqueue against plain Celery + httpx and against the client limit, side by side.
 
     python -m benchmarks.run [--quick] [--n N] [--json PATH] [--variant ARGS ...]
 
@@ -9,9 +9,10 @@ plain Celery, each flushed before and after every scenario. It measures
 1. enqueue cost (µs/goal): ``track_goal``, ``track_goals`` in bulk, bare ``apply_async``, raw
    ``LPUSH`` of the same message;
 2. delivery throughput (goals/s) of one worker node at 0 ms and 50 ms endpoint latency, for
-   goalqueue's default worker, plain Celery prefork and threads -c 8, and a raw httpx loop at
-   goalqueue's concurrency; N goals are enqueued first and the rate is taken between the first
-   and the last delivery the endpoint saw;
+   goalqueue's default worker, plain Celery prefork and threads -c 8, and the client limit (the
+   worker's HTTP client alone) in one process and one per core; N goals are enqueued first and
+   the rate runs from the first accepted goal to the N-th (steady state: start-up counts for
+   no one), with CPU per goal over the same window;
 3. Redis memory per queued goal (``INFO memory`` before and after N goals), ready and waiting;
 4. enqueue-to-delivered latency p50/p99, one goal at a time on an idle system;
 
@@ -31,13 +32,21 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from benchmarks import scenarios
 from benchmarks.procs import exclusive
 from benchmarks.scenarios import Row
-from benchmarks.systems import System, default_systems, goalqueue_defaults, variant
+from benchmarks.systems import (
+    System,
+    client_limits,
+    default_systems,
+    goalqueue_defaults,
+    variant,
+)
+from goalqueue.config import Settings
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -85,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     wanted = set(args.systems.split(","))
     systems = [s for s in default_systems() if s.key in wanted]
     systems += [variant(spec, i) for i, spec in enumerate(args.variant, 1)]
+    limits = [limit for limit in client_limits() if limit.key in wanted]
     log_dir = Path(tempfile.mkdtemp(prefix="goalqueue-bench-"))
     started = time.time()
     rows: list[Row] = []
@@ -106,20 +116,21 @@ def _run(args: argparse.Namespace) -> int:
         step("Redis memory", lambda: scenarios.memory(plan.memory_n))
     if "throughput" in sections:
         for latency_ms in (float(ms) for ms in args.latencies.split(",")):
-            for system in systems:
+            measured = [
+                (system.key, system.label, partial(scenarios.delivery, system))
+                for system in systems
+            ] + [
+                (limit.key, limit.label, partial(scenarios.client_limit, limit)) for limit in limits
+            ]
+            for key, label, measure in measured:
                 step(
-                    f"throughput {system.key} @ {latency_ms:g} ms",
-                    _throughput(system, latency_ms, plan, log_dir),
-                )
-            if "raw_httpx" in wanted:
-                step(
-                    f"throughput raw httpx @ {latency_ms:g} ms",
-                    _raw(concurrency, latency_ms, plan, log_dir),
-                )
-            if "raw_httpx_thread_clients" in wanted:
-                step(
-                    f"throughput raw httpx, a client per thread @ {latency_ms:g} ms",
-                    _raw(concurrency, latency_ms, plan, log_dir, per_thread=True),
+                    f"throughput {key} @ {latency_ms:g} ms",
+                    _throughput(
+                        key,
+                        label,
+                        latency_ms,
+                        partial(measure, latency_ms, plan.n, plan.budget_seconds, log_dir),
+                    ),
                 )
     if "latency" in sections:
         for system in systems:
@@ -156,7 +167,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--systems",
-        default="goalqueue,plain_prefork,plain_threads8,raw_httpx,raw_httpx_thread_clients",
+        default="goalqueue,plain_prefork,plain_threads8,client_limit_process,client_limit_node",
         help="comma-separated subset of the default systems to measure",
     )
     parser.add_argument(
@@ -180,43 +191,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _throughput(
-    system: System, latency_ms: float, plan: Plan, log_dir: Path
+    key: str, label: str, latency_ms: float, measure: Callable[[], dict[str, Any]]
 ) -> Callable[[], list[Row]]:
     def run() -> list[Row]:
-        result = scenarios.delivery(system, latency_ms, plan.n, plan.budget_seconds, log_dir)
-        return [
-            Row(
-                f"throughput_{latency_ms:g}ms",
-                system.key,
-                system.label,
-                result["goals_per_s"],
-                "goals/s",
-                result,
-            )
-        ]
-
-    return run
-
-
-def _raw(
-    concurrency: int, latency_ms: float, plan: Plan, log_dir: Path, per_thread: bool = False
-) -> Callable[[], list[Row]]:
-    def run() -> list[Row]:
-        result = scenarios.raw_http(
-            concurrency, latency_ms, plan.n, plan.budget_seconds, log_dir, per_thread
-        )
-        if per_thread:
-            key, label = (
-                "raw_httpx_thread_clients",
-                (f"raw httpx loop, {concurrency} threads, a client each (not a target)"),
-            )
-        else:
-            key, label = "raw_httpx", f"raw httpx loop, {concurrency} threads, one client"
-        return [
-            Row(
-                f"throughput_{latency_ms:g}ms", key, label, result["goals_per_s"], "goals/s", result
-            )
-        ]
+        result = measure()
+        section = f"throughput_{latency_ms:g}ms"
+        return [Row(section, key, label, result["goals_per_s"], "goals/s", result)]
 
     return run
 
@@ -284,10 +264,10 @@ def check_targets(rows: list[Row]) -> list[Target]:
             lambda v: v >= 8,
         ),
         _check(
-            "throughput @0ms / raw httpx loop",
+            "throughput @0ms / client limit 1 process",
             _ratio(
                 _value(rows, "throughput_0ms", "goalqueue"),
-                _value(rows, "throughput_0ms", "raw_httpx"),
+                _value(rows, "throughput_0ms", "client_limit_process"),
             ),
             ">= 0.9",
             lambda v: v >= 0.9,
@@ -323,8 +303,8 @@ def check_targets(rows: list[Row]) -> list[Target]:
 
 _TITLES = {
     "enqueue": "1. Enqueue cost",
-    "throughput_0ms": "2a. Delivery throughput, one worker node, endpoint latency 0 ms",
-    "throughput_50ms": "2b. Delivery throughput, one worker node, endpoint latency 50 ms",
+    "throughput_0ms": "2a. Delivery throughput, endpoint latency 0 ms (steady state)",
+    "throughput_50ms": "2b. Delivery throughput, endpoint latency 50 ms (steady state)",
     "memory": "3. Redis memory per queued goal",
     "latency": "4. Enqueue-to-delivered latency, idle system",
 }
@@ -341,6 +321,10 @@ def _note(row: Row) -> str:
     if row.section.startswith("throughput"):
         cpu = extra.get("cpu_us_per_goal", {})
         parts = [f"{extra['delivered']}/{extra['enqueued']} in {extra['seconds']} s"]
+        if not extra["complete"]:
+            parts.append("!! incomplete within the budget")
+        if extra.get("errors"):
+            parts.append(f"!! {extra['errors']} failed requests")
         if extra.get("duplicates"):
             parts.append(f"!! {extra['duplicates']} duplicate deliveries")
         if "settled" in extra:
@@ -410,6 +394,7 @@ def _meta(
         "plan": asdict(plan),
         "goalqueue_pool": pool,
         "goalqueue_concurrency": concurrency,
+        "max_in_flight": Settings().max_in_flight,
         "endpoint": "benchmarks.endpoint (minimal asyncio HTTP/1.1 server, own process)",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -5,6 +5,8 @@
   Redis DB 12.
 * ``plain_prefork`` / ``plain_threads8``: :mod:`benchmarks.plain_celery` with Celery's default
   prefork pool, and with ``--pool threads -c 8``; Redis DB 11.
+* ``client_limit_process`` / ``client_limit_node``: :class:`ClientLimit`, the worker's HTTP
+  client alone (:mod:`benchmarks.client_limit`), in one process and in one process per core.
 
 A *variant* of goalqueue is the same worker with extra arguments, for experiments:
 ``--variant "-c 64 --loglevel=WARNING"``. ``NAME=VALUE`` tokens (upper-case names) are
@@ -28,6 +30,7 @@ import redis
 
 from benchmarks.workload import API_KEY, goal_body, goal_fields
 from goalqueue import GoalQueue
+from goalqueue.config import Settings
 
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 GOALQUEUE_DB = 12
@@ -124,6 +127,36 @@ def default_systems() -> list[System]:
             "plain Celery, --pool threads -c 8",
             "plain",
             ("--pool", "threads", "-c", "8"),
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class ClientLimit:
+    """The worker's HTTP client alone (:mod:`benchmarks.client_limit`): no queue, no Redis."""
+
+    key: str
+    label: str
+    processes: int
+    concurrency: int
+
+
+def client_limits() -> list[ClientLimit]:
+    """In one process, and in one process per core, at the worker's requests in flight."""
+    concurrency = Settings().max_in_flight
+    cores = os.cpu_count() or 1
+    return [
+        ClientLimit(
+            "client_limit_process",
+            f"client limit, 1 process, {concurrency} in flight",
+            1,
+            concurrency,
+        ),
+        ClientLimit(
+            "client_limit_node",
+            f"client limit, {cores} processes (1 per core), {concurrency} in flight each",
+            cores,
+            concurrency,
         ),
     ]
 
