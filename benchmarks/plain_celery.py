@@ -4,6 +4,7 @@ Idiomatic and honest: late acks, automatic retries with exponential backoff on a
 (``raise_for_status`` turns 4xx/5xx into one), one module-level keep-alive client, and
 Celery's defaults for everything else. The benchmark runs it as
 
+    celery -A benchmarks.plain_celery worker --pool threads -c 100
     celery -A benchmarks.plain_celery worker                      (prefork, one child per core)
     celery -A benchmarks.plain_celery worker --pool threads -c 8
 

@@ -3,7 +3,9 @@
 Every process the harness starts goes through :class:`Processes`, a context manager that
 stops them all on the way out (also on an exception or Ctrl+C): SIGTERM to the process
 group, then SIGKILL if it has not exited in time. Process groups matter because Celery's
-prefork pool forks children that must go too.
+prefork pool forks children that must go too. A supervisor such as ``goalqueue worker`` may
+start its workers in sessions of their own: a child's CPU is that of its whole process tree
+(its group and every descendant), and whatever of that tree outlives the stop is killed too.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ class Child:
         return self.log.read_text(errors="replace")[-tail:]
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of every live process in this child's process group."""
-        return group_cpu_seconds(self.pid)
+        """User + system CPU of this child's process tree (see :meth:`ProcessTable.cpu_seconds`)."""
+        return ProcessTable.read().cpu_seconds(self.pid)
 
 
 @dataclass
@@ -106,12 +108,18 @@ class Processes:
 
     def stop(self, child: Child, timeout: float = 15.0) -> None:
         """SIGTERM the child's process group, then SIGKILL it after ``timeout`` seconds."""
+        tree = {stat.pid: stat.started for stat in ProcessTable.read().tree(child.pid)}
         if child.alive():
             _signal_group(child.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(timeout=timeout)
-        # Whatever is left of the group (a prefork child, a stuck process) is killed outright.
+        # Whatever is left of the group (a prefork child, a stuck process) is killed outright,
+        # and so is any descendant in a session of its own (the same process, by start time).
         _signal_group(child.pid, signal.SIGKILL)
+        for stat in ProcessTable.read().stats:
+            if tree.get(stat.pid) == stat.started:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(stat.pid, signal.SIGKILL)
         if child.alive():
             child.process.wait(timeout=10)
         if child.process.stdout is not None:
@@ -159,21 +167,65 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of the live processes in process group ``pgid``."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state ppid pgrp ... utime(14) stime(15)
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / _CLOCK_TICKS
+@dataclass(frozen=True)
+class ProcessStat:
+    """What ``/proc/<pid>/stat`` says about one process."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    started: int
+    cpu_ticks: int
+
+
+def _read_stat(pid: str) -> ProcessStat | None:
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        stat = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # Fields after the parenthesised command: state(3) ppid(4) pgrp(5) ... utime(14)
+    # stime(15) cutime(16) cstime(17) ... starttime(22), here counted from state = 0.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    ticks = sum(int(value) for value in fields[11:15])
+    return ProcessStat(int(pid), int(fields[1]), int(fields[2]), int(fields[19]), ticks)
+
+
+@dataclass(frozen=True)
+class ProcessTable:
+    """Every process on the machine at one moment (one pass over ``/proc``)."""
+
+    stats: list[ProcessStat]
+
+    @classmethod
+    def read(cls) -> ProcessTable:
+        found = (_read_stat(entry) for entry in os.listdir("/proc") if entry.isdigit())
+        return cls([stat for stat in found if stat is not None])
+
+    def tree(self, root: int) -> list[ProcessStat]:
+        """The processes of process group ``root`` and every descendant of ``root``."""
+        children: dict[int, list[ProcessStat]] = {}
+        for stat in self.stats:
+            children.setdefault(stat.ppid, []).append(stat)
+        found = {stat.pid: stat for stat in self.stats if root in (stat.pgrp, stat.pid)}
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child.pid not in found:
+                    found[child.pid] = child
+                    todo.append(child.pid)
+        return list(found.values())
+
+    def cpu_seconds(self, root: int) -> float:
+        """User + system CPU seconds of ``root``'s process tree (its process group and its
+        descendants, in sessions of their own too), with the CPU of the children each of
+        them has reaped."""
+        return sum(stat.cpu_ticks for stat in self.tree(root)) / _CLOCK_TICKS
 
 
 def machine_busy_seconds() -> float:

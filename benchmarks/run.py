@@ -1,4 +1,4 @@
-"""goalqueue against plain Celery + httpx and against the raw limits, side by side.
+"""goalqueue against plain Celery + httpx and against the client limit, side by side.
 
     python -m benchmarks.run [--quick] [--n N] [--json PATH] [--variant ARGS ...]
 
@@ -8,10 +8,11 @@ plain Celery, each flushed before and after every scenario. It measures
 
 1. enqueue cost (µs/goal): ``track_goal``, ``track_goals`` in bulk, bare ``apply_async``, raw
    ``LPUSH`` of the same message;
-2. delivery throughput (goals/s) of one worker node at 0 ms and 50 ms endpoint latency, for
-   goalqueue's default worker, plain Celery prefork and threads -c 8, and a raw httpx loop at
-   goalqueue's concurrency; N goals are enqueued first and the rate is taken between the first
-   and the last delivery the endpoint saw;
+2. delivery throughput (goals/s) at 0 ms and 50 ms endpoint latency of one goalqueue worker
+   process and one node (``goalqueue worker``), plain Celery threads -c 100, and the client
+   limit (the worker's HTTP client alone) in one process and one per core; N goals are
+   enqueued first and the rate runs from the first accepted goal to the N-th (steady state:
+   start-up counts for no one), with CPU per goal over the same window;
 3. Redis memory per queued goal (``INFO memory`` before and after N goals), ready and waiting;
 4. enqueue-to-delivered latency p50/p99, one goal at a time on an idle system;
 
@@ -31,15 +32,20 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from benchmarks import scenarios
 from benchmarks.procs import exclusive
 from benchmarks.scenarios import Row
-from benchmarks.systems import System, default_systems, goalqueue_defaults, variant
+from benchmarks.systems import System, all_systems, client_limits, goalqueue_defaults, variant
+from goalqueue.config import Settings
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+DEFAULT_SYSTEMS = (
+    "goalqueue_process,goalqueue_node,plain_threads100,client_limit_process,client_limit_node"
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,9 @@ def _run(args: argparse.Namespace) -> int:
     sections = set(args.sections.split(","))
     pool, concurrency = goalqueue_defaults()
     wanted = set(args.systems.split(","))
-    systems = [s for s in default_systems() if s.key in wanted]
+    systems = [s for s in all_systems() if s.key in wanted]
     systems += [variant(spec, i) for i, spec in enumerate(args.variant, 1)]
+    limits = [limit for limit in client_limits() if limit.key in wanted]
     log_dir = Path(tempfile.mkdtemp(prefix="goalqueue-bench-"))
     started = time.time()
     rows: list[Row] = []
@@ -106,24 +113,26 @@ def _run(args: argparse.Namespace) -> int:
         step("Redis memory", lambda: scenarios.memory(plan.memory_n))
     if "throughput" in sections:
         for latency_ms in (float(ms) for ms in args.latencies.split(",")):
-            for system in systems:
+            measured = [
+                (system.key, system.label, partial(scenarios.delivery, system))
+                for system in systems
+            ] + [
+                (limit.key, limit.label, partial(scenarios.client_limit, limit)) for limit in limits
+            ]
+            for key, label, measure in measured:
                 step(
-                    f"throughput {system.key} @ {latency_ms:g} ms",
-                    _throughput(system, latency_ms, plan, log_dir),
-                )
-            if "raw_httpx" in wanted:
-                step(
-                    f"throughput raw httpx @ {latency_ms:g} ms",
-                    _raw(concurrency, latency_ms, plan, log_dir),
-                )
-            if "raw_httpx_thread_clients" in wanted:
-                step(
-                    f"throughput raw httpx, a client per thread @ {latency_ms:g} ms",
-                    _raw(concurrency, latency_ms, plan, log_dir, per_thread=True),
+                    f"throughput {key} @ {latency_ms:g} ms",
+                    _throughput(
+                        key,
+                        label,
+                        latency_ms,
+                        partial(measure, latency_ms, plan.n, plan.budget_seconds, log_dir),
+                    ),
                 )
     if "latency" in sections:
         for system in systems:
-            step(f"latency {system.key}", _latency(system, plan, log_dir))
+            if system.measures_latency:
+                step(f"latency {system.key}", _latency(system, plan, log_dir))
 
     targets = check_targets(rows)
     print(render(rows, targets))
@@ -156,8 +165,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--systems",
-        default="goalqueue,plain_prefork,plain_threads8,raw_httpx,raw_httpx_thread_clients",
-        help="comma-separated subset of the default systems to measure",
+        default=DEFAULT_SYSTEMS,
+        help=f"comma-separated systems to measure (default {DEFAULT_SYSTEMS}; also "
+        "plain_prefork,plain_threads8)",
     )
     parser.add_argument(
         "--latencies", default="0,50", help="endpoint latencies (ms) for the throughput runs"
@@ -176,47 +186,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help='an extra goalqueue worker to measure, e.g. "-c 64 --loglevel=WARNING" '
         '(leading NAME=VALUE tokens are env vars; "-A module" swaps the app)',
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    known = {system.key for system in all_systems()} | {limit.key for limit in client_limits()}
+    unknown = set(args.systems.split(",")) - known
+    if unknown:
+        parser.error(
+            f"unknown systems {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
+    return args
 
 
 def _throughput(
-    system: System, latency_ms: float, plan: Plan, log_dir: Path
+    key: str, label: str, latency_ms: float, measure: Callable[[], dict[str, Any]]
 ) -> Callable[[], list[Row]]:
     def run() -> list[Row]:
-        result = scenarios.delivery(system, latency_ms, plan.n, plan.budget_seconds, log_dir)
-        return [
-            Row(
-                f"throughput_{latency_ms:g}ms",
-                system.key,
-                system.label,
-                result["goals_per_s"],
-                "goals/s",
-                result,
-            )
-        ]
-
-    return run
-
-
-def _raw(
-    concurrency: int, latency_ms: float, plan: Plan, log_dir: Path, per_thread: bool = False
-) -> Callable[[], list[Row]]:
-    def run() -> list[Row]:
-        result = scenarios.raw_http(
-            concurrency, latency_ms, plan.n, plan.budget_seconds, log_dir, per_thread
-        )
-        if per_thread:
-            key, label = (
-                "raw_httpx_thread_clients",
-                (f"raw httpx loop, {concurrency} threads, a client each (not a target)"),
-            )
-        else:
-            key, label = "raw_httpx", f"raw httpx loop, {concurrency} threads, one client"
-        return [
-            Row(
-                f"throughput_{latency_ms:g}ms", key, label, result["goals_per_s"], "goals/s", result
-            )
-        ]
+        result = measure()
+        section = f"throughput_{latency_ms:g}ms"
+        return [Row(section, key, label, result["goals_per_s"], "goals/s", result)]
 
     return run
 
@@ -249,11 +235,19 @@ def _latency(system: System, plan: Plan, log_dir: Path) -> Callable[[], list[Row
 # --------------------------------------------------------------------------- targets
 
 
+def _row(rows: list[Row], section: str, key: str) -> Row | None:
+    return next((row for row in rows if row.section == section and row.key == key), None)
+
+
 def _value(rows: list[Row], section: str, key: str) -> float | None:
-    for row in rows:
-        if row.section == section and row.key == key:
-            return row.value
-    return None
+    row = _row(rows, section, key)
+    return None if row is None else row.value
+
+
+def _cpu(rows: list[Row], section: str, key: str, party: str) -> float | None:
+    """A throughput row's CPU µs per goal of one party (worker, client, endpoint, redis)."""
+    row = _row(rows, section, key)
+    return None if row is None else row.extra.get("cpu_us_per_goal", {}).get(party)
 
 
 def _ratio(top: float | None, bottom: float | None) -> float | None:
@@ -262,60 +256,70 @@ def _ratio(top: float | None, bottom: float | None) -> float | None:
     return round(top / bottom, 2)
 
 
-def _check(name: str, value: float | None, goal: str, ok: Callable[[float], bool]) -> Target:
-    return Target(name, value, goal, None if value is None else ok(value))
+def _at_least(name: str, value: float | None, bound: float, suffix: str = "") -> Target:
+    return Target(name, value, f">= {bound}{suffix}", None if value is None else value >= bound)
+
+
+def _at_most(name: str, value: float | None, bound: float) -> Target:
+    return Target(name, value, f"<= {bound}", None if value is None else value <= bound)
 
 
 def check_targets(rows: list[Row]) -> list[Target]:
     """The issue's targets, as ratios of numbers measured side by side in this run."""
-    t50 = _value(rows, "throughput_50ms", "goalqueue")
-    plain50 = [
-        v
-        for k in ("plain_prefork", "plain_threads8")
-        if (v := _value(rows, "throughput_50ms", k)) is not None
-    ]
+
+    def at(latency: str, key: str) -> float | None:
+        return _value(rows, f"throughput_{latency}", key)
+
+    def versus(latency: str, top: str, bottom: str) -> float | None:
+        return _ratio(at(latency, top), at(latency, bottom))
+
     single = _value(rows, "enqueue", "track_goal")
+    cpu_ratio = _ratio(
+        _cpu(rows, "throughput_50ms", "goalqueue_process", "worker"),
+        _cpu(rows, "throughput_50ms", "client_limit_process", "client"),
+    )
     return [
-        _check("throughput @50ms (goals/s)", t50, ">= 1000", lambda v: v >= 1000),
-        _check(
-            "throughput @50ms / best plain Celery",
-            _ratio(t50, max(plain50, default=None)),
-            ">= 8x",
-            lambda v: v >= 8,
+        _at_least("one node @50ms (goals/s)", at("50ms", "goalqueue_node"), 1000),
+        _at_least(
+            "one process / client limit 1 process @50ms",
+            versus("50ms", "goalqueue_process", "client_limit_process"),
+            0.7,
         ),
-        _check(
-            "throughput @0ms / raw httpx loop",
-            _ratio(
-                _value(rows, "throughput_0ms", "goalqueue"),
-                _value(rows, "throughput_0ms", "raw_httpx"),
-            ),
-            ">= 0.9",
-            lambda v: v >= 0.9,
+        _at_least(
+            "one node / client limit per core @50ms",
+            versus("50ms", "goalqueue_node", "client_limit_node"),
+            0.7,
         ),
-        _check(
+        _at_least(
+            "one process / plain threads -c 100 @50ms",
+            versus("50ms", "goalqueue_process", "plain_threads100"),
+            3,
+            "x",
+        ),
+        _at_least(
+            "one node / client limit per core @0ms",
+            versus("0ms", "goalqueue_node", "client_limit_node"),
+            0.7,
+        ),
+        _at_most(
+            "enqueue-to-delivered p50, idle (ms)",
+            _value(rows, "latency", "goalqueue_process_p50"),
+            10,
+        ),
+        _at_most("worker CPU/goal / client limit CPU/request @50ms", cpu_ratio, 1.5),
+        _at_most(
             "track_goal / bare apply_async (time)",
             _ratio(single, _value(rows, "enqueue", "apply_async")),
-            "<= 1.0",
-            lambda v: v <= 1.0,
+            1.0,
         ),
-        _check(
+        _at_least(
             "track_goal / track_goals per goal (time)",
             _ratio(single, _value(rows, "enqueue", "track_goals")),
-            ">= 5x",
-            lambda v: v >= 5,
+            5,
+            "x",
         ),
-        _check(
-            "memory per ready goal (B)",
-            _value(rows, "memory", "goalqueue_ready"),
-            "<= 500",
-            lambda v: v <= 500,
-        ),
-        _check(
-            "memory per waiting goal (B)",
-            _value(rows, "memory", "goalqueue_waiting"),
-            "<= 500",
-            lambda v: v <= 500,
-        ),
+        _at_most("memory per ready goal (B)", _value(rows, "memory", "goalqueue_ready"), 500),
+        _at_most("memory per waiting goal (B)", _value(rows, "memory", "goalqueue_waiting"), 500),
     ]
 
 
@@ -323,8 +327,8 @@ def check_targets(rows: list[Row]) -> list[Target]:
 
 _TITLES = {
     "enqueue": "1. Enqueue cost",
-    "throughput_0ms": "2a. Delivery throughput, one worker node, endpoint latency 0 ms",
-    "throughput_50ms": "2b. Delivery throughput, one worker node, endpoint latency 50 ms",
+    "throughput_0ms": "2a. Delivery throughput, endpoint latency 0 ms (steady state)",
+    "throughput_50ms": "2b. Delivery throughput, endpoint latency 50 ms (steady state)",
     "memory": "3. Redis memory per queued goal",
     "latency": "4. Enqueue-to-delivered latency, idle system",
 }
@@ -341,6 +345,10 @@ def _note(row: Row) -> str:
     if row.section.startswith("throughput"):
         cpu = extra.get("cpu_us_per_goal", {})
         parts = [f"{extra['delivered']}/{extra['enqueued']} in {extra['seconds']} s"]
+        if not extra["complete"]:
+            parts.append("!! incomplete within the budget")
+        if extra.get("errors"):
+            parts.append(f"!! {extra['errors']} failed requests")
         if extra.get("duplicates"):
             parts.append(f"!! {extra['duplicates']} duplicate deliveries")
         if "settled" in extra:
@@ -385,6 +393,7 @@ def render(rows: list[Row], targets: list[Target]) -> str:
         for row in selected:
             lines.append(f"  {row.label:<{width}}{_fmt(row.value):>10} {row.unit:<8} {_note(row)}")
     lines += ["", "Targets (ratios from this run)"]
+    name_width = max((len(target.name) for target in targets), default=40) + 2
     for target in targets:
         verdict = {True: "MET", False: "MISSED", None: "n/a"}[target.met]
         value = (
@@ -392,7 +401,7 @@ def render(rows: list[Row], targets: list[Target]) -> str:
             if target.value is None
             else (f"{target.value:.2f}" if abs(target.value) < 10 else _fmt(target.value))
         )
-        lines.append(f"  {target.name:<45}{value:>10}  {target.goal:<9}{verdict}")
+        lines.append(f"  {target.name:<{name_width}}{value:>10}  {target.goal:<9}{verdict}")
     return "\n".join(lines)
 
 
@@ -410,6 +419,7 @@ def _meta(
         "plan": asdict(plan),
         "goalqueue_pool": pool,
         "goalqueue_concurrency": concurrency,
+        "max_in_flight": Settings().max_in_flight,
         "endpoint": "benchmarks.endpoint (minimal asyncio HTTP/1.1 server, own process)",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

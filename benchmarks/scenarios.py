@@ -6,10 +6,11 @@ before returning, so one scenario never sees another's processes, keys or backlo
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 import httpx
 import redis
 
+from benchmarks.client_limit import RESULT_PREFIX
 from benchmarks.procs import (
     Child,
     Processes,
+    ProcessTable,
     machine_busy_seconds,
     own_cpu_seconds,
     read_line,
@@ -28,6 +31,7 @@ from benchmarks.systems import (
     BULK_BATCH,
     GOALQUEUE_URL,
     PLAIN_URL,
+    ClientLimit,
     System,
     bounded_poll,
     flush,
@@ -86,13 +90,18 @@ class Endpoint:
 
     def arrivals(self) -> dict[str, float]:
         """Idempotency key -> time its goal was answered (the first time, if repeated)."""
-        arrivals: dict[str, float] = {}
-        for at, key in self.events():
-            arrivals.setdefault(key, at)
-        return arrivals
+        return first_arrivals(self.events())
 
     def close(self) -> None:
         self.admin.close()
+
+
+def first_arrivals(events: list[tuple[float, str]]) -> dict[str, float]:
+    """Idempotency key -> the time its goal was first answered."""
+    arrivals: dict[str, float] = {}
+    for at, key in events:
+        arrivals.setdefault(key, at)
+    return arrivals
 
 
 def _env() -> dict[str, str]:
@@ -102,6 +111,25 @@ def _env() -> dict[str, str]:
 def redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+@dataclass(frozen=True)
+class Parties:
+    """Whose CPU a scenario measures: the process trees it started, by name, and Redis."""
+
+    trees: dict[str, Sequence[Child]]
+    redis: redis.Redis | None = None
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds of each party so far, from one look at the process table."""
+        table = ProcessTable.read()
+        cpu = {
+            name: sum(table.cpu_seconds(child.pid) for child in children)
+            for name, children in self.trees.items()
+        }
+        if self.redis is not None:
+            cpu["redis"] = redis_cpu(self.redis)
+        return cpu
 
 
 @dataclass
@@ -114,8 +142,8 @@ class Window:
     machine: float
 
 
-def _snapshot(count: int, parties: dict[str, Callable[[], float]]) -> Window:
-    cpu = {name: read() for name, read in parties.items()}
+def _snapshot(count: int, parties: Parties) -> Window:
+    cpu = parties.cpu()
     cpu["harness"] = own_cpu_seconds()
     return Window(count, time.monotonic(), cpu, machine_busy_seconds())
 
@@ -129,45 +157,75 @@ def foreign_cores(first: Window, last: Window) -> float:
 
 
 def watch_delivery(
-    endpoint: Endpoint,
-    n: int,
-    budget: float,
-    running: Child,
-    parties: dict[str, Callable[[], float]],
+    endpoint: Endpoint, n: int, budget: float, running: Sequence[Child], parties: Parties
 ) -> dict[str, Any]:
-    """Wait until ``n`` goals reached the endpoint (or ``budget`` seconds passed).
+    """Wait for the endpoint's first accepted goal (start-up, up to ``WORKER_BOOT_SECONDS``),
+    then until it accepted ``n`` goals or ``budget`` more seconds passed.
 
-    Returns goals/s between the first and the last delivery the endpoint saw, and the CPU
-    each party spent per goal over that window.
+    The rate runs from the first accepted goal to the ``n``-th, or to the last one seen when
+    fewer arrived within the budget (``complete`` is then false), so that start-up counts for
+    no one. The CPU each party spent per goal is taken over the same window: from the last
+    look before the first goal to the first look after the ``n``-th.
     """
-    first: Window | None = None
-    stats = endpoint.stats()
+    first = _before_first_goal(endpoint, running, parties)
+    count = 0
     for _ in bounded_poll(budget, 0.02):
-        stats = endpoint.stats()
-        if first is None and stats["count"] > 0:
-            first = _snapshot(stats["count"], parties)
-        if stats["count"] >= n or not running.alive():
+        count = endpoint.count()
+        if count >= n or not all(child.alive() for child in running):
             break
-    last = _snapshot(stats["count"], parties)
-    count = int(stats["count"])
-    events = endpoint.events()
-    distinct = len({key for _, key in events})
-    span = (stats["last"] or 0) - (stats["first"] or 0)
-    result: dict[str, Any] = {
-        "delivered": count,
+    last = _snapshot(count, parties)
+    _require_alive(running)
+    return {**steady_rate(endpoint.events(), n), **_cpu_per_goal(first, last)}
+
+
+def _before_first_goal(endpoint: Endpoint, running: Sequence[Child], parties: Parties) -> Window:
+    """The last look at every party's CPU before the endpoint accepted its first goal."""
+    before = _snapshot(0, parties)
+    for _ in bounded_poll(WORKER_BOOT_SECONDS, 0.02):
+        look = _snapshot(0, parties)
+        if endpoint.count() > 0:
+            return before
+        _require_alive(running)
+        before = look
+    raise TimeoutError(
+        f"no goal reached the endpoint within {WORKER_BOOT_SECONDS:g} s:\n{running[0].output()}"
+    )
+
+
+def _require_alive(running: Sequence[Child]) -> None:
+    for child in running:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} died:\n{child.output()}")
+
+
+def steady_rate(events: list[tuple[float, str]], n: int) -> dict[str, Any]:
+    """Goals/s from the first accepted goal to the ``n``-th (a goal counts once, when first
+    accepted), or to the last one accepted if fewer than ``n`` were."""
+    arrivals = sorted(first_arrivals(events).values())
+    reached = arrivals[:n]
+    span = reached[-1] - reached[0] if reached else 0.0
+    return {
+        "delivered": len(reached),
         "enqueued": n,
         "seconds": round(span, 3),
-        "goals_per_s": round((count - 1) / span, 1) if count > 1 and span > 0 else None,
-        "complete": distinct >= n,
-        "duplicates": len(events) - distinct,
+        "goals_per_s": round((len(reached) - 1) / span, 1) if span > 0 else None,
+        "complete": len(reached) >= n,
+        "duplicates": len(events) - len(arrivals),
     }
-    if first is not None and last.count > first.count:
-        goals = last.count - first.count
-        result["cpu_us_per_goal"] = {
-            name: round((last.cpu[name] - first.cpu[name]) / goals * 1e6) for name in parties
-        }
-        result["foreign_cores"] = foreign_cores(first, last)
-    return result
+
+
+def _cpu_per_goal(first: Window, last: Window) -> dict[str, Any]:
+    goals = last.count - first.count
+    if goals <= 0:
+        return {}
+    return {
+        "cpu_us_per_goal": {
+            name: round((last.cpu[name] - first.cpu[name]) / goals * 1e6)
+            for name in last.cpu
+            if name != "harness"
+        },
+        "foreign_cores": foreign_cores(first, last),
+    }
 
 
 # --------------------------------------------------------------------------- delivery
@@ -196,16 +254,9 @@ def delivery(
                 endpoint,
                 n,
                 budget,
-                workers[0],
-                {
-                    "worker": lambda: sum(w.cpu_seconds() for w in workers),
-                    "endpoint": endpoint.child.cpu_seconds,
-                    "redis": lambda: redis_cpu(client),
-                },
+                workers,
+                Parties({"worker": workers, "endpoint": [endpoint.child]}, client),
             )
-            for worker in workers:
-                if not worker.alive():
-                    raise RuntimeError(f"{system.key} worker died:\n{worker.output()}")
             if system.kind == "goalqueue":
                 result["settled"] = _settled(client, result["delivered"])
         finally:
@@ -226,45 +277,53 @@ def _settled(client: redis.Redis, delivered: int) -> int:
     return count
 
 
-def raw_http(
-    concurrency: int,
-    latency_ms: float,
-    n: int,
-    budget: float,
-    log_dir: Path,
-    per_thread: bool = False,
+def client_limit(
+    limit: ClientLimit, latency_ms: float, n: int, budget: float, log_dir: Path
 ) -> dict[str, Any]:
-    """The delivery-side limit: :mod:`benchmarks.rawhttp` against the same endpoint."""
+    """The client limit: :mod:`benchmarks.client_limit` POSTing ``n`` goals to the same endpoint."""
     with Processes(log_dir) as procs:
         endpoint = Endpoint(procs, latency_ms)
-        loop = procs.start(
-            f"rawhttp-{latency_ms:g}ms{'-per-thread' if per_thread else ''}",
+        client = procs.start(
+            f"{limit.key}-{latency_ms:g}ms",
             [
                 sys.executable,
                 "-m",
-                "benchmarks.rawhttp",
+                "benchmarks.client_limit",
                 "--url",
                 endpoint.url,
                 "--n",
                 str(n),
                 "--concurrency",
-                str(concurrency),
-                *(["--per-thread-client"] if per_thread else []),
+                str(limit.concurrency),
+                "--processes",
+                str(limit.processes),
             ],
             _env(),
+            capture_stdout=True,
         )
         try:
             result = watch_delivery(
                 endpoint,
                 n,
                 budget,
-                loop,
-                {"client": loop.cpu_seconds, "endpoint": endpoint.child.cpu_seconds},
+                [client],
+                Parties({"client": [client], "endpoint": [endpoint.child]}),
             )
+            result["errors"] = _client_errors(client, 30.0 if result["complete"] else 1.0)
         finally:
             endpoint.close()
-    result["concurrency"] = concurrency
+    result.update(processes=limit.processes, concurrency=limit.concurrency)
     return result
+
+
+def _client_errors(client: Child, timeout: float) -> int | None:
+    """The failed requests the client reports once done (``None``: it is not done yet)."""
+    assert client.process.stdout is not None
+    try:
+        line = read_line(client.process.stdout, RESULT_PREFIX, timeout)
+    except TimeoutError:
+        return None
+    return int(json.loads(line.removeprefix(RESULT_PREFIX))["errors"])
 
 
 # --------------------------------------------------------------------------- latency
@@ -282,9 +341,8 @@ def latency(system: System, samples: int, log_dir: Path) -> dict[str, Any]:
             enqueuer.one()
             _wait_count(endpoint, 1, WORKER_BOOT_SECONDS, worker)
             time.sleep(1.0)
-            first = _snapshot(
-                0, {"worker": worker.cpu_seconds, "endpoint": endpoint.child.cpu_seconds}
-            )
+            parties = Parties({"worker": [worker], "endpoint": [endpoint.child]})
+            first = _snapshot(0, parties)
             sent: dict[str, float] = {}
             for index in range(samples):
                 started = time.time()
@@ -292,9 +350,7 @@ def latency(system: System, samples: int, log_dir: Path) -> dict[str, Any]:
                 _wait_count(endpoint, index + 2, 10, worker, interval=0.001)
                 time.sleep(0.01)
             arrivals = endpoint.arrivals()
-            last = _snapshot(
-                0, {"worker": worker.cpu_seconds, "endpoint": endpoint.child.cpu_seconds}
-            )
+            last = _snapshot(0, parties)
         finally:
             endpoint.close()
             enqueuer.close()

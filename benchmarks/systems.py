@@ -1,12 +1,17 @@
 """The things under test: how to enqueue for them and how to start their workers.
 
-* ``goalqueue``: ``celery -A workers worker --loglevel=INFO``, exactly what ``goalqueue worker``
-  (the Dockerfile's and docker-compose's command) runs, with the app's own pool and concurrency;
-  Redis DB 12.
-* ``plain_prefork`` / ``plain_threads8``: :mod:`benchmarks.plain_celery` with Celery's default
-  prefork pool, and with ``--pool threads -c 8``; Redis DB 11.
+* ``goalqueue_process``: one worker process with the defaults,
+  ``celery -A workers worker --loglevel=INFO``; Redis DB 12.
+* ``goalqueue_node``: one node with the defaults, ``goalqueue worker --loglevel=INFO`` (this
+  virtualenv's console script, the Dockerfile's and docker-compose's command): whatever
+  processes it starts are the node, and its CPU is theirs together.
+* ``plain_threads100``: :mod:`benchmarks.plain_celery` with ``--pool threads -c 100``; Redis
+  DB 11. ``plain_prefork`` (Celery's default pool) and ``plain_threads8`` are context rows, run
+  only when asked for.
+* ``client_limit_process`` / ``client_limit_node``: :class:`ClientLimit`, the worker's HTTP
+  client alone (:mod:`benchmarks.client_limit`), in one process and in one process per core.
 
-A *variant* of goalqueue is the same worker with extra arguments, for experiments:
+A *variant* of goalqueue is the worker process with extra arguments, for experiments:
 ``--variant "-c 64 --loglevel=WARNING"``. ``NAME=VALUE`` tokens (upper-case names) are
 environment variables and ``-A module`` replaces the Celery app, e.g.
 ``--variant "-A benchmarks.experiments.no_events"``; ``--processes=2`` runs two worker
@@ -22,12 +27,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 import redis
 
 from benchmarks.workload import API_KEY, goal_body, goal_fields
 from goalqueue import GoalQueue
+from goalqueue.config import Settings
 
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 GOALQUEUE_DB = 12
@@ -35,6 +42,8 @@ PLAIN_DB = 11
 GOALQUEUE_URL = f"{REDIS_BASE}/{GOALQUEUE_DB}"
 PLAIN_URL = f"{REDIS_BASE}/{PLAIN_DB}"
 BULK_BATCH = 1000
+GOALQUEUE_SCRIPT = Path(sys.executable).parent / "goalqueue"
+"""This virtualenv's ``goalqueue`` console script."""
 
 Kind = Literal["goalqueue", "plain"]
 
@@ -76,6 +85,9 @@ class System:
     extra_env: tuple[tuple[str, str], ...] = ()
     app: str = ""
     processes: int = 1
+    command: tuple[str, ...] = ()
+    """The whole command, instead of ``celery -A app worker`` with ``worker_args``."""
+    measures_latency: bool = True
 
     @property
     def broker_url(self) -> str:
@@ -83,8 +95,12 @@ class System:
 
     def argv(self, index: int = 0) -> list[str]:
         """The command of this system's ``index``-th worker process."""
+        if self.command:
+            return list(self.command)
         app = self.app or ("workers" if self.kind == "goalqueue" else "benchmarks.plain_celery")
         loglevel = ["--loglevel=INFO"] if self.kind == "goalqueue" else []
+        # Processes side by side need distinct Celery node names.
+        hostname = [f"--hostname=bench-{self.key}-{index}@%h"] if self.processes > 1 else []
         return [
             sys.executable,
             "-m",
@@ -93,7 +109,7 @@ class System:
             app,
             "worker",
             *loglevel,
-            f"--hostname=bench-{self.key}-{index}@%h",
+            *hostname,
             *self.worker_args,
         ]
 
@@ -114,16 +130,59 @@ class System:
         return Enqueuer(self.kind)
 
 
-def default_systems() -> list[System]:
-    pool, concurrency = goalqueue_defaults()
+def all_systems() -> list[System]:
+    """Every worker system the harness knows, by key (not all run by default)."""
     return [
-        System("goalqueue", f"goalqueue default ({pool}, c={concurrency}, INFO logs)", "goalqueue"),
+        System("goalqueue_process", "goalqueue, one worker process (defaults)", "goalqueue"),
+        System(
+            "goalqueue_node",
+            "goalqueue, one node (defaults: goalqueue worker)",
+            "goalqueue",
+            command=(str(GOALQUEUE_SCRIPT), "worker", "--loglevel=INFO"),
+            measures_latency=False,
+        ),
+        System(
+            "plain_threads100",
+            "plain Celery, --pool threads -c 100",
+            "plain",
+            ("--pool", "threads", "-c", "100"),
+        ),
         System("plain_prefork", "plain Celery, prefork (default pool, c=cores)", "plain"),
         System(
             "plain_threads8",
             "plain Celery, --pool threads -c 8",
             "plain",
             ("--pool", "threads", "-c", "8"),
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class ClientLimit:
+    """The worker's HTTP client alone (:mod:`benchmarks.client_limit`): no queue, no Redis."""
+
+    key: str
+    label: str
+    processes: int
+    concurrency: int
+
+
+def client_limits() -> list[ClientLimit]:
+    """In one process, and in one process per core, at the worker's requests in flight."""
+    concurrency = Settings().max_in_flight
+    cores = os.cpu_count() or 1
+    return [
+        ClientLimit(
+            "client_limit_process",
+            f"client limit, 1 process, {concurrency} in flight",
+            1,
+            concurrency,
+        ),
+        ClientLimit(
+            "client_limit_node",
+            f"client limit, {cores} processes (1 per core), {concurrency} in flight each",
+            cores,
+            concurrency,
         ),
     ]
 

@@ -12,29 +12,37 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+THROUGHPUT_ROWS = {
+    "goalqueue_process",
+    "goalqueue_node",
+    "plain_threads100",
+    "client_limit_process",
+    "client_limit_node",
+}
 EXPECTED_ROWS = {
     "enqueue": {"track_goal", "track_goals", "apply_async", "raw_lpush"},
-    "throughput_0ms": {
-        "goalqueue",
-        "plain_prefork",
-        "plain_threads8",
-        "raw_httpx",
-        "raw_httpx_thread_clients",
-    },
-    "throughput_50ms": {
-        "goalqueue",
-        "plain_prefork",
-        "plain_threads8",
-        "raw_httpx",
-        "raw_httpx_thread_clients",
-    },
+    "throughput_0ms": THROUGHPUT_ROWS,
+    "throughput_50ms": THROUGHPUT_ROWS,
     "memory": {"goalqueue_ready", "goalqueue_waiting", "goalqueue_ready_single", "plain_ready"},
     "latency": {
         f"{system}_{p}"
-        for system in ("goalqueue", "plain_prefork", "plain_threads8")
+        for system in ("goalqueue_process", "plain_threads100")
         for p in ("p50", "p99")
     },
 }
+EXPECTED_TARGETS = [
+    "one node @50ms (goals/s)",
+    "one process / client limit 1 process @50ms",
+    "one node / client limit per core @50ms",
+    "one process / plain threads -c 100 @50ms",
+    "one node / client limit per core @0ms",
+    "enqueue-to-delivered p50, idle (ms)",
+    "worker CPU/goal / client limit CPU/request @50ms",
+    "track_goal / bare apply_async (time)",
+    "track_goal / track_goals per goal (time)",
+    "memory per ready goal (B)",
+    "memory per waiting goal (B)",
+]
 
 
 @pytest.mark.timeout(300)
@@ -73,6 +81,12 @@ def test_quick_benchmark_reports_every_row_as_a_number(tmp_path: Path) -> None:
         assert isinstance(row["value"], int | float), row
         assert row["value"] > 0, row
     assert found == EXPECTED_ROWS
-    # And every target was evaluated, met or not
-    assert len(data["targets"]) == 7
+    # And every throughput row says what each party's CPU was per goal
+    for row in data["rows"]:
+        if row["section"].startswith("throughput"):
+            doer = "client" if row["key"].startswith("client_limit") else "worker"
+            assert set(row["extra"]["cpu_us_per_goal"]) >= {doer, "endpoint"}, row
+    # And every target was evaluated, met or not, and printed
+    assert [target["name"] for target in data["targets"]] == EXPECTED_TARGETS
     assert all(isinstance(target["value"], int | float) for target in data["targets"])
+    assert all(name in done.stdout for name in EXPECTED_TARGETS)
