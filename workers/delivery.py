@@ -118,42 +118,64 @@ class Settlement:
 
 
 class Recorder:
-    """Records settlements in groups, each as soon as the previous round trip is done.
+    """Writes each settlement at once, from the coroutine that brings it.
 
-    Whatever arrives while a write is on its way goes into the next one, so the time from an
-    answer to its recorded outcome stays about one Redis round trip at any rate. A failed write
-    fails every settlement in its group.
+    Up to ``limit`` writes may be on their way at a time; settlements that come meanwhile wait,
+    and go together into one write as soon as one of those is done. The time from an answer to
+    its recorded outcome is so one round trip, not the wait for another write to finish: on a
+    busy event loop that wait grew to tens of milliseconds. A failed write fails every
+    settlement in it.
     """
 
-    def __init__(self, write: Callable[[Settlement], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[Settlement], Awaitable[None]], limit: int = 8) -> None:
         self._write = write
+        self._limit = limit
+        self._writing = 0
         self._waiting: list[tuple[Settlement, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._groups: set[asyncio.Task[None]] = set()
 
     async def record(self, settlement: Settlement) -> None:
         """Returns once ``settlement`` is written."""
+        if self._writing < self._limit:
+            await self._write_group([settlement], [])
+            return
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((settlement, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
         await future
 
-    async def _drain(self) -> None:
+    async def _write_group(
+        self, settlements: list[Settlement], futures: list[asyncio.Future[None]]
+    ) -> None:
+        self._writing += 1
         try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
-                try:
-                    await self._write(Settlement.merge(settlement for settlement, _ in group))
-                except Exception as exc:
-                    _resolve(group, exc)
-                else:
-                    _resolve(group, None)
+            await self._write(Settlement.merge(settlements))
+        except Exception as exc:
+            _resolve(futures, exc)
+            raise
+        else:
+            _resolve(futures, None)
         finally:
-            self._writer = None
+            self._writing -= 1
+            if self._waiting:
+                self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        """Everything that waited for a free write, as one group of its own."""
+        waiting, self._waiting = self._waiting, []
+        group = [settlement for settlement, _ in waiting]
+        task = asyncio.create_task(self._write_group(group, [future for _, future in waiting]))
+        self._groups.add(task)
+        task.add_done_callback(self._group_done)
+
+    def _group_done(self, task: asyncio.Task[None]) -> None:
+        """A group written for waiting settlements: each of them saw the outcome already."""
+        self._groups.discard(task)
+        if not task.cancelled():
+            task.exception()
 
 
-def _resolve(group: list[tuple[Settlement, asyncio.Future[None]]], exc: Exception | None) -> None:
-    for _, future in group:
+def _resolve(futures: list[asyncio.Future[None]], exc: Exception | None) -> None:
+    for future in futures:
         if future.done():
             continue
         if exc is None:
