@@ -162,10 +162,11 @@ class Recorder:
     def _write_waiting(self) -> None:
         """Everything that waited for a free write, as one group of its own."""
         waiting, self._waiting = self._waiting, []
-        group = [settlement for settlement, _ in waiting]
-        task = asyncio.create_task(self._write_group(group, [future for _, future in waiting]))
-        self._groups.add(task)
-        task.add_done_callback(self._group_done)
+        settlements = [settlement for settlement, _ in waiting]
+        futures = [future for _, future in waiting]
+        group = asyncio.create_task(self._write_group(settlements, futures))
+        self._groups.add(group)
+        group.add_done_callback(self._group_done)
 
     def _group_done(self, task: asyncio.Task[None]) -> None:
         """A group written for waiting settlements: each of them saw the outcome already."""
