@@ -90,9 +90,9 @@ class Form:
 
 PHASES = ("flow", "hang", "503", "429", "403", "401", "redis")
 # Duplicates come from kills: a request DataFast is processing at a SIGKILL is accepted and sent
-# again. A Redis restart while goals are being delivered costs duplicates too, until the delivery path
-# retries its settle (see the README): the short form restarts Redis while delivery is paused
-# (403), the long form also mid-flow.
+# again. A Redis restart while goals are being delivered costs duplicates too, until the
+# delivery path retries its settle (see the README): the short form restarts Redis while
+# delivery is paused (403), the long form also mid-flow.
 SHORT = Form(
     "short", goals=4000, bad_each=20, kills=10, rounds=1, phase_seconds=4.0, phases=PHASES[:-1]
 )
