@@ -14,6 +14,8 @@ goalqueue:pause               hash    until, reason, streak, key: delivery pause
 goalqueue:probe               string  id of the one event allowed through when a pause ends
 goalqueue:pace                hash    rate, tokens, at, ceiling, grown, dry: the shared send rate
                                       (a token bucket) after a 429, or under GOALQUEUE_MAX_RATE
+goalqueue:sent                hash    since, count, recent: goals sent by all workers, counted a
+                                      second at a time (a first 429's rate to start from)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ DELIVERED_COUNT = "goalqueue:count:delivered"
 PAUSE = "goalqueue:pause"
 PROBE = "goalqueue:probe"
 PACE = "goalqueue:pace"
+SENT = "goalqueue:sent"
 
 DELIVERED_PREFIX = "goalqueue:delivered:"
 

@@ -80,6 +80,22 @@ local function pace_save(pace)
              'ceiling', pace.ceiling, 'grown', pace.grown, 'dry', pace.dry and 1 or 0)
   redis.call('PEXPIRE', KEYS_PACE, PACE_TTL_MS)
 end
+-- Goals sent by every worker: counted a second at a time, so that a first 429 knows the rate
+-- that drew it.
+local function sent_add(now, n)
+  local s = redis.call('HMGET', KEYS_SENT, 'since', 'count', 'recent')
+  local since, count, recent = tonumber(s[1]) or now, tonumber(s[2]) or 0, tonumber(s[3]) or 0
+  if now - since >= 1 then recent, count, since = count / (now - since), 0, now end
+  redis.call('HSET', KEYS_SENT, 'since', since, 'count', count + n, 'recent', recent)
+  redis.call('PEXPIRE', KEYS_SENT, 60000)
+end
+local function sent_rate(now)
+  local s = redis.call('HMGET', KEYS_SENT, 'since', 'count', 'recent')
+  local since, count = tonumber(s[1]), tonumber(s[2]) or 0
+  if not since then return 0 end
+  if now - since >= 1 then return count / (now - since) end
+  return math.max(tonumber(s[3]) or 0, count / math.max(now - since, 0.25))
+end
 """
 
 # ARGV: now, key fingerprint, probe lease (ms), how many more to claim, task name,
@@ -137,7 +153,7 @@ for _, message in ipairs(popped) do
   end
 end
 local highest = tonumber(redis.call('GET', KEYS_TAKEN) or '0')
-local replies = {wait}
+local replies, sends = {wait}, 0
 for _, goal in ipairs(goals) do
   local eid, seq = goal[1], goal[2]
   if seq > highest then highest = seq; redis.call('SET', KEYS_TAKEN, seq) end
@@ -161,17 +177,20 @@ for _, goal in ipairs(goals) do
   elseif pace then
     if pace.tokens >= 1 then pace.tokens = pace.tokens - 1 else verdict = 'hold' end
   end
+  if verdict == 'send' or verdict == 'probe' then sends = sends + 1 end
   for _, field in ipairs({eid, seq, verdict, entry, streak}) do table.insert(replies, field) end
 end
 if pace then pace_save(pace) end
+if sends > 0 then sent_add(now, sends) end
 return replies
 """
 
 # ARGV: until, reason, streak, key fingerprint, now, max rate, halve (1 or 0).
 # Pauses delivery for everyone until ``until``; the next probe tests the API. A 429 (halve = 1)
-# that finds delivery running also halves the shared rate, starting one if there was none:
-# the 429s that come back while a pause is on are answers to the same rush. Returns the new
-# rate (goals/s, as text), or nil when the rate was left alone.
+# that finds delivery running also halves the shared rate, starting one if there was none at
+# half the rate the workers were sending at (at least 10 goals/s): the 429s that come back
+# while a pause is on are answers to the same rush. Returns the new rate (goals/s, as text), or
+# nil when the rate was left alone.
 DEFER = """
 local running = redis.call('EXISTS', KEYS_PAUSE) == 0
 redis.call('HSET', KEYS_PAUSE, 'until', ARGV[1], 'reason', ARGV[2], 'streak', ARGV[3],
@@ -183,7 +202,8 @@ local pace = pace_load(now, tonumber(ARGV[6]), false)
 if pace then
   pace.ceiling, pace.rate = pace.rate, math.max(PACE_MIN, pace.rate / 2)
 else
-  pace = {rate = PACE_START, ceiling = 0, at = now}
+  local sending = sent_rate(now)
+  pace = {rate = math.max(PACE_START, sending / 2), ceiling = sending, at = now}
 end
 pace.tokens, pace.grown, pace.dry = 0, now, false
 pace_save(pace)
@@ -266,8 +286,10 @@ class Scripts:
 
     def __init__(self, redis: Redis | AsyncRedis) -> None:
         self.enqueue = _register(redis, ENQUEUE, "SEQ", "LEDGER", "QUEUE")
-        self.take = _register(redis, TAKE, "QUEUE", "TAKEN", "LEDGER", "PAUSE", "PROBE", "PACE")
-        self.defer = _register(redis, DEFER, "PAUSE", "PROBE", "PACE")
+        self.take = _register(
+            redis, TAKE, "QUEUE", "TAKEN", "LEDGER", "PAUSE", "PROBE", "PACE", "SENT"
+        )
+        self.defer = _register(redis, DEFER, "PAUSE", "PROBE", "PACE", "SENT")
         self.sweep = _register(redis, SWEEP, "PAUSE", "PROBE", "WAITING", "SEQ", "LEDGER", "QUEUE")
         self.reconcile = _register(
             redis, RECONCILE, "TAKEN", "CHECKPOINTS", "SEQ", "LEDGER", "QUEUE"
@@ -288,6 +310,7 @@ _KEYS = {
     "DEAD": keys.DEAD,
     "COUNT": keys.DELIVERED_COUNT,
     "PACE": keys.PACE,
+    "SENT": keys.SENT,
 }
 
 

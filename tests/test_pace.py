@@ -12,8 +12,9 @@ import redis
 from goalqueue import GoalQueue, keys
 from goalqueue.config import Settings
 from goalqueue.message import TEMPLATE
+from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Scripts
-from tests.conftest import pop_message
+from tests.conftest import Workers, pop_message, wait_for
 
 NOW = 1_800_000_000.0
 
@@ -167,3 +168,22 @@ def test_a_429_under_a_cap_halves_below_the_cap(
         for tick in range(10):
             pace.sends(NOW + second + tick / 10)
     assert 50 < pace.rate() <= 100
+
+
+def test_a_backlog_drains_through_a_rate_limit_with_few_429s_after_the_first(
+    settings: Settings, queue: GoalQueue, sandbox: Sandbox, workers: Workers
+) -> None:
+    # Given DataFast letting 300 goals a second through, and a backlog of 2,000
+    sandbox.set_faults(rate_limit={"per_second": 300, "retry_after": 1})
+    ids = set(queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(2000)]))
+    # When two workers drain it
+    workers.start()
+    workers.start()
+    wait_for(lambda: ids <= {e.idempotency_key for e in sandbox.events(status=200)}, 60)
+    # Then every goal got through once; the first rush drew a storm of 429s, but after it the
+    # shared pace kept them few (without it, about ten times as many: see the README)
+    assert sandbox.stats().duplicates == 0
+    refused = [e.time for e in sandbox.events(status=429)]
+    assert refused, "the rate limit never bit"
+    after_the_first_storm = [t for t in refused if t > refused[0] + 1.5]
+    assert len(after_the_first_storm) <= 0.05 * len(ids), len(after_the_first_storm)
