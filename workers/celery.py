@@ -130,13 +130,8 @@ class _Runtime:
             self._engine = self._announcer = self._redis = None
 
     def _dispatcher(self) -> Any:
-        """A task-event dispatcher that sends what it is given as one message per flush."""
-        return app.events.Dispatcher(
-            harden(app.connection_for_write()),
-            hostname=self.hostname,
-            buffer_group=["task"],
-            buffer_limit=2 * settings.max_in_flight,
-        )
+        """A task-event dispatcher on the hardened transport, for the claimed goals' events."""
+        return app.events.Dispatcher(harden(app.connection_for_write()), hostname=self.hostname)
 
 
 runtime = _Runtime()
