@@ -64,8 +64,8 @@ class Plan:
         if quick:
             base = n or 100
             return cls(base, 3 * base, 1, 5 * base, 10, 15.0)
-        base = n or 5000
-        return cls(base, base, 3, 4 * base, 200, 30.0)
+        base = n or 10000
+        return cls(base, min(base, 5000), 3, 2 * base, 200, 30.0)
 
 
 @dataclass(frozen=True)

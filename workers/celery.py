@@ -42,7 +42,7 @@ from workers.transport import harden
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 4
 
 try:
     settings = get_settings()
