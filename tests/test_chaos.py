@@ -33,6 +33,7 @@ accepted by DataFast and sent again).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -89,6 +90,7 @@ class Form:
 
 
 PHASES = ("flow", "hang", "503", "429", "403", "401", "redis")
+HELD_BACK = frozenset({"429", "403", "401"})  # phases in which delivery is paused
 # Duplicates come from kills: a request DataFast is processing at a SIGKILL is accepted and sent
 # again. A Redis restart while goals are being delivered costs duplicates too, until the
 # delivery path retries its settle (see the README): the short form restarts Redis while
@@ -146,7 +148,7 @@ class Chaos:
         phases = form.rounds * len(form.phases)
         self.batches = _split(form.goals, phases)
         self.bad_batches = _split(form.bad_each, phases)
-        self.kills_per_phase = _split(form.kills, phases)
+        self.kills_per_phase = _spread_kills(form)
 
     # ----------------------------------------------------------------- goals
 
@@ -169,6 +171,12 @@ class Chaos:
 
     def start_worker(self, ready: bool = False) -> None:
         self.live.append(self.workers.start("-c", CONCURRENCY, ready=ready))
+
+    def enqueue_then_kill(self, index: int, count: int, *, kill: bool) -> None:
+        self.enqueue(index, count)
+        if kill:
+            time.sleep(self.rng.uniform(0.0, 0.25))  # a random moment, not a wait for a condition
+            self.kill_one()
 
     def kill_one(self) -> None:
         """SIGKILL a worker (a ready one if there is one) and start its replacement."""
@@ -204,16 +212,22 @@ class Chaos:
     def phase(self, index: int, name: str, round_: int) -> None:
         """Fault ``name`` on for a while, goals trickling in and workers SIGKILLed meanwhile.
 
-        The phase's goals come in four batches, the first as the fault starts, so that kills
-        find goals on their way.
+        The phase's goals come in four batches, the first as the fault starts; a kill follows a
+        batch at a random moment within a quarter of a second, so that it finds goals on their
+        way (where the fault lets them move).
         """
-        batches = [lambda n=n: self.enqueue(index, n) for n in _split(self.batches[index], 4)]
-        kills = [self.kill_one] * self.kills_per_phase[index]
-        batches.pop(0)()
+        first, *rest = _split(self.batches[index], 4)
+        kills = self.kills_per_phase[index]
+        batches: list[Callable[[], None]] = [
+            functools.partial(self.enqueue_then_kill, index, n, kill=i < kills)
+            for i, n in enumerate(rest)
+        ]
+        batches += [self.kill_one] * max(0, kills - len(rest))
+        self.enqueue(index, first)
         until = time.monotonic() + self.form.phase_seconds
         if name == "redis":  # restarted while goals are being delivered
             sig = signal.SIGKILL if round_ in self.form.redis_kill_rounds else signal.SIGTERM
-            self.run_until(until, [*batches, *kills, lambda: self.restart_redis(sig)])
+            self.run_until(until, [*batches, lambda: self.restart_redis(sig)])
             return
         if name != "flow":
             self.faults[f"phase_{name}"] += 1
@@ -228,7 +242,7 @@ class Chaos:
         extra = []
         if name == "403":  # restarted while delivery is paused, goals waiting in Redis
             extra.append(lambda: self.restart_redis(signal.SIGTERM))
-        self.run_until(until, [*batches, *kills, *extra])
+        self.run_until(until, [*batches, *extra])
         FAULT_OFF[name](self.sandbox)
 
     def restart_redis(self, sig: signal.Signals) -> None:
@@ -286,6 +300,15 @@ FAULT_OFF: dict[str, Callable[[Sandbox], Any]] = {
     "403": lambda sandbox: sandbox.set_faults(suspended=False),
     "401": lambda sandbox: sandbox.set_key(API_KEY),
 }
+
+
+def _spread_kills(form: Form) -> list[int]:
+    """Kills per phase: one in each phase that holds goals back (a pause: nothing is in flight),
+    the rest spread over the phases where goals move."""
+    phases = [name for _ in range(form.rounds) for name in form.phases]
+    held = [name in HELD_BACK for name in phases]
+    moving = _split(form.kills - sum(held), len(phases) - sum(held))
+    return [1 if is_held else moving.pop(0) for is_held in held]
 
 
 def _split(total: int, parts: int) -> list[int]:
