@@ -60,7 +60,7 @@ ACTIVITIES: list[tuple[str, str, str]] = [
     ("  TAKE script (own + claimed goals)", "Deliverer._take_once", "workers/delivery.py"),
     ("  HTTP POST (httpx on aiohttp)", "post_goal", "workers/client.py"),
     ("  classify + settle", "Deliverer._send", "workers/delivery.py"),
-    ("  recording (SETTLE, DEFER)", "Deliverer._write", "workers/delivery.py"),
+    ("  recording (SETTLE, DEFER)", "Writer.write", "workers/recording.py"),
     ("  GoalEvent from_json/to_json/attempted", "GoalEvent.", "goalqueue/event.py"),
     ("ack (kombu)", "Message.ack", "kombu/message.py"),
     ("task events sent (celery.events)", "", "celery/events/"),

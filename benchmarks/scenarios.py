@@ -42,7 +42,7 @@ from benchmarks.workload import goal_body, goal_fields
 from goalqueue import GoalQueue, keys
 from goalqueue.event import GoalEvent
 from goalqueue.message import TEMPLATE
-from goalqueue.scripts import Scripts
+from goalqueue.scripts import Scripts, Settlement
 
 WORKER_BOOT_SECONDS = 60.0
 
@@ -537,7 +537,6 @@ def keys_bytes(client: redis.Redis) -> int:
 def _park_everything(client: redis.Redis) -> None:
     """Move every ledger entry to the waiting set as a worker does after a 503, and drop the
     queue messages, so that only waiting goals are left."""
-    from workers.delivery import Settlement
     from workers.policy import classify
 
     answer = httpx.Response(
@@ -552,7 +551,7 @@ def _park_everything(client: redis.Redis) -> None:
         for entry in entries[start : start + BULK_BATCH]:
             event = GoalEvent.from_json(entry).attempted(now, 503, verdict.error)
             settlement.park(entry, event, due=now + 3600)
-        scripts.settle(settlement.script_args(0))
+        scripts.settle(settlement, 0)
     client.delete(keys.QUEUE)
 
 

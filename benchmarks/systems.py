@@ -13,9 +13,8 @@
 
 A *variant* of goalqueue is the worker process with extra arguments, for experiments:
 ``--variant "-c 64 --loglevel=WARNING"``. ``NAME=VALUE`` tokens (upper-case names) are
-environment variables and ``-A module`` replaces the Celery app, e.g.
-``--variant "-A benchmarks.experiments.no_events"``; ``--processes=2`` runs two worker
-processes side by side (still one node).
+environment variables and ``-A module`` replaces the Celery app; ``--processes=2`` runs two
+worker processes side by side (still one node).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import redis
 
 from goalqueue import keys
 from goalqueue.event import GoalEvent, dumps
-from goalqueue.message import TEMPLATE
 from goalqueue.scripts import Scripts
 
 RAW_LIMIT = 4096
@@ -144,7 +143,7 @@ class DeadLetters:
                 last_status=None,
                 last_error=None,
             )
-            if self.scripts.replay([TEMPLATE, event_id, fresh.to_json()]):
+            if self.scripts.replay(event_id, fresh.to_json()):
                 replayed.append(event_id)
         return replayed
 

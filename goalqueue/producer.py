@@ -34,9 +34,8 @@ from redis.retry import Retry
 from goalqueue.config import Settings, get_settings, redact
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
-from goalqueue.message import TEMPLATE
 from goalqueue.schema import validate_goal
-from goalqueue.scripts import ScriptArg, Scripts
+from goalqueue.scripts import Scripts
 from goalqueue.spool import Backlog, Spool
 
 # Goals per Lua call in a bulk enqueue: large enough to amortise the call, small enough that one
@@ -128,13 +127,11 @@ class GoalQueue:
         try:
             with _deadline(self.settings.enqueue_timeout_seconds):
                 if len(pairs) <= CHUNK:
-                    self.scripts.enqueue(_script_args(pairs))
+                    self.scripts.enqueue(pairs)
                     return
                 with self.redis.pipeline(transaction=False) as pipe:
                     for start in range(0, len(pairs), CHUNK):
-                        self.scripts.enqueue(
-                            _script_args(pairs[start : start + CHUNK]), client=pipe
-                        )
+                        self.scripts.enqueue(pairs[start : start + CHUNK], pipe)
                     pipe.execute()
         except redis.RedisError as exc:
             raise self._failure(exc, len(pairs)) from exc
@@ -200,13 +197,6 @@ def _goal_fields(goal: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": goal.get("metadata"),
         "description": goal.get("description"),
     }
-
-
-def _script_args(pairs: Sequence[tuple[str, str]]) -> list[ScriptArg]:
-    args: list[ScriptArg] = [TEMPLATE]
-    for event_id, payload in pairs:
-        args += (event_id, payload)
-    return args
 
 
 def _open_backlog(settings: Settings, queue: GoalQueue) -> Backlog | None:

@@ -21,8 +21,9 @@ from goalqueue.config import Settings
 from goalqueue.message import TEMPLATE
 from tests.conftest import pop_message, wait_for
 from tests.test_delivery import FakeDataFast, error, ok
-from workers.delivery import Delivery, Recorder, Settlement
+from workers.delivery import Delivery
 from workers.engine import Engine
+from workers.recording import Record, Recorder
 
 
 def enqueue(queue: GoalQueue, n: int) -> list[str]:
@@ -225,24 +226,24 @@ def test_closing_the_engine_finishes_and_records_every_claimed_goal(
     assert redis_client.zcard(keys.LEDGER) == 0
 
 
-def test_the_recorder_writes_every_settlement_once_in_groups() -> None:
-    # Given a recorder whose writes take a while, so settlements pile up meanwhile
+def test_the_recorder_writes_every_record_once_in_groups() -> None:
+    # Given a recorder whose writes take a while, so records pile up meanwhile
     groups: list[list[str]] = []
 
-    async def write(settlement: Settlement) -> None:
+    async def write(record: Record) -> None:
         await asyncio.sleep(0.001)
-        groups.append([str(arg) for arg in settlement.args[1::4]])
+        groups.append([str(arg) for arg in record.settlement.outcomes[1::4]])
 
     async def run() -> None:
         recorder = Recorder(write)
-        settlements = []
+        records = []
         for i in range(500):
-            settlement = Settlement()
-            settlement.forget(f"entry-{i}")
-            settlements.append(settlement)
-        await asyncio.gather(*(recorder.record(s) for s in settlements))
+            record = Record()
+            record.settlement.forget(f"entry-{i}")
+            records.append(record)
+        await asyncio.gather(*(recorder.record(record) for record in records))
 
-    # When 500 settlements arrive at once
+    # When 500 records arrive at once
     asyncio.run(run())
     # Then each was written exactly once, most of them in groups
     written = [entry for group in groups for entry in group]
@@ -255,22 +256,22 @@ def test_a_failed_write_fails_its_group_and_the_next_write_goes_on() -> None:
     failures = iter([True])
     written: list[str] = []
 
-    async def write(settlement: Settlement) -> None:
+    async def write(record: Record) -> None:
         if next(failures, False):
             raise redis.ConnectionError("down")
-        written.extend(str(arg) for arg in settlement.args[1::4])
+        written.extend(str(arg) for arg in record.settlement.outcomes[1::4])
 
     async def run() -> None:
         recorder = Recorder(write)
-        first, second = Settlement(), Settlement()
-        first.forget("a")
-        second.forget("b")
+        first, second = Record(), Record()
+        first.settlement.forget("a")
+        second.settlement.forget("b")
         with pytest.raises(redis.ConnectionError):
             await recorder.record(first)
         await recorder.record(second)
 
     asyncio.run(run())
-    # Then the failed settlement is left to the reconciler, and the next one is written
+    # Then the failed record is left to the reconciler, and the next one is written
     assert written == ["b"]
 
 

@@ -15,7 +15,6 @@ from goalqueue import GoalQueue, keys
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
-from goalqueue.message import TEMPLATE
 from tests.conftest import API_KEY, pop_message
 from workers.engine import Engine
 from workers.sweeper import Sweeper
@@ -357,7 +356,7 @@ def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
     deliverer: Callable[..., Engine],
 ) -> None:
     # Given a ledger entry that is not an event, with its message on the queue
-    GoalQueue(settings=settings).scripts.enqueue([TEMPLATE, "evt-1", '{"i": "e", "bogus": 1}'])
+    GoalQueue(settings=settings).scripts.enqueue([("evt-1", '{"i": "e", "bogus": 1}')])
     api = FakeDataFast()
     assert run_next(deliverer(settings, api, clock), redis_client) == "poison"
     (letter,) = DeadLetters(redis_client)

@@ -6,38 +6,58 @@ The scripts run on the real Redis with a clock the test moves.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator
+
 import pytest
 import redis
+import redis.asyncio
 
 from goalqueue import GoalQueue, keys
 from goalqueue.config import Settings
 from goalqueue.message import TEMPLATE
 from goalqueue.sandbox import Sandbox
-from goalqueue.scripts import Scripts
+from goalqueue.scripts import Defer, WorkerScripts
 from tests.conftest import Workers, pop_message, wait_for
 
 NOW = 1_800_000_000.0
 
 
 class Pace:
-    """TAKE and DEFER as a worker calls them, at moments the test chooses."""
+    """TAKE and DEFER as a worker calls them, at moments the test chooses, on an event loop of
+    the test's own."""
 
     def __init__(self, settings: Settings, client: redis.Redis, max_rate: float = 0) -> None:
         self.settings = settings
         self.client = client
-        self.scripts = Scripts(client)
         self.max_rate = max_rate
+        self.loop = asyncio.new_event_loop()
+        self.worker_client = redis.asyncio.Redis.from_url(
+            settings.broker_url, decode_responses=True
+        )
+        self.scripts = WorkerScripts(self.worker_client)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.worker_client.aclose())
+        self.loop.close()
 
     def take(self, now: float, claim: int = 100, patient: bool = True) -> tuple[int, list[str]]:
-        """TAKE the next queued goal and claim up to ``claim`` more: (wait ms, verdicts)."""
+        """TAKE the next queued goal and claim up to ``claim`` more: (wait ms, standings)."""
         event_id, seq = pop_message(self.client)
-        flat = self.scripts.take(
-            [now, self.settings.key_fingerprint, 1000, claim, keys.TASK_NAME,
-             keys.DELIVERED_PREFIX, self.max_rate, int(patient), event_id, seq]
-        )  # fmt: skip
-        if not flat[1:]:  # no token yet: the task's goal goes back where it was
-            self.client.rpush(keys.QUEUE, _message(self.client, seq, event_id))
-        return int(flat[0]), [str(v) for v in flat[3::5]]
+        take = self.loop.run_until_complete(
+            self.scripts.take(
+                now,
+                goal=(event_id, seq),
+                claim=claim,
+                fingerprint=self.settings.key_fingerprint,
+                probe_lease_ms=1000,
+                max_rate=self.max_rate,
+                patient=patient,
+            )
+        )
+        if not take.taken:  # no token yet: the task's goal goes back where it was
+            self.client.rpush(keys.QUEUE, TEMPLATE % (seq, event_id, seq))
+        return round(take.wait * 1000), [copy.standing.value for copy in take.taken]
 
     def sends(self, now: float, claim: int = 100) -> int:
         """How many goals one TAKE at ``now`` lets out."""
@@ -45,9 +65,18 @@ class Pace:
 
     def rate_limited(self, now: float) -> str | None:
         """A 429 answer's DEFER, as the worker records it: the new rate, if it changed."""
-        reply = self.scripts.defer(
-            [now + 1, "rate_limited", 0, self.settings.key_fingerprint, now, self.max_rate, 1]
-        )
+        return self.loop.run_until_complete(self._defer(now))
+
+    async def _defer(self, now: float) -> str | None:
+        async with self.worker_client.pipeline(transaction=False) as pipe:
+            await self.scripts.defer(
+                Defer(now + 1, "rate_limited", 0, halve=True),
+                fingerprint=self.settings.key_fingerprint,
+                now=now,
+                max_rate=self.max_rate,
+                pipe=pipe,
+            )
+            (reply,) = await pipe.execute()
         return None if reply is None else str(reply)
 
     def resume(self) -> None:
@@ -57,8 +86,18 @@ class Pace:
         return float(self.client.hget(keys.PACE, "rate") or 0)
 
 
-def _message(client: redis.Redis, seq: int, event_id: str) -> str:
-    return TEMPLATE % (seq, event_id, seq)
+@pytest.fixture
+def make_pace(settings: Settings, redis_client: redis.Redis) -> Iterator[Callable[..., Pace]]:
+    """``pace(max_rate=0)``: a Pace on the test Redis, closed after the test."""
+    made: list[Pace] = []
+
+    def make(max_rate: float = 0) -> Pace:
+        made.append(Pace(settings, redis_client, max_rate))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
 
 
 @pytest.fixture
@@ -67,18 +106,18 @@ def backlog(queue: GoalQueue) -> list[str]:
 
 
 def test_without_a_429_or_a_cap_there_is_no_pace(
-    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
 ) -> None:
-    pace = Pace(settings, redis_client)
+    pace = make_pace()
     assert pace.sends(NOW, claim=255) == 256
     assert not redis_client.exists(keys.PACE)
 
 
 def test_max_rate_caps_what_every_take_together_lets_out(
-    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
 ) -> None:
     # Given a cap of 50 goals/s for the deployment
-    pace = Pace(settings, redis_client, max_rate=50)
+    pace = make_pace(max_rate=50)
     # When workers TAKE again and again, twenty times a second for ten seconds
     sent = sum(pace.sends(NOW + i / 20) for i in range(200))
     # Then no more than 50/s went out (plus the first burst of a tenth of a second)
@@ -87,9 +126,9 @@ def test_max_rate_caps_what_every_take_together_lets_out(
 
 
 def test_a_take_without_a_token_waits_and_changes_nothing(
-    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
 ) -> None:
-    pace = Pace(settings, redis_client, max_rate=10)
+    pace = make_pace(max_rate=10)
     assert pace.sends(NOW) == 1  # the burst: one token at 10/s
     queued, taken = redis_client.llen(keys.QUEUE), redis_client.get(keys.TAKEN)
     # When the next TAKE comes before the next token
@@ -104,9 +143,9 @@ def test_a_take_without_a_token_waits_and_changes_nothing(
 
 
 def test_a_429_starts_a_slow_pace_that_grows_while_it_holds_delivery_back(
-    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
 ) -> None:
-    pace = Pace(settings, redis_client)
+    pace = make_pace()
     # Given a first 429: delivery pauses, and sending will resume at 10 goals/s
     assert pace.rate_limited(NOW) == "10"
     # And more 429s from the same rush while paused change nothing
@@ -123,9 +162,9 @@ def test_a_429_starts_a_slow_pace_that_grows_while_it_holds_delivery_back(
 
 
 def test_another_429_halves_the_pace_and_growth_slows_near_that_limit(
-    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
 ) -> None:
-    pace = Pace(settings, redis_client)
+    pace = make_pace()
     pace.rate_limited(NOW)
     pace.resume()
     for second in range(1, 4):
@@ -145,9 +184,9 @@ def test_another_429_halves_the_pace_and_growth_slows_near_that_limit(
 
 
 def test_a_pace_that_holds_nothing_back_does_not_grow(
-    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
 ) -> None:
-    pace = Pace(settings, redis_client)
+    pace = make_pace()
     pace.rate_limited(NOW)
     pace.resume()
     # When goals trickle in slower than the pace allows, one TAKE a second, claiming nothing
@@ -158,9 +197,9 @@ def test_a_pace_that_holds_nothing_back_does_not_grow(
 
 
 def test_a_429_under_a_cap_halves_below_the_cap(
-    settings: Settings, redis_client: redis.Redis, backlog: list[str]
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
 ) -> None:
-    pace = Pace(settings, redis_client, max_rate=100)
+    pace = make_pace(max_rate=100)
     pace.sends(NOW)
     assert pace.rate_limited(NOW + 1) == "50"
     pace.resume()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 
 import redis
+import redis.asyncio
 
 from goalqueue import GoalQueue, keys
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import Scripts
+from goalqueue.scripts import WorkerScripts
 from tests.conftest import pop_message
 from workers.sweeper import Sweeper
 
@@ -22,9 +24,24 @@ def queued_ids(client: redis.Redis) -> list[str]:
 
 def take(client: redis.Redis, settings: Settings, event_id: str, seq: int, now: float) -> str:
     """A worker starting on a message: what TAKE says about it."""
-    args = [now, settings.key_fingerprint, 1000, 0, keys.TASK_NAME, keys.DELIVERED_PREFIX, 0, 1]
-    reply = Scripts(client).take([*args, event_id, seq])
-    return reply[3]  # type: ignore[index,no-any-return]
+
+    async def take_it() -> str:
+        worker_client = redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True)
+        try:
+            take = await WorkerScripts(worker_client).take(
+                now,
+                goal=(event_id, seq),
+                claim=0,
+                fingerprint=settings.key_fingerprint,
+                probe_lease_ms=1000,
+                max_rate=0,
+                patient=True,
+            )
+        finally:
+            await worker_client.aclose()
+        return take.taken[0].standing.value
+
+    return asyncio.run(take_it())
 
 
 def test_a_goal_lost_right_after_brpop_is_requeued_after_the_visibility_timeout(

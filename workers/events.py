@@ -1,12 +1,12 @@
 """Task events for the goals a task claims, so that Flower shows every goal as a task.
 
 Celery sends the events of the task's own goal. A claimed goal has no message of its own, so
-once it is settled the event loop hands it to this thread, which sends one ``task-succeeded``
-event for it on the producer of Celery's event dispatcher, everything waiting as one message. The event
-also carries what ``task-received`` would have said (name, arguments, when it was received):
-Flower's state merges every field of a task's first event, so the goal shows up named and
-placed like any other task, for half the cost of two events. Publishing is blocking I/O: it
-stays off the event loop.
+once it is recorded the event loop hands it to this thread, which sends one ``task-succeeded``
+event for it on the producer of Celery's event dispatcher, everything waiting as one message.
+The event also carries what ``task-received`` would have said (name, arguments, when it was
+received): Flower's state merges every field of a task's first event, so the goal shows up
+named and placed like any other task, for half the cost of two events. Publishing is blocking
+I/O: it stays off the event loop.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import time
 import redis
 
 from goalqueue.config import Settings
-from goalqueue.message import TEMPLATE
 from goalqueue.scripts import Scripts
 
 logger = logging.getLogger(__name__)
@@ -49,23 +48,13 @@ class Sweeper:
         now = time.time() if now is None else now
         moved = 0
         while True:
-            count = int(
-                self.scripts.sweep(
-                    [
-                        TEMPLATE,
-                        now,
-                        BATCH,
-                        self.settings.key_fingerprint,
-                        self.settings.probe_lease_ms,
-                    ]
-                )
+            count = self.scripts.sweep(
+                now, BATCH, self.settings.key_fingerprint, self.settings.probe_lease_ms
             )
             moved += count
             if count < BATCH:
                 break
-        recovered = int(
-            self.scripts.reconcile([TEMPLATE, now, self.settings.visibility_timeout_seconds, BATCH])
-        )
+        recovered = self.scripts.reconcile(now, self.settings.visibility_timeout_seconds, BATCH)
         if recovered:
             logger.warning(
                 "re-queued %d goal(s) a lost worker had taken but not settled", recovered

@@ -1,0 +1,19 @@
+-- RECONCILE: re-queue the goals a lost worker took off the queue and never settled. The queue
+-- is FIFO, so once a worker has started on sequence N, every unsettled ledger entry below N that
+-- was first seen more than `threshold` seconds ago was lost (checkpoints: the highest sequence
+-- taken, scored by when it was first seen). Returns how many goals were re-queued.
+local taken_key, checkpoints_key = KEYS[1], KEYS[2]
+local seq_key, ledger_key, queue_key = KEYS[3], KEYS[4], KEYS[5]
+local template, now, threshold, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+
+local taken = redis.call('GET', taken_key)
+if taken then redis.call('ZADD', checkpoints_key, 'NX', now, taken) end
+local seen = redis.call('ZREVRANGEBYSCORE', checkpoints_key, now - threshold, '-inf',
+                        'WITHSCORES', 'LIMIT', 0, 1)
+if #seen == 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', checkpoints_key, '-inf', '(' .. seen[2])
+local lost = redis.call('ZRANGEBYSCORE', ledger_key, '-inf', seen[1], 'LIMIT', 0, limit)
+for _, payload in ipairs(lost) do
+  push(seq_key, ledger_key, queue_key, template, event_id_of(payload), payload)
+end
+return #lost

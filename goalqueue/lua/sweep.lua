@@ -1,0 +1,24 @@
+-- SWEEP: due goals from the waiting set back onto the queue; while delivery is paused, only the
+-- one probe once the pause is over. A pause for a key other than `fingerprint` (401: a key that
+-- has since been fixed) is dropped. Returns how many goals were moved.
+local pause_key, probe_key, waiting_key = KEYS[1], KEYS[2], KEYS[3]
+local seq_key, ledger_key, queue_key = KEYS[4], KEYS[5], KEYS[6]
+local template, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local fingerprint, probe_lease_ms = ARGV[4], ARGV[5]
+
+local pause = redis.call('HMGET', pause_key, 'until', 'reason', 'key')
+local probing = false
+if pause[1] and pause[2] == 'auth' and pause[3] ~= fingerprint then
+  redis.call('DEL', pause_key, probe_key)
+elseif pause[1] then
+  if now < tonumber(pause[1]) or redis.call('EXISTS', probe_key) == 1 then return 0 end
+  probing, limit = true, 1
+end
+local due = redis.call('ZRANGEBYSCORE', waiting_key, '-inf', now, 'LIMIT', 0, limit)
+for _, payload in ipairs(due) do
+  local event_id = event_id_of(payload)
+  if probing then redis.call('SET', probe_key, event_id, 'PX', probe_lease_ms) end
+  redis.call('ZREM', waiting_key, payload)
+  push(seq_key, ledger_key, queue_key, template, event_id, payload)
+end
+return #due

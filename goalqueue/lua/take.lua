@@ -1,0 +1,95 @@
+-- TAKE: a task's goal, and as many more as it may claim, off to delivery. Unless the shared
+-- pace leaves no token for the task's own goal, it claims up to `claim` goal messages off the
+-- consuming end of the queue (no more than the tokens allow; anything that is not a goal's
+-- message goes back where it was, for kombu's consumer to deal with: see workers/transport.py),
+-- then takes every goal. Returns the wait in ms, then five fields per goal: event id, seq,
+-- standing, ledger entry, pause streak. A wait with no goals means no token yet: try again after
+-- that long (a patient call changes nothing else). The standing is one of
+--   gone  - the entry was settled or re-queued under another sequence: drop this copy
+--   done  - the goal was already delivered: settle without sending
+--   hold  - delivery is paused for everyone, or (an impatient call) there is no token: park the
+--           goal in the waiting set, due after the wait
+--   probe - the pause is over and this goal is the one allowed to test the API
+--   send  - deliver it
+local queue_key, taken_key, ledger_key, pause_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local probe_key, pace_key, sent_key = KEYS[5], KEYS[6], KEYS[7]
+local now, fingerprint, probe_lease_ms = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local claim, task_name, marker_prefix = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local max_rate, patient = tonumber(ARGV[7]), ARGV[8] == '1'
+local goals = {}  -- ARGV[9..]: event id, seq of the task's own goal (none for a claim alone)
+for i = 9, #ARGV, 2 do table.insert(goals, {ARGV[i], tonumber(ARGV[i + 1])}) end
+
+local function claimed_goal(message)
+  local ok, envelope = pcall(cjson.decode, message)
+  if not (ok and type(envelope) == 'table' and type(envelope['headers']) == 'table'
+          and envelope['headers']['task'] == task_name
+          and type(envelope['body']) == 'string') then
+    return nil
+  end
+  local event_id = envelope['headers']['id']
+  local ok_body, body = pcall(cjson.decode, envelope['body'])
+  if type(event_id) == 'string' and ok_body and type(body) == 'table'
+     and type(body[1]) == 'table' and #body[1] == 1 and type(body[1][1]) == 'number' then
+    return {event_id, body[1][1]}
+  end
+  return nil
+end
+
+local function standing(event_id, pause, pace)
+  if redis.call('EXISTS', marker_prefix .. event_id) == 1 then return 'done' end
+  if pause[1] then
+    local probe = redis.call('GET', probe_key)
+    if probe == event_id then return 'probe' end
+    if not probe and now >= tonumber(pause[1]) then
+      redis.call('SET', probe_key, event_id, 'PX', probe_lease_ms)
+      return 'probe'
+    end
+    return 'hold'
+  end
+  if pace then
+    if pace.tokens < 1 then return 'hold' end
+    pace.tokens = pace.tokens - 1
+  end
+  return 'send'
+end
+
+local pause = redis.call('HMGET', pause_key, 'until', 'reason', 'key', 'streak')
+if pause[1] and pause[2] == 'auth' and pause[3] ~= fingerprint then
+  redis.call('DEL', pause_key, probe_key)
+  pause = {}
+end
+local wait, pace = 0, nil
+if not pause[1] then pace = pace_load(pace_key, now, max_rate, true) end
+if pace then
+  if pace.tokens < #goals then
+    wait = math.ceil((#goals - pace.tokens) / pace.rate * 1000)
+    pace.dry = true
+    if patient then pace_save(pace_key, pace); return {wait} end
+  end
+  local allowed = math.max(0, math.floor(pace.tokens) - #goals)
+  if allowed < claim then claim, pace.dry = allowed, true end
+end
+local popped = claim > 0 and redis.call('RPOP', queue_key, claim) or {}
+for _, message in ipairs(popped) do
+  local goal = claimed_goal(message)
+  if goal then table.insert(goals, goal) else redis.call('RPUSH', queue_key, message) end
+end
+local highest = tonumber(redis.call('GET', taken_key) or '0')
+local replies, sends = {wait}, 0
+for _, goal in ipairs(goals) do
+  local event_id, seq = goal[1], goal[2]
+  if seq > highest then highest = seq; redis.call('SET', taken_key, seq) end
+  local entry = redis.call('ZRANGEBYSCORE', ledger_key, seq, seq)[1]
+  local state, streak = 'gone', ''
+  if entry then
+    state = standing(event_id, pause, pace)
+    if pause[1] then streak = pause[4] or '' end
+  else
+    entry = ''
+  end
+  if state == 'send' or state == 'probe' then sends = sends + 1 end
+  for _, field in ipairs({event_id, seq, state, entry, streak}) do table.insert(replies, field) end
+end
+if pace then pace_save(pace_key, pace) end
+if sends > 0 then sent_add(sent_key, now, sends) end
+return replies

@@ -1,0 +1,211 @@
+"""Recording outcomes: what one write to Redis records, and the recorder that writes them.
+
+An answer from DataFast is recorded the moment it is handled: the time between the two is what
+a SIGKILL turns into duplicates. A :class:`Record` is everything one answer (or several) changes:
+SETTLE's outcomes, a pause, the end of a pause. The :class:`Recorder` has each written from the
+coroutine that brings it, so that no answer waits for another write to come back first; the
+:class:`Writer` writes one in a pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import redis
+import redis.asyncio
+
+from goalqueue import keys
+from goalqueue.config import Settings
+from goalqueue.scripts import Defer, Settlement, WorkerScripts
+from workers.policy import Verdict
+
+logger = logging.getLogger(__name__)
+
+RETRY_WRITE_SECONDS = 0.25
+WRITES_AT_ONCE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """The pause one answer calls for, and the answer (for the log line)."""
+
+    verdict: Verdict
+    defer: Defer
+    seconds: float
+
+
+@dataclass(slots=True)
+class Record:
+    """What one write records: SETTLE's outcomes, a pause, whether a pause is over."""
+
+    settlement: Settlement = field(default_factory=Settlement)
+    pause: Pause | None = None
+    resume: bool = False
+
+    @classmethod
+    def merge(cls, records: Iterable[Record]) -> Record:
+        """One record for all of them; the last pause wins, as it was set last."""
+        merged = cls()
+        for record in records:
+            merged.settlement.extend(record.settlement)
+            merged.pause = record.pause or merged.pause
+            merged.resume |= record.resume
+        return merged
+
+
+class Recorder:
+    """Writes each record at once, from the coroutine that brings it.
+
+    Up to ``WRITES_AT_ONCE`` writes may be on their way at a time; records that come meanwhile
+    wait, and go together into one write as soon as one of those is done. A failed write fails
+    every record in it.
+    """
+
+    def __init__(self, write: Callable[[Record], Awaitable[None]]) -> None:
+        self._write = write
+        self._writing = 0
+        self._waiting: list[tuple[Record, asyncio.Future[None]]] = []
+        self._groups: set[asyncio.Task[None]] = set()
+
+    async def record(self, record: Record) -> None:
+        """Returns once ``record`` is written."""
+        if self._writing < WRITES_AT_ONCE:
+            await self._write_group([record], [])
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, future))
+        await future
+
+    async def _write_group(
+        self, records: list[Record], futures: list[asyncio.Future[None]]
+    ) -> None:
+        self._writing += 1
+        try:
+            await self._write(Record.merge(records))
+        except Exception as exc:
+            _resolve(futures, exc)
+            raise
+        else:
+            _resolve(futures, None)
+        finally:
+            self._writing -= 1
+            if self._waiting:
+                self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        """Everything that waited for a free write, as one group of its own."""
+        waiting, self._waiting = self._waiting, []
+        records = [record for record, _ in waiting]
+        futures = [future for _, future in waiting]
+        group = asyncio.create_task(self._write_group(records, futures))
+        self._groups.add(group)
+        group.add_done_callback(self._group_done)
+
+    def _group_done(self, task: asyncio.Task[None]) -> None:
+        """A group written for waiting records: each of them saw the outcome already."""
+        self._groups.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+
+class Writer:
+    """Writes records to Redis for one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.asyncio.Redis,
+        scripts: WorkerScripts,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.scripts = scripts
+        self.clock = clock
+
+    async def write(self, record: Record) -> None:
+        """Write ``record`` in one round trip, waiting out a short Redis outage.
+
+        DataFast may already have answered: giving up here means the goal is sent again, so
+        keep trying for half the visibility timeout (after that the reconciler re-queues it).
+        Every part is safe to repeat: a copy that no longer owns its entry changes nothing, and a
+        pause already on is not slowed again.
+        """
+        deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
+        while True:
+            try:
+                slowed = await self._write_once(record)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("could not record goals' outcomes yet (%s): retrying", exc)
+                await asyncio.sleep(RETRY_WRITE_SECONDS)
+        _log(record, slowed)
+
+    async def _write_once(self, record: Record) -> str | None:
+        """One pipeline: resume, pause, settle; returns the new pace if the pause slowed it."""
+        settings = self.settings
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if record.resume:
+                pipe.delete(keys.PAUSE, keys.PROBE)
+            if (pause := record.pause) is not None:
+                await self.scripts.defer(
+                    pause.defer,
+                    fingerprint=settings.key_fingerprint,
+                    now=self.clock(),
+                    max_rate=settings.max_rate or 0,
+                    pipe=pipe,
+                )
+            if record.settlement.outcomes:
+                ttl_ms = int(settings.delivered_ttl_seconds * 1000)
+                await self.scripts.settle(record.settlement, ttl_ms, pipe)
+            replies = await pipe.execute()
+        return replies[int(record.resume)] if pause is not None else None
+
+
+def _resolve(futures: list[asyncio.Future[None]], exc: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+
+
+def _log(record: Record, slowed: str | None) -> None:
+    for letter in record.settlement.letters:
+        logger.warning(
+            "goal %s dead-lettered: %s (status %s) %r",
+            letter.event_id,
+            letter.reason,
+            letter.status_code,
+            letter.error or "",
+        )
+    if record.resume:
+        logger.warning("DataFast accepts goals again: delivery resumed")
+    if record.pause is not None:
+        _log_pause(record.pause, slowed)
+
+
+def _log_pause(pause: Pause, slowed: str | None) -> None:
+    verdict = pause.verdict
+    if verdict.reason == "auth":
+        logger.error(
+            "DataFast rejected the API key (401: %s). Delivery is paused and no goal is "
+            "dropped; set a valid DATAFAST_API_KEY and restart the workers to resume.",
+            verdict.error,
+        )
+        return
+    logger.warning(
+        "DataFast answered %s (%s): delivery paused for %.1f s%s",
+        verdict.status_code,
+        verdict.reason,
+        pause.seconds,
+        f"; sending resumes at {float(slowed):g} goals/s and speeds up" if slowed else "",
+    )
