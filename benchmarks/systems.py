@@ -58,9 +58,9 @@ def flush(url: str) -> None:
 @cache
 def goalqueue_defaults() -> tuple[str, int]:
     """The pool and concurrency the goalqueue app configures (read, not assumed)."""
-    os.environ.setdefault("GOALQUEUE_BROKER_URL", GOALQUEUE_URL)
-    from workers.celery import app
+    from workers.app import create_app
 
+    app = create_app(Settings(broker_url=GOALQUEUE_URL))
     return str(app.conf.worker_pool), int(app.conf.worker_concurrency)
 
 

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.retry import Retry
 
+from goalqueue import connections
 from goalqueue.config import Settings, get_settings, redact
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
@@ -48,13 +49,12 @@ def connect(settings: Settings) -> redis.Redis:
     and every wait cut short by the deadline of an enqueue in progress."""
     timeout = settings.enqueue_timeout_seconds
     base = parse_url(settings.broker_url).get("connection_class", redis.Connection)
-    return redis.Redis.from_url(
-        settings.broker_url,
+    return connections.client(
+        settings,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         connection_class=_WITH_DEADLINE[base],
-        decode_responses=True,
     )
 
 

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    """The consumer ``worker_consumer`` names in workers/celery.py."""
+    """The consumer ``worker_consumer`` names in workers/app.py."""
 
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
         """The broker connection tasks are read from, with the hardened transport."""
@@ -63,7 +63,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._bury(message, f"undecodable message: {type(exc).__name__}: {exc}")
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        bury(_raw(message), "not a task message: no task name in its headers")
+        bury(
+            self.app.runtime.redis, _raw(message), "not a task message: no task name in its headers"
+        )
         super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -71,11 +73,20 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._bury(message, f"unknown task {name!r}")
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        bury(_raw(message), f"invalid task message: {type(exc).__name__}: {exc}")
+        bury(
+            self.app.runtime.redis,
+            _raw(message),
+            f"invalid task message: {type(exc).__name__}: {exc}",
+        )
         super().on_invalid_task(body, message, exc)
 
+    def _keep(self, message: Any, error: str) -> None:
+        """``message`` as a poison dead letter."""
+        bury(self.app.runtime.redis, _raw(message), error)
+
     def _bury(self, message: Any, error: str) -> None:
-        bury(_raw(message), error)
+        """``message`` as a poison dead letter, and off the queue."""
+        self._keep(message, error)
         if not message.acknowledged:
             message.reject_log_error(logger, self.connection_errors)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
-import redis.asyncio
 
+from goalqueue import connections
 from goalqueue.config import Settings
 from workers.client import build_client
 from workers.delivery import Deliverer, Delivery
@@ -50,7 +50,7 @@ class Engine:
         announce: Callable[[Delivery], None] | None,
         options: dict[str, Any],
     ) -> Deliverer:
-        client = redis.asyncio.Redis.from_url(self.settings.broker_url, decode_responses=True)
+        client = connections.async_client(self.settings)
         http = build_client(self.settings, transport=transport)
         return Deliverer(self.settings, client, http, announce=announce, **options)
 

@@ -1,4 +1,5 @@
-"""The delivery task. Its message is written by :mod:`goalqueue.message`, not ``apply_async``."""
+"""The delivery task, ``goalqueue.deliver``. Its message is written by :mod:`goalqueue.message`,
+not ``apply_async``; :func:`workers.app.create_app` registers it."""
 
 from __future__ import annotations
 
@@ -6,20 +7,17 @@ from typing import Any
 
 from celery import Task
 
-from goalqueue import keys
 from goalqueue.event import dumps
-from workers.celery import app, runtime
 from workers.transport import bury
 
 
-@app.task(
-    name=keys.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
-)
 def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver the goal ``seq`` whose event id is the task id; any other arguments go to the
     dead letters."""
+    runtime = task.app.runtime
     match args:
         case (int() as seq,) if not kwargs and isinstance(task.request.id, str):
-            return runtime.engine().deliver(task.request.id, seq).result
-    bury(dumps({"args": repr(args), "kwargs": repr(kwargs)}), "task arguments must be (seq,)")
+            return str(runtime.engine().deliver(task.request.id, seq).result)
+    poison = dumps({"args": repr(args), "kwargs": repr(kwargs)})
+    bury(runtime.redis, poison, "task arguments must be (seq,)")
     return "poison"

@@ -55,17 +55,15 @@ logger = logging.getLogger(__name__)
 _TAG_TYPES = (str, int, float)
 
 
-def bury(raw: str | bytes, error: str) -> str | None:
+def bury(client: redis.Redis, raw: str | bytes, error: str) -> str | None:
     """Keep ``raw`` as a ``poison`` dead letter; returns its id, or None if Redis refused it.
 
     Never raises: a poison message that cannot even be stored is logged (cut short) and
     dropped, so that it cannot stop the worker.
     """
-    from workers.celery import runtime
-
     letter = DeadLetter.poison(raw, error)
     try:
-        runtime.redis.hset(keys.DEAD, letter.event_id, letter.to_json())
+        client.hset(keys.DEAD, letter.event_id, letter.to_json())
     except redis.RedisError as exc:
         logger.error(
             "dropped a poison message (%s) that could not be dead-lettered (%s): %r",
@@ -140,7 +138,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         problem = unreadable(self, item)
         if problem is None:
             return True
-        bury(item, problem)
+        bury(self.client, item, problem)
         return False
 
     @contextmanager

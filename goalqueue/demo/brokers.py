@@ -25,7 +25,7 @@ import click
 import redis
 from packaging.version import Version
 
-from goalqueue import keys
+from goalqueue import connections, keys
 from goalqueue.config import ENV_NAMES, Settings, redact
 from goalqueue.demo.errors import BrokerUnavailable, DemoFailed
 from goalqueue.demo.processes import POLL_SECONDS, STOP_SECONDS, stop_process
@@ -52,10 +52,10 @@ def _env_broker(stack: ExitStack) -> Broker:
     if not url:
         raise BrokerUnavailable("GOALQUEUE_BROKER_URL is not set")
     try:
-        Settings(broker_url=url)
+        settings = Settings(broker_url=url)
     except ConfigError as exc:
         raise BrokerUnavailable(str(exc)) from None
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = connections.client(settings, socket_timeout=2, socket_connect_timeout=2)
     stack.callback(client.close)
     try:
         size = client.dbsize()
@@ -108,7 +108,9 @@ def _free_port() -> int:
 
 
 def _wait_for_redis(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    client = connections.client(
+        Settings(broker_url=url), socket_timeout=1, socket_connect_timeout=1
+    )
     deadline = time.monotonic() + 10
     try:
         while process.poll() is None and time.monotonic() < deadline:

@@ -1,0 +1,190 @@
+"""The Celery app a worker runs, configured for zero loss: ``create_app(settings)``.
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a goal leaves Redis only after its
+  outcome is recorded, and a killed pool process puts its goal back.
+* A short ``visibility_timeout``: nothing waits inside the broker (waits live in the waiting
+  set), so a dead worker's unacknowledged goals come back within about that long.
+* ``worker_prefetch_multiplier = 1``: each worker holds no more task messages than it runs.
+* The threads pool, a few threads: each task hands its goal to the process's event loop
+  (:mod:`workers.engine`) and waits for its outcome, while the goals its TAKE claims keep the
+  loop's ``GOALQUEUE_MAX_IN_FLIGHT`` requests busy. One process uses one core; ``goalqueue
+  worker`` starts one per core.
+* httpx's per-request INFO line is turned down to WARNING (unless the worker logs at DEBUG):
+  Celery already logs each task.
+
+:func:`load_app` is what ``celery -A workers worker`` runs: the app for the settings in the
+environment, or, when they are bad, one that refuses to start with a line naming the variable.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
+)
+from celery.utils.log import mlevel
+
+from goalqueue import connections, keys
+from goalqueue.config import Settings, get_settings
+from goalqueue.errors import ConfigError
+from workers.runtime import Runtime
+from workers.sweeper import Sweeper
+from workers.tasks import deliver
+from workers.transport import harden
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 4
+
+
+class GoalqueueApp(Celery):  # type: ignore[misc]
+    """A Celery app with the settings it was made with and its per-process runtime."""
+
+    settings: Settings
+    runtime: Runtime
+
+
+def create_app(settings: Settings) -> GoalqueueApp:
+    """The delivery app for ``settings``: the task, the sweeper, and the worker's lifecycle."""
+    app = GoalqueueApp("goalqueue", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(_configuration(settings))
+    app.settings = settings
+    app.runtime = Runtime(settings, lambda hostname: _dispatcher(app, hostname))
+    app.task(name=keys.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)(deliver)
+    app.steps["worker"].add(SweeperStep)
+    _connect_signals(app)
+    return app
+
+
+def load_app() -> Celery:
+    """The app for the settings in the environment; one that refuses to start if they are bad."""
+    try:
+        return create_app(get_settings())
+    except ConfigError as exc:
+        return _refusing_app(f"goalqueue worker cannot start: {exc}")
+
+
+def _configuration(settings: Settings) -> dict[str, Any]:
+    return {
+        "task_default_queue": keys.QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_pool": "threads",
+        "worker_concurrency": DEFAULT_CONCURRENCY,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_consumer": "workers.consumer:Consumer",
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            # kombu sweeps for a dead worker's unacked goals every interval x throttle seconds
+            # (10 x 10 by default); scan every few seconds instead so recovery stays quick.
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        },
+    }
+
+
+def _dispatcher(app: Celery, hostname: str | None) -> Any:
+    """A task-event dispatcher on the hardened transport, for the claimed goals' events."""
+    return app.events.Dispatcher(harden(app.connection_for_write()), hostname=hostname)
+
+
+def _connect_signals(app: GoalqueueApp) -> None:
+    """The worker's lifecycle, for this app's workers only."""
+
+    def before_start(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            _check_before_start(app, sender)
+
+    def shutting_down(sender: Any = None, **_: Any) -> None:
+        if sender == app.runtime.hostname:
+            app.runtime.stop_waiting()
+
+    def stop(sender: Any = None, **_: Any) -> None:
+        if sender is None or getattr(sender, "app", None) is app:
+            app.runtime.close()
+
+    uid = f"goalqueue-{id(app)}"
+    worker_init.connect(before_start, weak=False, dispatch_uid=uid)
+    worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid=uid)
+    worker_shutdown.connect(stop, weak=False, dispatch_uid=uid)
+    worker_process_shutdown.connect(stop, weak=False, dispatch_uid=uid)
+    worker_process_init.connect(lambda **_: app.runtime.engine(), weak=False, dispatch_uid=uid)
+
+
+def _check_before_start(app: GoalqueueApp, worker: Any) -> None:
+    """Refuse to start without usable credentials; warn about a Redis that may evict goals."""
+    settings = app.settings
+    try:
+        settings.require_credentials()
+    except ConfigError as exc:
+        raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
+    app.runtime.hostname = getattr(worker, "hostname", None)
+    if mlevel(getattr(worker, "loglevel", logging.INFO)) > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if settings.allow_insecure_api_url:
+        logger.warning(
+            "GOALQUEUE_ALLOW_INSECURE_API_URL is set: goals and the API key may travel over "
+            "plain http to %s",
+            settings.api_url,
+        )
+    warn_if_lossy(app.runtime.redis)
+
+
+def warn_if_lossy(client: redis.Redis) -> None:
+    """Warn when Redis may evict keys under memory pressure: evicted goals are lost goals."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError:
+        return
+    if policy and policy != "noeviction":
+        logger.warning(
+            "Redis maxmemory-policy is %r: under memory pressure Redis may evict queued goals. "
+            "Set maxmemory-policy noeviction.",
+            policy,
+        )
+
+
+def _refusing_app(reason: str) -> Celery:
+    """An app whose worker exits at start with ``reason``, in one line."""
+    app = Celery("goalqueue", set_as_current=False)
+
+    def refuse(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            raise SystemExit(reason)
+
+    worker_init.connect(refuse, weak=False, dispatch_uid=f"goalqueue-refuse-{id(app)}")
+    return app
+
+
+class SweeperStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Runs the sweeper thread alongside the worker's consumer."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.sweeper: Sweeper | None = None
+
+    def start(self, worker: Any) -> None:
+        runtime: Runtime = worker.app.runtime
+        runtime.engine()
+        self.sweeper = Sweeper(worker.app.settings, connections.client(worker.app.settings))
+        self.sweeper.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
