@@ -39,12 +39,15 @@ from benchmarks.systems import (
     plain_task,
 )
 from benchmarks.workload import goal_body, goal_fields
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.event import GoalEvent
-from goalqueue.message import TEMPLATE
+from goalqueue.keys import Keys
+from goalqueue.message import template
 from goalqueue.scripts import Scripts, Settlement
 
 WORKER_BOOT_SECONDS = 60.0
+
+KEYS = Keys()  # the default namespace, which the benchmark's goalqueue workers run in
 
 
 @dataclass
@@ -271,7 +274,7 @@ def _settled(client: redis.Redis, delivered: int) -> int:
     """How many goals the workers recorded as delivered (waits briefly for the last ones)."""
     count = 0
     for _ in bounded_poll(10, 0.05):
-        count = int(client.get(keys.DELIVERED_COUNT) or 0)
+        count = int(client.get(KEYS.delivered_count) or 0)
         if count >= delivered:
             break
     return count
@@ -387,7 +390,7 @@ def enqueue_costs(n: int, repeats: int) -> list[Row]:
     raw = redis.Redis.from_url(GOALQUEUE_URL)
     task = plain_task()
     event_id = "0b0e9f9c-8f2e-4a7e-9a51-8f0e1b7c2d3a"
-    message = TEMPLATE % (123456, event_id, 123456)
+    message = template(KEYS) % (123456, event_id, 123456)
 
     def single(goals: list[dict[str, Any]]) -> None:
         for goal in goals:
@@ -463,8 +466,8 @@ def _goalqueue_memory(n: int) -> list[Row]:
         for start in range(0, n, BULK_BATCH):
             queue.track_goals([goal_fields() for _ in range(min(BULK_BATCH, n - start))])
         ready = used_memory(client)
-        message: str = client.lindex(keys.QUEUE, 0)  # type: ignore[assignment]
-        entry: str = client.zrange(keys.LEDGER, 0, 0)[0]  # type: ignore[index,assignment]
+        message: str = client.lindex(KEYS.queue, 0)  # type: ignore[assignment]
+        entry: str = client.zrange(KEYS.ledger, 0, 0)[0]  # type: ignore[index,assignment]
         ready_row = Row(
             "memory",
             "goalqueue_ready",
@@ -476,13 +479,13 @@ def _goalqueue_memory(n: int) -> list[Row]:
                 "keys_bytes_per_goal": round(keys_bytes(client) / n),
                 "message_bytes": len(message),
                 "ledger_entry_bytes": len(entry),
-                "queue_key_bytes_per_goal": round(_usage(client, keys.QUEUE) / n),
-                "ledger_key_bytes_per_goal": round(_usage(client, keys.LEDGER) / n),
+                "queue_key_bytes_per_goal": round(_usage(client, KEYS.queue) / n),
+                "ledger_key_bytes_per_goal": round(_usage(client, KEYS.ledger) / n),
             },
         )
         _park_everything(client)
         waiting = used_memory(client)
-        parked = client.zrange(keys.WAITING, 0, 0)[0]
+        parked = client.zrange(KEYS.waiting, 0, 0)[0]
         waiting_row = Row(
             "memory",
             "goalqueue_waiting",
@@ -493,7 +496,7 @@ def _goalqueue_memory(n: int) -> list[Row]:
                 "n": n,
                 "keys_bytes_per_goal": round(keys_bytes(client) / n),
                 "waiting_entry_bytes": len(parked),
-                "waiting_key_bytes_per_goal": round(_usage(client, keys.WAITING) / n),
+                "waiting_key_bytes_per_goal": round(_usage(client, KEYS.waiting) / n),
             },
         )
     finally:
@@ -544,15 +547,15 @@ def _park_everything(client: redis.Redis) -> None:
     )
     now = time.time()
     verdict = classify(answer, now=now, max_wait=3600)
-    scripts = Scripts(client)
-    entries: list[str] = client.zrange(keys.LEDGER, 0, -1)  # type: ignore[assignment]
+    scripts = Scripts(client, KEYS)
+    entries: list[str] = client.zrange(KEYS.ledger, 0, -1)  # type: ignore[assignment]
     for start in range(0, len(entries), BULK_BATCH):
         settlement = Settlement()
         for entry in entries[start : start + BULK_BATCH]:
             event = GoalEvent.from_json(entry).attempted(now, 503, verdict.error)
             settlement.park(entry, event, due=now + 3600)
         scripts.settle(settlement, 0)
-    client.delete(keys.QUEUE)
+    client.delete(KEYS.queue)
 
 
 def _plain_memory(n: int) -> Row:

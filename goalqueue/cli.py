@@ -11,9 +11,10 @@ from typing import Any
 import click
 
 from goalqueue.config import get_settings
-from goalqueue.deadletters import DeadLetters
+from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.demo import demo_command
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
+from goalqueue.keys import Keys
 from goalqueue.producer import GoalQueue, connect
 from goalqueue.sandbox import sandbox_command
 from goalqueue.spool import Spool
@@ -117,7 +118,7 @@ def dead() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def dead_list(as_json: bool) -> None:
     """List the dead letters, oldest first."""
-    letters = sorted(_read(lambda client: list(DeadLetters(client))), key=lambda d: d.dead_at)
+    letters = sorted(_read(lambda client, keys: list(DeadLetters(client, keys))), key=_dead_at)
     if as_json:
         click.echo(json.dumps([letter.summary() for letter in letters]))
         return
@@ -147,8 +148,8 @@ def dead_replay(event_ids: Sequence[str], replay_all: bool) -> None:
     if replay_all == bool(event_ids):
         raise click.UsageError("give either --all or one or more EVENT_IDs")
 
-    def replay(client: Any) -> tuple[list[str], list[str]]:
-        letters = DeadLetters(client)
+    def replay(client: Any, keys: Keys) -> tuple[list[str], list[str]]:
+        letters = DeadLetters(client, keys)
         wanted = letters.all_ids() if replay_all else list(event_ids)
         with click.progressbar(length=len(wanted), label="replaying", file=sys.stderr) as bar:
             done = []
@@ -173,7 +174,7 @@ def dead_replay(event_ids: Sequence[str], replay_all: bool) -> None:
 @click.confirmation_option(prompt="Delete every dead letter for good?")
 def dead_purge() -> None:
     """Delete every dead letter."""
-    count = _read(lambda client: DeadLetters(client).purge())
+    count = _read(lambda client, keys: DeadLetters(client, keys).purge())
     click.echo(f"purged {count} dead letter(s)")
 
 
@@ -255,15 +256,20 @@ main.add_command(demo_command)
 
 
 def _read(action: Any) -> Any:
-    """Run ``action(redis)``, turning connection trouble into a one-line error."""
+    """Run ``action(redis, keys)``, turning connection trouble into a one-line error."""
     import redis
 
     try:
-        return action(connect(get_settings()))
+        settings = get_settings()
+        return action(connect(settings), settings.keys)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     except redis.RedisError as exc:
         raise click.ClickException(f"cannot reach Redis: {exc}") from exc
+
+
+def _dead_at(letter: DeadLetter) -> float:
+    return letter.dead_at
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:

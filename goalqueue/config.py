@@ -12,10 +12,11 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from functools import cache
+from functools import cache, cached_property
 from urllib.parse import SplitResult, urlsplit
 
 from goalqueue.errors import ConfigError
+from goalqueue.keys import DEFAULT_NAMESPACE, NAMESPACE_PATTERN, Keys
 
 DEFAULT_API_URL = "https://datafa.st/api/v1/goals"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -30,6 +31,7 @@ class Settings:
     """
 
     broker_url: str = field(default=DEFAULT_BROKER_URL, repr=False)
+    namespace: str = DEFAULT_NAMESPACE
     api_key: str | None = field(default=None, repr=False)
     website_id: str | None = None
     api_url: str = DEFAULT_API_URL
@@ -73,6 +75,11 @@ class Settings:
                 "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS must exceed GOALQUEUE_HTTP_TIMEOUT_SECONDS: "
                 "a goal still being delivered would otherwise be sent twice"
             )
+        if not NAMESPACE_PATTERN.fullmatch(self.namespace):
+            raise ConfigError(
+                "GOALQUEUE_NAMESPACE must be 1-64 characters of a-z 0-9 _ . - (starting with a "
+                f"letter or digit), got {self.namespace!r}"
+            )
         _check_broker_url(self.broker_url)
         _check_api_url(self.api_url, allow_insecure=self.allow_insecure_api_url)
 
@@ -98,6 +105,11 @@ class Settings:
                 "DATAFAST_WEBSITE_ID is not set: a dft_ account token needs the website id"
             )
 
+    @cached_property
+    def keys(self) -> Keys:
+        """The Redis keys of this deployment's namespace."""
+        return Keys(self.namespace)
+
     @property
     def probe_lease_ms(self) -> int:
         """How long the one probe goal after a pause may hold the way before another is sent."""
@@ -111,6 +123,7 @@ class Settings:
 
 ENV_NAMES: dict[str, str] = {
     "broker_url": "GOALQUEUE_BROKER_URL",
+    "namespace": "GOALQUEUE_NAMESPACE",
     "api_key": "DATAFAST_API_KEY",
     "website_id": "DATAFAST_WEBSITE_ID",
     "api_url": "DATAFAST_API_URL",

@@ -20,11 +20,12 @@ from typing import Any
 
 import redis
 
-from goalqueue import keys
 from goalqueue.event import GoalEvent, dumps
+from goalqueue.keys import Keys
 from goalqueue.scripts import Scripts
 
 RAW_LIMIT = 4096
+SCAN_COUNT = 500  # entries per HSCAN round trip
 
 
 @dataclass(frozen=True)
@@ -106,21 +107,19 @@ class DeadLetter:
 
 
 class DeadLetters:
-    """The dead letters in one Redis."""
+    """The dead letters of one namespace, in one Redis."""
 
-    def __init__(self, client: redis.Redis, scripts: Scripts | None = None) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
-        self.scripts = scripts or Scripts(client)
-
-    def __len__(self) -> int:
-        return int(self.redis.hlen(keys.DEAD))
+        self.key = keys.dead
+        self.scripts = Scripts(client, keys)
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        for _, raw in self.redis.hscan_iter(keys.DEAD, count=500):
+        for _, raw in self.redis.hscan_iter(self.key, count=SCAN_COUNT):
             yield DeadLetter.from_json(raw)
 
     def get(self, event_id: str) -> DeadLetter | None:
-        raw = self.redis.hget(keys.DEAD, event_id)
+        raw = self.redis.hget(self.key, event_id)
         return DeadLetter.from_json(raw) if raw else None
 
     def replay(self, event_ids: Iterable[str]) -> list[str]:
@@ -148,12 +147,12 @@ class DeadLetters:
         return replayed
 
     def all_ids(self) -> list[str]:
-        return [field for field, _ in self.redis.hscan_iter(keys.DEAD, count=500)]
+        return [field for field, _ in self.redis.hscan_iter(self.key, count=SCAN_COUNT)]
 
     def purge(self) -> int:
         """Delete every dead letter; returns how many there were."""
         with self.redis.pipeline() as pipe:
-            pipe.hlen(keys.DEAD)
-            pipe.delete(keys.DEAD)
+            pipe.hlen(self.key)
+            pipe.delete(self.key)
             count, _ = pipe.execute()
         return int(count)

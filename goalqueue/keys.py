@@ -1,43 +1,94 @@
-"""Every Redis key goalqueue uses, in one place.
+"""Every Redis key goalqueue uses, in one place, under one namespace.
 
-goalqueue                     list    the Celery queue (kombu's Redis transport, priority 0)
-goalqueue:seq                 string  last enqueue sequence number handed out
-goalqueue:ledger              zset    event JSON scored by its enqueue sequence; an entry lives
-                                      from enqueue until a final outcome or a deferral
-goalqueue:taken               string  highest sequence any worker has started on
-goalqueue:checkpoints         zset    taken values scored by when they were first seen
-goalqueue:waiting             zset    event JSON scored by the unix time it is due again
-goalqueue:dead                hash    event id -> dead letter JSON
-goalqueue:delivered:<id>      string  DataFast's event id for a delivered goal (with a TTL)
-goalqueue:count:delivered     string  goals delivered, ever
-goalqueue:pause               hash    until, reason, streak, key: delivery paused for everyone
-goalqueue:probe               string  id of the one event allowed through when a pause ends
-goalqueue:pace                hash    rate, tokens, at, ceiling, grown, dry: the shared send rate
-                                      (a token bucket) after a 429, or under GOALQUEUE_MAX_RATE
-goalqueue:sent                hash    since, count, recent: goals sent by all workers, counted a
-                                      second at a time (a first 429's rate to start from)
+``GOALQUEUE_NAMESPACE`` (default ``goalqueue``) prefixes every key goalqueue owns and names the
+Celery queue, so that two deployments (staging and production, or two apps) can share one Redis
+database and never see each other's goals, pauses, counters or dead letters. For the namespace
+``<ns>``:
+
+<ns>                    list    the Celery queue (kombu's Redis transport, priority 0)
+<ns>:seq                string  last enqueue sequence number handed out
+<ns>:ledger             zset    event JSON scored by its enqueue sequence; an entry lives from
+                                enqueue until a final outcome or a deferral
+<ns>:taken              string  highest sequence any worker has started on
+<ns>:checkpoints        zset    taken values scored by when they were first seen
+<ns>:waiting            zset    event JSON scored by the unix time it is due again
+<ns>:dead               hash    event id -> dead letter JSON
+<ns>:delivered:<id>     string  DataFast's event id for a delivered goal (with a TTL)
+<ns>:count:delivered    string  goals delivered, ever
+<ns>:pause              hash    until, reason, streak, key: delivery paused for everyone
+<ns>:probe              string  id of the one event allowed through when a pause ends
+<ns>:pace               hash    rate, tokens, at, ceiling, grown, dry: the shared send rate (a
+                                token bucket) after a 429, or under GOALQUEUE_MAX_RATE
+<ns>:sent               hash    since, count, recent: goals sent by all workers, counted a
+                                second at a time (a first 429's rate to start from)
+<ns>:unacked            hash    kombu's unacknowledged messages (and <ns>:unacked_index,
+                                <ns>:unacked_mutex), named by the app's transport options
+
+kombu also keeps ``_kombu.binding.<exchange>`` sets for the queue's exchange (``<ns>``), the
+task events' (``<ns>.events``) and the control commands' (``<ns>.pidbox``).
 """
 
 from __future__ import annotations
 
-QUEUE = "goalqueue"
-SEQ = "goalqueue:seq"
-LEDGER = "goalqueue:ledger"
-TAKEN = "goalqueue:taken"
-CHECKPOINTS = "goalqueue:checkpoints"
-WAITING = "goalqueue:waiting"
-DEAD = "goalqueue:dead"
-DELIVERED_COUNT = "goalqueue:count:delivered"
-PAUSE = "goalqueue:pause"
-PROBE = "goalqueue:probe"
-PACE = "goalqueue:pace"
-SENT = "goalqueue:sent"
-
-DELIVERED_PREFIX = "goalqueue:delivered:"
+import re
+from dataclasses import dataclass, field
 
 TASK_NAME = "goalqueue.deliver"
+DEFAULT_NAMESPACE = "goalqueue"
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
-def delivered(event_id: str) -> str:
-    """Key of the marker that says ``event_id`` reached DataFast."""
-    return DELIVERED_PREFIX + event_id
+@dataclass(frozen=True)
+class Keys:
+    """The keys of one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    queue: str = field(init=False)
+    seq: str = field(init=False)
+    ledger: str = field(init=False)
+    taken: str = field(init=False)
+    checkpoints: str = field(init=False)
+    waiting: str = field(init=False)
+    dead: str = field(init=False)
+    delivered_prefix: str = field(init=False)
+    delivered_count: str = field(init=False)
+    pause: str = field(init=False)
+    probe: str = field(init=False)
+    pace: str = field(init=False)
+    sent: str = field(init=False)
+    unacked: str = field(init=False)
+    event_exchange: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        ns = self.namespace
+        names = {
+            "queue": ns,
+            "seq": f"{ns}:seq",
+            "ledger": f"{ns}:ledger",
+            "taken": f"{ns}:taken",
+            "checkpoints": f"{ns}:checkpoints",
+            "waiting": f"{ns}:waiting",
+            "dead": f"{ns}:dead",
+            "delivered_prefix": f"{ns}:delivered:",
+            "delivered_count": f"{ns}:count:delivered",
+            "pause": f"{ns}:pause",
+            "probe": f"{ns}:probe",
+            "pace": f"{ns}:pace",
+            "sent": f"{ns}:sent",
+            "unacked": f"{ns}:unacked",
+            "event_exchange": f"{ns}.events",
+        }
+        for name, key in names.items():
+            object.__setattr__(self, name, key)
+
+    def delivered(self, event_id: str) -> str:
+        """Key of the marker that says ``event_id`` reached DataFast."""
+        return self.delivered_prefix + event_id
+
+    def kombu_transport_options(self) -> dict[str, str]:
+        """kombu's bookkeeping keys for this namespace (Redis transport options)."""
+        return {
+            "unacked_key": self.unacked,
+            "unacked_index_key": f"{self.unacked}_index",
+            "unacked_mutex_key": f"{self.unacked}_mutex",
+        }

@@ -13,29 +13,27 @@ transport stores, cut to what a worker reads:
 * no ``content-encoding``: kombu reads a missing one as utf-8, and every queued goal is 27 bytes
   smaller for it.
 
-``TEMPLATE`` has three ``string.format`` slots for the Lua side: sequence, event id, sequence.
-Messages queued by goalqueue 0.1's first builds carry ``(event_id, seq)``; workers still take
-them.
+A template has three ``string.format`` slots for the Lua side: sequence, event id, sequence.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
 
-from goalqueue import keys
+from goalqueue.keys import TASK_NAME, Keys
 
 
-def _template() -> str:
+@cache
+def template(keys: Keys) -> str:
+    """The message template for the queue of ``keys``' namespace."""
     envelope = {
         "body": "[[%d],{},{}]",
         "content-type": "application/json",
-        "headers": {"id": "%s", "task": keys.TASK_NAME},
+        "headers": {"id": "%s", "task": TASK_NAME},
         "properties": {
             "delivery_tag": "%d",
-            "delivery_info": {"exchange": "", "routing_key": keys.QUEUE},
+            "delivery_info": {"exchange": "", "routing_key": keys.queue},
         },
     }
     return json.dumps(envelope, separators=(",", ":"))
-
-
-TEMPLATE = _template()

@@ -78,7 +78,7 @@ class GoalQueue:
         self.settings = settings
         self.redis = client or connect(settings)
         self._owns_redis = client is None
-        self.scripts = Scripts(self.redis)
+        self.scripts = Scripts(self.redis, settings.keys)
         self.backlog = _open_backlog(settings, self)
 
     def track_goal(

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 
-from goalqueue import keys
-from goalqueue.message import TEMPLATE
+from goalqueue.keys import TASK_NAME, Keys
+from goalqueue.message import template
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
@@ -104,9 +104,12 @@ class Settlement:
 
 
 class Scripts:
-    """The producer's, the CLI's and the sweeper's scripts, on a blocking client."""
+    """The producer's, the CLI's and the sweeper's scripts, on a blocking client, for the
+    namespace of ``keys``."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._template = template(keys)
         self._enqueue = client.register_script(_source("enqueue", "push"))
         self._replay = client.register_script(_source("replay", "push"))
         self._sweep = client.register_script(_source("sweep", "push"))
@@ -115,47 +118,54 @@ class Scripts:
 
     def enqueue(self, goals: Sequence[tuple[str, str]], pipe: Any = None) -> None:
         """Put (event id, payload) pairs on the queue (or queue the call in ``pipe``)."""
-        args: list[ScriptArg] = [TEMPLATE]
+        keys = self.keys
+        args: list[ScriptArg] = [self._template]
         for event_id, payload in goals:
             args += [event_id, payload]
-        self._enqueue(keys=[keys.SEQ, keys.LEDGER, keys.QUEUE], args=args, client=pipe)
+        self._enqueue(keys=[keys.seq, keys.ledger, keys.queue], args=args, client=pipe)
 
     def replay(self, event_id: str, payload: str) -> int:
         """A dead letter's goal back onto the queue: its new sequence, or 0 if already gone."""
+        keys = self.keys
         return int(
             self._replay(
-                keys=[keys.DEAD, keys.SEQ, keys.LEDGER, keys.QUEUE],
-                args=[TEMPLATE, event_id, payload],
+                keys=[keys.dead, keys.seq, keys.ledger, keys.queue],
+                args=[self._template, event_id, payload],
             )
         )
 
     def sweep(self, now: float, limit: int, fingerprint: str, probe_lease_ms: int) -> int:
         """Due goals from the waiting set back onto the queue; returns how many moved."""
+        keys = self.keys
         return int(
             self._sweep(
-                keys=[keys.PAUSE, keys.PROBE, keys.WAITING, keys.SEQ, keys.LEDGER, keys.QUEUE],
-                args=[TEMPLATE, now, limit, fingerprint, probe_lease_ms],
+                keys=[keys.pause, keys.probe, keys.waiting, keys.seq, keys.ledger, keys.queue],
+                args=[self._template, now, limit, fingerprint, probe_lease_ms],
             )
         )
 
     def reconcile(self, now: float, threshold: float, limit: int) -> int:
         """Goals a lost worker took and never settled back onto the queue; returns how many."""
+        keys = self.keys
         return int(
             self._reconcile(
-                keys=[keys.TAKEN, keys.CHECKPOINTS, keys.SEQ, keys.LEDGER, keys.QUEUE],
-                args=[TEMPLATE, now, threshold, limit],
+                keys=[keys.taken, keys.checkpoints, keys.seq, keys.ledger, keys.queue],
+                args=[self._template, now, threshold, limit],
             )
         )
 
     def settle(self, settlement: Settlement, marker_ttl_ms: int) -> int:
         """Record outcomes; returns how many ledger entries this call owned."""
-        return int(self._settle(keys=_SETTLE_KEYS, args=_settle_args(settlement, marker_ttl_ms)))
+        args = _settle_args(self.keys, settlement, marker_ttl_ms)
+        return int(self._settle(keys=_settle_keys(self.keys), args=args))
 
 
 class WorkerScripts:
-    """The worker's scripts, on its event loop's client; ``pipe=`` queues one in a pipeline."""
+    """The worker's scripts, on its event loop's client, for the namespace of ``keys``;
+    ``pipe=`` queues one in a pipeline."""
 
-    def __init__(self, client: AsyncRedis) -> None:
+    def __init__(self, client: AsyncRedis, keys: Keys) -> None:
+        self.keys = keys
         self._take = client.register_script(_source("take", "pace"))
         self._defer = client.register_script(_source("defer", "pace"))
         self._settle = client.register_script(_source("settle"))
@@ -172,12 +182,13 @@ class WorkerScripts:
         patient: bool,
     ) -> Take:
         """TAKE the task's ``goal`` (none: claims alone) and up to ``claim`` more."""
+        keys = self.keys
         reply = await self._take(
             keys=[
-                keys.QUEUE, keys.TAKEN, keys.LEDGER, keys.PAUSE, keys.PROBE, keys.PACE, keys.SENT
+                keys.queue, keys.taken, keys.ledger, keys.pause, keys.probe, keys.pace, keys.sent
             ],
             args=[
-                now, fingerprint, probe_lease_ms, claim, keys.TASK_NAME, keys.DELIVERED_PREFIX,
+                now, fingerprint, probe_lease_ms, claim, TASK_NAME, keys.delivered_prefix,
                 max_rate, int(patient), *(goal or ()),
             ],
         )  # fmt: skip
@@ -190,16 +201,16 @@ class WorkerScripts:
 
     async def settle(self, settlement: Settlement, marker_ttl_ms: int, pipe: Pipeline) -> None:
         """Queue SETTLE for ``settlement`` in ``pipe``."""
-        await self._settle(
-            keys=_SETTLE_KEYS, args=_settle_args(settlement, marker_ttl_ms), client=pipe
-        )
+        args = _settle_args(self.keys, settlement, marker_ttl_ms)
+        await self._settle(keys=_settle_keys(self.keys), args=args, client=pipe)
 
     async def defer(
         self, defer: Defer, *, fingerprint: str, now: float, max_rate: float, pipe: Pipeline
     ) -> None:
         """Queue DEFER in ``pipe``; its reply is the new pace (goals/s, as text) or None."""
+        keys = self.keys
         await self._defer(
-            keys=[keys.PAUSE, keys.PROBE, keys.PACE, keys.SENT],
+            keys=[keys.pause, keys.probe, keys.pace, keys.sent],
             args=[
                 defer.until, defer.reason, defer.streak, fingerprint, now, max_rate,
                 int(defer.halve),
@@ -208,11 +219,12 @@ class WorkerScripts:
         )  # fmt: skip
 
 
-_SETTLE_KEYS = [keys.LEDGER, keys.DELIVERED_COUNT, keys.DEAD, keys.WAITING]
+def _settle_keys(keys: Keys) -> list[str]:
+    return [keys.ledger, keys.delivered_count, keys.dead, keys.waiting]
 
 
-def _settle_args(settlement: Settlement, marker_ttl_ms: int) -> list[ScriptArg]:
-    return [marker_ttl_ms, keys.DELIVERED_PREFIX, *settlement.outcomes]
+def _settle_args(keys: Keys, settlement: Settlement, marker_ttl_ms: int) -> list[ScriptArg]:
+    return [marker_ttl_ms, keys.delivered_prefix, *settlement.outcomes]
 
 
 def _groups_of_five(fields: list[Any]) -> list[tuple[Any, ...]]:

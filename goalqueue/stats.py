@@ -7,26 +7,26 @@ from typing import Any
 
 import redis
 
-from goalqueue import keys
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 
 
-def collect(client: redis.Redis, now: float | None = None) -> dict[str, Any]:
+def collect(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, Any]:
     """Counts of goals by state, the pause, and the age of the oldest waiting goal."""
     now = time.time() if now is None else now
     with client.pipeline(transaction=True) as pipe:
-        pipe.llen(keys.QUEUE)
-        pipe.zcard(keys.WAITING)
-        pipe.zcard(keys.LEDGER)
-        pipe.get(keys.DELIVERED_COUNT)
-        pipe.hlen(keys.DEAD)
-        pipe.hmget(keys.PAUSE, "until", "reason")
-        pipe.zrange(keys.WAITING, 0, 0)
-        queued, scheduled, ledger, delivered, dead, pause, first_waiting = pipe.execute()
+        pipe.llen(keys.queue)
+        pipe.zcard(keys.waiting)
+        pipe.zcard(keys.ledger)
+        pipe.get(keys.delivered_count)
+        pipe.hlen(keys.dead)
+        pipe.hmget(keys.pause, "until", "reason")
+        pipe.zrange(keys.waiting, 0, 0)
+        queued, waiting, ledger, delivered, dead, pause, first_waiting = pipe.execute()
     paused_until, pause_reason = pause
     return {
         "queued": queued,
-        "scheduled": scheduled,
+        "waiting": waiting,
         "in_flight": max(0, ledger - queued),
         "delivered": int(delivered or 0),
         "dead": dead,

@@ -18,14 +18,17 @@ import httpx
 import pytest
 import redis
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.config import Settings
+from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
 from goalqueue.spool import Spool
 from workers.engine import Engine
 
 REDIS_URL = os.environ.get("GOALQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 API_KEY = "df_sandbox"
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def wait_for(
@@ -74,7 +77,7 @@ def quick_settings(broker_url: str) -> Settings:
         retry_base_seconds=0.05,
         retry_max_seconds=0.5,
         http_timeout_seconds=1.0,
-        visibility_timeout_seconds=3.0,
+        visibility_timeout_seconds=5.0,
         sweep_interval_seconds=0.1,
     )
 
@@ -116,7 +119,7 @@ def engines() -> Iterator[Callable[..., Engine]]:
 def pop_message(client: redis.Redis) -> tuple[str, int]:
     """Take the next task message off the queue as kombu's BRPOP would; returns what the task
     delivers: its id (the event id) and its argument (the sequence)."""
-    raw = client.rpop(keys.QUEUE)
+    raw = client.rpop(KEYS.queue)
     assert raw is not None, "the queue is empty"
     message = json.loads(raw)
     (seq,) = json.loads(message["body"])[0]
@@ -194,6 +197,7 @@ def worker_env(settings: Settings, api_url: str, api_key: str = API_KEY) -> dict
     return {
         **os.environ,
         "GOALQUEUE_BROKER_URL": settings.broker_url,
+        "GOALQUEUE_NAMESPACE": settings.namespace,
         "DATAFAST_API_KEY": api_key,
         "DATAFAST_API_URL": api_url,
         "GOALQUEUE_RETRY_BASE_SECONDS": str(settings.retry_base_seconds),

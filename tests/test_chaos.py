@@ -51,9 +51,10 @@ import httpx
 import pytest
 import redis
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
 from tests.conftest import (
     API_KEY,
@@ -72,6 +73,8 @@ from workers.sweeper import Sweeper
 # worker had received and not yet recorded.
 UNRECORDED_PER_DISRUPTION = 2
 CONCURRENCY = "8"
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,8 @@ class Chaos:
     def in_flight(self) -> int:
         """Goals taken off the queue and not settled yet, as ``goalqueue stats`` counts them."""
         with self.queue.redis.pipeline() as pipe:
-            pipe.zcard(keys.LEDGER)
-            pipe.llen(keys.QUEUE)
+            pipe.zcard(KEYS.ledger)
+            pipe.llen(KEYS.queue)
             ledger, queued = pipe.execute()
         return max(0, int(ledger) - int(queued))
 
@@ -260,7 +263,7 @@ class Chaos:
 
     def timeouts_waiting(self) -> int:
         """Goals waiting for a retry after their request timed out."""
-        waiting: list[str] = self.queue.redis.zrange(keys.WAITING, 0, -1)  # type: ignore[assignment]
+        waiting: list[str] = self.queue.redis.zrange(KEYS.waiting, 0, -1)  # type: ignore[assignment]
         errors = [GoalEvent.from_json(raw).last_error or "" for raw in waiting]
         return sum(1 for error in errors if "Timeout" in error)
 
@@ -272,10 +275,10 @@ class Chaos:
             return False
         client = self.queue.redis
         return (
-            client.hlen(keys.DEAD) >= len(self.goals.bad)
-            and client.zcard(keys.LEDGER) == 0
-            and client.zcard(keys.WAITING) == 0
-            and client.llen(keys.QUEUE) == 0
+            client.hlen(KEYS.dead) >= len(self.goals.bad)
+            and client.zcard(KEYS.ledger) == 0
+            and client.zcard(KEYS.waiting) == 0
+            and client.llen(KEYS.queue) == 0
         )
 
     def accepted(self) -> set[str]:
@@ -382,7 +385,7 @@ def test_chaos_loses_no_goal(
     wait_for(chaos.drained, form.timeout)
     drain_seconds = time.monotonic() - last_fault
     goals, endpoint, accepted = chaos.goals, sandbox.stats(), chaos.accepted()
-    letters = {letter.event_id: letter for letter in DeadLetters(chaos.queue.redis)}
+    letters = {letter.event_id: letter for letter in DeadLetters(chaos.queue.redis, KEYS)}
     result = goalqueue_cli(server.url, "stats", "--json")
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
@@ -432,7 +435,7 @@ def test_chaos_loses_no_goal(
     # And `goalqueue stats` agrees with what the endpoint saw
     assert stats["delivered"] == len(accepted), summary
     assert stats["dead"] == len(goals.bad)
-    assert (stats["queued"], stats["scheduled"], stats["in_flight"]) == (0, 0, 0)
+    assert (stats["queued"], stats["waiting"], stats["in_flight"]) == (0, 0, 0)
 
 
 def duplicate_offsets(sandbox: Sandbox, disruptions: list[float]) -> list[float]:
@@ -483,9 +486,9 @@ def test_delivered_counter_counts_a_goal_whose_delivering_copy_lost_the_ledger_r
     assert second_worker.deliver(*pop_message(client)).result == "already delivered"
 
     # Then the goal is settled, and counted once
-    assert client.zcard(keys.LEDGER) + client.zcard(keys.WAITING) == 0
-    assert client.get(keys.delivered(event_id)) == "e" * 24
-    assert client.get(keys.DELIVERED_COUNT) == "1"
+    assert client.zcard(KEYS.ledger) + client.zcard(KEYS.waiting) == 0
+    assert client.get(KEYS.delivered(event_id)) == "e" * 24
+    assert client.get(KEYS.delivered_count) == "1"
 
 
 def test_sigterm_lets_in_flight_deliveries_finish_and_the_rest_go_back(
@@ -500,7 +503,7 @@ def test_sigterm_lets_in_flight_deliveries_finish_and_the_rest_go_back(
     worker = chaos_workers.start()
     wait_for(lambda: sandbox.stats().accepted >= 8)
     client = server.client()
-    assert client.zcard(keys.LEDGER) - client.llen(keys.QUEUE) > 0, "nothing in flight"
+    assert client.zcard(KEYS.ledger) - client.llen(KEYS.queue) > 0, "nothing in flight"
 
     # When it is told to stop with SIGTERM
     worker.process.send_signal(signal.SIGTERM)
@@ -511,8 +514,8 @@ def test_sigterm_lets_in_flight_deliveries_finish_and_the_rest_go_back(
     delivered_by_first = len({e.idempotency_key for e in sandbox.events(status=200)})
     assert delivered_by_first < len(ids), "the worker was not stopped mid-flow"
     assert sandbox.stats().in_flight == 0
-    assert client.get(keys.DELIVERED_COUNT) == str(delivered_by_first)
-    assert client.zcard(keys.LEDGER) == client.llen(keys.QUEUE) == len(ids) - delivered_by_first
+    assert client.get(KEYS.delivered_count) == str(delivered_by_first)
+    assert client.zcard(KEYS.ledger) == client.llen(KEYS.queue) == len(ids) - delivered_by_first
     # And a new worker delivers the rest, each goal once
     sandbox.set_faults(latency_ms=0)
     successor = chaos_workers.start()
@@ -546,5 +549,5 @@ def test_repeated_warm_shutdowns_under_load_lose_nothing_and_send_nothing_twice(
     wait_for(lambda: ids <= {e.idempotency_key for e in sandbox.events(status=200)}, 90)
     assert sandbox.stats().duplicates == 0
     client = server.client()
-    wait_for(lambda: client.zcard(keys.LEDGER) == 0, 30)
-    assert client.get(keys.DELIVERED_COUNT) == str(len(ids))
+    wait_for(lambda: client.zcard(KEYS.ledger) == 0, 30)
+    assert client.get(KEYS.delivered_count) == str(len(ids))

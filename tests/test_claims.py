@@ -16,14 +16,17 @@ import httpx
 import pytest
 import redis
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.config import Settings
-from goalqueue.message import TEMPLATE
+from goalqueue.keys import Keys
+from goalqueue.message import template
 from tests.conftest import pop_message, wait_for
 from tests.test_delivery import FakeDataFast, error, ok
 from workers.delivery import Delivery
 from workers.engine import Engine
 from workers.recording import Record, Recorder
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def enqueue(queue: GoalQueue, n: int) -> list[str]:
@@ -54,10 +57,10 @@ def test_a_task_claims_queued_goals_and_delivers_each_once(
     assert own.event_id == ids[0] and own.result == "delivered"
     assert claimed.results() == dict.fromkeys(ids[1:], "delivered")
     assert sorted(r.headers["idempotency-key"] for r in api.requests) == sorted(ids)
-    assert redis_client.llen(keys.QUEUE) == 0
-    assert redis_client.zcard(keys.LEDGER) == 0
-    assert redis_client.get(keys.DELIVERED_COUNT) == "6"
-    assert redis_client.get(keys.TAKEN) == redis_client.get(keys.SEQ)
+    assert redis_client.llen(KEYS.queue) == 0
+    assert redis_client.zcard(KEYS.ledger) == 0
+    assert redis_client.get(KEYS.delivered_count) == "6"
+    assert redis_client.get(KEYS.taken) == redis_client.get(KEYS.seq)
 
 
 def test_claims_never_take_more_than_the_room_left_in_flight(
@@ -85,7 +88,7 @@ def test_claims_never_take_more_than_the_room_left_in_flight(
     first = engine.submit(*task)
     wait_for(lambda: in_flight == 4, 5)
     # Then its TAKE claimed only three more: the other six wait in the queue
-    assert redis_client.llen(keys.QUEUE) == 6
+    assert redis_client.llen(KEYS.queue) == 6
     gate.set()
     assert first.result(timeout=10).result == "delivered"
     engine.wait()
@@ -101,7 +104,7 @@ def test_a_claim_leaves_messages_that_are_not_goals_for_kombu(
     # Given a queued goal behind a message that is not a goal message (kombu will bury it)
     goal = enqueue(queue, 2)
     own = pop_message(redis_client)
-    redis_client.rpush(keys.QUEUE, "not a task message")
+    redis_client.rpush(KEYS.queue, "not a task message")
     claimed = Claimed()
     engine = engines(settings, FakeDataFast(), announce=claimed.append)
     # When the task's TAKE claims
@@ -109,7 +112,7 @@ def test_a_claim_leaves_messages_that_are_not_goals_for_kombu(
     engine.wait()
     # Then both goals were delivered and the other message is back at the consuming end
     assert claimed.results() == {goal[1]: "delivered"}
-    assert redis_client.lrange(keys.QUEUE, 0, -1) == ["not a task message"]
+    assert redis_client.lrange(KEYS.queue, 0, -1) == ["not a task message"]
 
 
 def test_a_stale_copy_among_the_claims_is_dropped_and_the_live_one_delivered(
@@ -120,7 +123,7 @@ def test_a_stale_copy_among_the_claims_is_dropped_and_the_live_one_delivered(
 ) -> None:
     # Given a goal queued twice (the first copy's sequence no longer owns the ledger entry)
     (event_id,) = enqueue(queue, 1)
-    redis_client.lpush(keys.QUEUE, TEMPLATE % (0, event_id, 0))
+    redis_client.lpush(KEYS.queue, template(KEYS) % (0, event_id, 0))
     api, claimed = FakeDataFast(), Claimed()
     engine = engines(settings, api, announce=claimed.append)
     # When one TAKE holds both copies
@@ -149,8 +152,8 @@ def test_answers_are_recorded_as_they_arrive_not_after_the_slowest_request(
     engine = engines(settings, answer)
     own = engine.submit(*pop_message(redis_client))
     # Then the fast goal is on record while the slow one is still in flight
-    wait_for(lambda: redis_client.exists(keys.delivered(fast)), 5)
-    assert not redis_client.exists(keys.delivered(slow))
+    wait_for(lambda: redis_client.exists(KEYS.delivered(fast)), 5)
+    assert not redis_client.exists(KEYS.delivered(slow))
     gate.set()
     assert own.result(timeout=10).result == "delivered"
 
@@ -176,8 +179,8 @@ def test_a_429_among_the_claims_pauses_delivery_and_parks_only_that_goal(
     # Then the others are delivered, the limited one waits, and delivery is paused
     assert own.result == "delivered"
     assert claimed.results() == {ids[1]: "deferred (rate_limited)", ids[2]: "delivered"}
-    assert redis_client.zcard(keys.WAITING) == 1
-    assert redis_client.hget(keys.PAUSE, "reason") == "rate_limited"
+    assert redis_client.zcard(KEYS.waiting) == 1
+    assert redis_client.hget(KEYS.pause, "reason") == "rate_limited"
 
 
 def test_a_take_while_paused_sends_one_probe_and_holds_the_rest(
@@ -188,7 +191,7 @@ def test_a_take_while_paused_sends_one_probe_and_holds_the_rest(
 ) -> None:
     # Given a pause that has just ended, and four queued goals
     ids = enqueue(queue, 4)
-    redis_client.hset(keys.PAUSE, mapping={"until": 0, "reason": "rate_limited", "streak": 1})
+    redis_client.hset(KEYS.pause, mapping={"until": 0, "reason": "rate_limited", "streak": 1})
     api, claimed = FakeDataFast(), Claimed()
     engine = engines(settings, api, announce=claimed.append)
     # When one task's TAKE takes them all
@@ -198,8 +201,8 @@ def test_a_take_while_paused_sends_one_probe_and_holds_the_rest(
     assert own.result == "delivered"
     assert claimed.results() == dict.fromkeys(ids[1:], "held while paused")
     assert [r.headers["idempotency-key"] for r in api.requests] == ids[:1]
-    assert not redis_client.exists(keys.PAUSE)
-    assert redis_client.zcard(keys.WAITING) == 3
+    assert not redis_client.exists(KEYS.pause)
+    assert redis_client.zcard(KEYS.waiting) == 3
 
 
 def test_closing_the_engine_finishes_and_records_every_claimed_goal(
@@ -218,12 +221,12 @@ def test_closing_the_engine_finishes_and_records_every_claimed_goal(
 
     engine = engines(settings, answer)
     assert engine.deliver(*pop_message(redis_client)).result == "delivered"
-    assert redis_client.get(keys.DELIVERED_COUNT) == "1"
+    assert redis_client.get(KEYS.delivered_count) == "1"
     # When the engine is closed (a warm shutdown)
     engine.close()
     # Then every claimed goal was delivered and recorded first
-    assert redis_client.get(keys.DELIVERED_COUNT) == "5"
-    assert redis_client.zcard(keys.LEDGER) == 0
+    assert redis_client.get(KEYS.delivered_count) == "5"
+    assert redis_client.zcard(KEYS.ledger) == 0
 
 
 def test_the_recorder_writes_every_record_once_in_groups() -> None:

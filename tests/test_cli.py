@@ -8,11 +8,12 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.cli import main
 from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 
 
 @pytest.fixture
@@ -28,14 +29,17 @@ def run(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
     get_settings.cache_clear()
 
 
+KEYS = Keys()  # the default namespace, which the tests' settings use
+
+
 def bury(client: redis.Redis, queue: GoalQueue, visitor: str, status: int, reason: str) -> str:
     """Enqueue a goal and move it straight to the dead letters, as a worker would."""
     event_id = queue.track_goal(visitor, "signup")
-    (raw,) = [r for r in client.zrange(keys.LEDGER, 0, -1) if event_id in r]
+    (raw,) = [r for r in client.zrange(KEYS.ledger, 0, -1) if event_id in r]
     event = GoalEvent.from_json(raw).attempted(1000.0, status, "visitor has no pageviews")
-    client.zrem(keys.LEDGER, raw)
-    client.lpop(keys.QUEUE)
-    client.hset(keys.DEAD, event_id, DeadLetter.of(event, reason).to_json())
+    client.zrem(KEYS.ledger, raw)
+    client.lpop(KEYS.queue)
+    client.hset(KEYS.dead, event_id, DeadLetter.of(event, reason).to_json())
     return event_id
 
 
@@ -43,7 +47,7 @@ def test_send_prints_the_event_id_of_the_enqueued_goal(run, redis_client: redis.
     result = run("send", "visitor-1", "signup", "--metadata", "plan=pro", "-d", "first")
     assert result.exit_code == 0
     event_id = result.output.strip()
-    (raw,) = redis_client.zrange(keys.LEDGER, 0, -1)
+    (raw,) = redis_client.zrange(KEYS.ledger, 0, -1)
     event = GoalEvent.from_json(raw)
     assert (event.event_id, event.metadata, event.description) == (
         event_id,
@@ -78,10 +82,10 @@ def test_send_with_unreachable_redis_fails_with_one_line(monkeypatch: pytest.Mon
 def test_stats_json_reports_every_count(run, queue: GoalQueue, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
     queue.track_goal("v", "signup")
     bury(redis_client, queue, "w", 404, "unknown_visitor")
-    redis_client.set(keys.DELIVERED_COUNT, 7)
-    redis_client.hset(keys.PAUSE, mapping={"until": 2e9, "reason": "rate_limited"})
+    redis_client.set(KEYS.delivered_count, 7)
+    redis_client.hset(KEYS.pause, mapping={"until": 2e9, "reason": "rate_limited"})
     stats = json.loads(run("stats", "--json").output)
-    assert stats["queued"] == 1 and stats["scheduled"] == 0
+    assert stats["queued"] == 1 and stats["waiting"] == 0
     assert stats["delivered"] == 7 and stats["dead"] == 1
     assert stats["paused_until"] == 2e9
     assert run("stats").exit_code == 0
@@ -101,12 +105,12 @@ def test_dead_list_replay_and_purge(run, queue: GoalQueue, redis_client: redis.R
     # When one is replayed, it leaves the dead letters and is queued under the same id
     result = run("dead", "replay", first)
     assert result.exit_code == 0 and "replayed 1 of 1" in result.output
-    assert [json.loads(m)["headers"]["id"] for m in redis_client.lrange(keys.QUEUE, 0, -1)] == [
+    assert [json.loads(m)["headers"]["id"] for m in redis_client.lrange(KEYS.queue, 0, -1)] == [
         first
     ]
-    (raw,) = redis_client.zrange(keys.LEDGER, 0, -1)
+    (raw,) = redis_client.zrange(KEYS.ledger, 0, -1)
     assert GoalEvent.from_json(raw).attempts == 0
-    assert DeadLetters(redis_client).get(first) is None
+    assert DeadLetters(redis_client, KEYS).get(first) is None
     # Replaying it again, or an unknown id, says so and exits non-zero
     assert run("dead", "replay", first, "nope").exit_code == 1
     # Purge asks first, then empties the dead letters
@@ -118,6 +122,6 @@ def test_dead_list_replay_and_purge(run, queue: GoalQueue, redis_client: redis.R
 def test_dead_replay_all(run, queue: GoalQueue, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
     ids = {bury(redis_client, queue, f"v{i}", 404, "unknown_visitor") for i in range(3)}
     assert "replayed 3 of 3" in run("dead", "replay", "--all").output
-    queued = {json.loads(m)["headers"]["id"] for m in redis_client.lrange(keys.QUEUE, 0, -1)}
+    queued = {json.loads(m)["headers"]["id"] for m in redis_client.lrange(KEYS.queue, 0, -1)}
     assert queued == ids
     assert run("dead", "replay").exit_code == 2

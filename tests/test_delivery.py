@@ -11,16 +11,19 @@ import httpx
 import pytest
 import redis
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 from tests.conftest import API_KEY, pop_message
 from workers.engine import Engine
 from workers.sweeper import Sweeper
 
 VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
 Handler = Callable[[httpx.Request], httpx.Response]
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 class FakeDataFast:
@@ -84,7 +87,7 @@ def enqueue(queue: GoalQueue, clock: Clock, name: str = "signup") -> str:
 
 
 def _enqueued_at(client: redis.Redis, event_id: str) -> float:
-    for raw in client.zrange(keys.LEDGER, 0, -1):
+    for raw in client.zrange(KEYS.ledger, 0, -1):
         event = GoalEvent.from_json(raw)
         if event.event_id == event_id:
             return event.enqueued_at
@@ -113,10 +116,10 @@ def test_a_delivered_goal_is_posted_once_with_auth_and_idempotency_key(
         "metadata": {"plan": "pro"},
     }
     # And the goal is settled: marker set, counted, nothing left waiting
-    assert redis_client.get(keys.delivered(event_id)) == "e" * 24
-    assert redis_client.get(keys.DELIVERED_COUNT) == "1"
-    assert redis_client.zcard(keys.LEDGER) == 0
-    assert redis_client.zcard(keys.WAITING) == 0
+    assert redis_client.get(KEYS.delivered(event_id)) == "e" * 24
+    assert redis_client.get(KEYS.delivered_count) == "1"
+    assert redis_client.zcard(KEYS.ledger) == 0
+    assert redis_client.zcard(KEYS.waiting) == 0
 
 
 def test_a_dft_token_sends_the_website_id(
@@ -154,13 +157,13 @@ def test_a_permanent_failure_is_dead_lettered_after_one_request(
     Sweeper(settings, redis_client).sweep_once(clock.now + 3600)
 
     assert len(api.requests) == 1
-    letter = DeadLetters(redis_client).get(event_id)
+    letter = DeadLetters(redis_client, KEYS).get(event_id)
     assert letter is not None and letter.event is not None
     assert (letter.reason, letter.status_code, letter.attempts) == (reason, status, 1)
     assert letter.error == "visitor has no pageviews"
     assert letter.event.visitor_id == VISITOR
-    assert redis_client.llen(keys.QUEUE) == 0
-    assert redis_client.zcard(keys.LEDGER) + redis_client.zcard(keys.WAITING) == 0
+    assert redis_client.llen(KEYS.queue) == 0
+    assert redis_client.zcard(KEYS.ledger) + redis_client.zcard(KEYS.waiting) == 0
 
 
 def test_a_server_error_waits_with_backoff_then_is_delivered(
@@ -177,13 +180,13 @@ def test_a_server_error_waits_with_backoff_then_is_delivered(
 
     # First attempt: 503, waits base * 2**0 (rand pinned to 1.0)
     assert run_next(worker, redis_client) == "transient"
-    ((_, due),) = redis_client.zrange(keys.WAITING, 0, -1, withscores=True)
+    ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due == pytest.approx(clock.now + settings.retry_base_seconds)
     assert sweeper.sweep_once(due - 0.01) == (0, 0)
     assert sweeper.sweep_once(due) == (1, 0)
     # Second attempt: 502, waits twice as long
     assert run_next(worker, redis_client) == "transient"
-    ((raw, due2),) = redis_client.zrange(keys.WAITING, 0, -1, withscores=True)
+    ((raw, due2),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due2 == pytest.approx(clock.now + 2 * settings.retry_base_seconds)
     assert GoalEvent.from_json(raw).attempts == 2
     sweeper.sweep_once(due2)
@@ -206,7 +209,7 @@ def test_a_timeout_is_transient(
         raise httpx.ReadTimeout("timed out", request=request)
 
     assert run_next(deliverer(settings, hang, clock), redis_client) == "transient"
-    (raw,) = redis_client.zrange(keys.WAITING, 0, -1)
+    (raw,) = redis_client.zrange(KEYS.waiting, 0, -1)
     assert "ReadTimeout" in (GoalEvent.from_json(raw).last_error or "")
 
 
@@ -225,12 +228,12 @@ def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
 
     # When the first is rate-limited, delivery pauses for 2 s
     assert run_next(worker, redis_client) == "deferred (rate_limited)"
-    assert float(redis_client.hget(keys.PAUSE, "until") or 0) == pytest.approx(clock.now + 2)
+    assert float(redis_client.hget(KEYS.pause, "until") or 0) == pytest.approx(clock.now + 2)
     # Then the others wait without an HTTP call
     assert run_next(worker, redis_client) == "held while paused"
     assert run_next(worker, redis_client) == "held while paused"
     assert len(api.requests) == 1
-    assert redis_client.zcard(keys.WAITING) == 3
+    assert redis_client.zcard(KEYS.waiting) == 3
     # And before the pause ends nothing moves; after it, exactly one probe goes out
     assert sweeper.sweep_once(clock.now + 1.9) == (0, 0)
     clock.now += 2
@@ -239,7 +242,7 @@ def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
     assert run_next(worker, redis_client) == "delivered"
     # When the probe is accepted the pause lifts and the rest flow, at the shared pace that
     # starts after a 429: one goal per token, a token every tenth of a second
-    assert not redis_client.exists(keys.PAUSE)
+    assert not redis_client.exists(KEYS.pause)
     assert sweeper.sweep_once(clock.now) == (2, 0)
     for _ in range(2):
         clock.now += 0.1
@@ -263,7 +266,7 @@ def test_a_pause_without_retry_after_grows_with_backoff(
     for _ in range(3):
         start = clock.now
         assert run_next(worker, redis_client) == "deferred (suspended)"
-        until = float(redis_client.hget(keys.PAUSE, "until") or 0)
+        until = float(redis_client.hget(KEYS.pause, "until") or 0)
         lengths.append(round(until - start, 3))
         clock.now = until
         assert sweeper.sweep_once(clock.now) == (1, 0)
@@ -286,12 +289,12 @@ def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
     with caplog.at_level(logging.ERROR):
         assert run_next(deliverer(settings, api, clock), redis_client) == "deferred (auth)"
     assert "DATAFAST_API_KEY" in caplog.text
-    assert redis_client.hget(keys.PAUSE, "reason") == "auth"
-    assert DeadLetters(redis_client).get(event_id) is None
+    assert redis_client.hget(KEYS.pause, "reason") == "auth"
+    assert DeadLetters(redis_client, KEYS).get(event_id) is None
     # When a worker with a fixed key starts sweeping, the pause for the old key is dropped
     fixed = replace(settings, api_key="df_fixed")
     assert Sweeper(fixed, redis_client).sweep_once(clock.now) == (1, 0)
-    assert not redis_client.exists(keys.PAUSE)
+    assert not redis_client.exists(KEYS.pause)
     # Then the goal goes out at once, with the new key
     assert run_next(deliverer(fixed, api, clock), redis_client) == "delivered"
     assert api.requests[-1].headers["authorization"] == "Bearer df_fixed"
@@ -309,7 +312,7 @@ def test_a_goal_older_than_the_maximum_age_is_dead_lettered_as_expired(
     api = FakeDataFast()
     assert run_next(deliverer(settings, api, clock), redis_client) == "expired"
     assert api.requests == []
-    letter = DeadLetters(redis_client).get(event_id)
+    letter = DeadLetters(redis_client, KEYS).get(event_id)
     assert letter is not None and letter.reason == "expired"
 
 
@@ -322,15 +325,15 @@ def test_a_redelivered_copy_of_a_delivered_goal_is_not_posted_again(
 ) -> None:
     # Given a goal whose message kombu restored after it was delivered
     enqueue(queue, clock)
-    raw = redis_client.lindex(keys.QUEUE, 0)
+    raw = redis_client.lindex(KEYS.queue, 0)
     api = FakeDataFast()
     worker = deliverer(settings, api, clock)
     run_next(worker, redis_client)
-    redis_client.rpush(keys.QUEUE, raw)
+    redis_client.rpush(KEYS.queue, raw)
     # When the copy is processed, nothing is sent
     assert run_next(worker, redis_client) == "stale copy"
     assert len(api.requests) == 1
-    assert redis_client.get(keys.DELIVERED_COUNT) == "1"
+    assert redis_client.get(KEYS.delivered_count) == "1"
 
 
 def test_a_marked_goal_still_in_the_ledger_is_settled_without_a_request(
@@ -342,11 +345,11 @@ def test_a_marked_goal_still_in_the_ledger_is_settled_without_a_request(
 ) -> None:
     # Given a goal delivered by a copy that died before settling its ledger entry
     event_id = enqueue(queue, clock)
-    redis_client.set(keys.delivered(event_id), "x")
+    redis_client.set(KEYS.delivered(event_id), "x")
     api = FakeDataFast()
     assert run_next(deliverer(settings, api, clock), redis_client) == "already delivered"
     assert api.requests == []
-    assert redis_client.zcard(keys.LEDGER) == 0
+    assert redis_client.zcard(KEYS.ledger) == 0
 
 
 def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
@@ -359,10 +362,10 @@ def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
     GoalQueue(settings=settings).scripts.enqueue([("evt-1", '{"i": "e", "bogus": 1}')])
     api = FakeDataFast()
     assert run_next(deliverer(settings, api, clock), redis_client) == "poison"
-    (letter,) = DeadLetters(redis_client)
+    (letter,) = DeadLetters(redis_client, KEYS)
     assert letter.reason == "poison" and "bogus" in (letter.raw or "")
     assert api.requests == []
-    assert redis_client.zcard(keys.LEDGER) == 0
+    assert redis_client.zcard(KEYS.ledger) == 0
 
 
 def test_the_api_key_is_stored_nowhere_in_redis(

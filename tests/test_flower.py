@@ -17,13 +17,16 @@ import httpx
 import pytest
 import redis
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.config import Settings
+from goalqueue.keys import TASK_NAME, Keys
 from goalqueue.sandbox import Sandbox
 from tests.conftest import API_KEY, Workers, wait_for
 
 FLOWER_REDIS_URL = os.environ.get("GOALQUEUE_TEST_FLOWER_REDIS_URL", "redis://127.0.0.1:6379/13")
 AUTH = ("monitor", "flower-test-password")
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 @pytest.fixture
@@ -112,14 +115,14 @@ def test_flower_shows_the_worker_and_each_delivered_goal_without_secrets(
     # Then Flower knows the worker, the queue it reads and the task it runs
     wait_for(inspected, 15)
     info = flower.api("/api/workers")[name]
-    assert [q["name"] for q in info["active_queues"]] == [keys.QUEUE]
-    assert keys.TASK_NAME in info["registered"]
+    assert [q["name"] for q in info["active_queues"]] == [KEYS.queue]
+    assert TASK_NAME in info["registered"]
     # And shows each goal as a clearly named task, under its event id, with its outcome
     tasks = flower.api("/api/tasks")
     for event_id in ids:
         task = tasks[event_id]
         assert (task["name"], task["worker"], task["result"]) == (
-            keys.TASK_NAME,
+            TASK_NAME,
             name,
             "'delivered'",
         )
@@ -151,7 +154,7 @@ def test_flower_shows_goals_a_task_claimed_as_tasks_of_their_own(
     # Then every goal shows up under its event id, named and placed like any other task
     wait_for(delivered_in_flower, 30)
     tasks = flower.api("/api/tasks")
-    assert {(tasks[i]["name"], tasks[i]["worker"]) for i in ids} == {(keys.TASK_NAME, name)}
+    assert {(tasks[i]["name"], tasks[i]["worker"]) for i in ids} == {(TASK_NAME, name)}
     assert {tasks[i]["result"] for i in ids} == {"'delivered'"}
-    received = worker.output().count(f"Task {keys.TASK_NAME}[") // 2
+    received = worker.output().count(f"Task {TASK_NAME}[") // 2
     assert received < len(ids), "no task claimed a goal"

@@ -13,14 +13,17 @@ import pytest
 import redis
 import redis.asyncio
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.config import Settings
-from goalqueue.message import TEMPLATE
+from goalqueue.keys import Keys
+from goalqueue.message import template
 from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Defer, WorkerScripts
 from tests.conftest import Workers, pop_message, wait_for
 
 NOW = 1_800_000_000.0
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 class Pace:
@@ -35,7 +38,7 @@ class Pace:
         self.worker_client = redis.asyncio.Redis.from_url(
             settings.broker_url, decode_responses=True
         )
-        self.scripts = WorkerScripts(self.worker_client)
+        self.scripts = WorkerScripts(self.worker_client, KEYS)
 
     def close(self) -> None:
         self.loop.run_until_complete(self.worker_client.aclose())
@@ -56,7 +59,7 @@ class Pace:
             )
         )
         if not take.taken:  # no token yet: the task's goal goes back where it was
-            self.client.rpush(keys.QUEUE, TEMPLATE % (seq, event_id, seq))
+            self.client.rpush(KEYS.queue, template(KEYS) % (seq, event_id, seq))
         return round(take.wait * 1000), [copy.standing.value for copy in take.taken]
 
     def sends(self, now: float, claim: int = 100) -> int:
@@ -80,10 +83,10 @@ class Pace:
         return None if reply is None else str(reply)
 
     def resume(self) -> None:
-        self.client.delete(keys.PAUSE, keys.PROBE)
+        self.client.delete(KEYS.pause, KEYS.probe)
 
     def rate(self) -> float:
-        return float(self.client.hget(keys.PACE, "rate") or 0)
+        return float(self.client.hget(KEYS.pace, "rate") or 0)
 
 
 @pytest.fixture
@@ -110,7 +113,7 @@ def test_without_a_429_or_a_cap_there_is_no_pace(
 ) -> None:
     pace = make_pace()
     assert pace.sends(NOW, claim=255) == 256
-    assert not redis_client.exists(keys.PACE)
+    assert not redis_client.exists(KEYS.pace)
 
 
 def test_max_rate_caps_what_every_take_together_lets_out(
@@ -130,12 +133,12 @@ def test_a_take_without_a_token_waits_and_changes_nothing(
 ) -> None:
     pace = make_pace(max_rate=10)
     assert pace.sends(NOW) == 1  # the burst: one token at 10/s
-    queued, taken = redis_client.llen(keys.QUEUE), redis_client.get(keys.TAKEN)
+    queued, taken = redis_client.llen(KEYS.queue), redis_client.get(KEYS.taken)
     # When the next TAKE comes before the next token
     wait, verdicts = pace.take(NOW + 0.05)
     # Then it is told how long to wait, and nothing moved
     assert verdicts == [] and 45 <= wait <= 55
-    assert redis_client.llen(keys.QUEUE) == queued and redis_client.get(keys.TAKEN) == taken
+    assert redis_client.llen(KEYS.queue) == queued and redis_client.get(KEYS.taken) == taken
     # And an impatient TAKE (a worker shutting down, or waiting too long) holds the goal instead
     assert pace.take(NOW + 0.05, patient=False)[1] == ["hold"]
     # While one a token later sends it

@@ -18,9 +18,10 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetter
-from goalqueue.message import TEMPLATE
+from goalqueue.keys import TASK_NAME, Keys
+from goalqueue.message import template
 from goalqueue.sandbox import Sandbox
 from tests.conftest import (
     RedisServer,
@@ -34,6 +35,8 @@ from workers.transport import Transport, harden
 
 MARK = "poison-marker"
 
+KEYS = Keys()  # the default namespace, which the tests' settings use
+
 
 def envelope(body: str, *, headers: object = None, **changes: object) -> str:
     """A kombu envelope like the producer writes, with ``changes`` applied."""
@@ -41,17 +44,17 @@ def envelope(body: str, *, headers: object = None, **changes: object) -> str:
         "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": headers if headers is not None else {"id": MARK, "task": keys.TASK_NAME},
+        "headers": headers if headers is not None else {"id": MARK, "task": TASK_NAME},
         "properties": {
             "delivery_tag": MARK,
-            "delivery_info": {"exchange": "", "routing_key": keys.QUEUE},
+            "delivery_info": {"exchange": "", "routing_key": KEYS.queue},
         },
     }
     message.update(changes)
     return json.dumps({k: v for k, v in message.items() if v is not ...})
 
 
-VALID = TEMPLATE % (999, MARK, 999)
+VALID = template(KEYS) % (999, MARK, 999)
 POISON: dict[str, str | bytes] = {
     "garbage bytes": b"\x00\xff\xfe\x1b[2J not json " + MARK.encode(),
     "truncated JSON": VALID[: len(VALID) * 2 // 3],
@@ -67,7 +70,7 @@ POISON: dict[str, str | bytes] = {
     "unknown task name": envelope('[["e", 1], {}, {}]', headers={"id": MARK, "task": "nope"}),
     "no headers": envelope(f'[["{MARK}", 1], {{}}, {{}}]', headers=...),
     "headers without a task id": envelope(
-        f'[["{MARK}", 1], {{}}, {{}}]', headers={"task": keys.TASK_NAME}
+        f'[["{MARK}", 1], {{}}, {{}}]', headers={"task": TASK_NAME}
     ),
 }
 CRASH_SIGNS = ("Unrecoverable error", "Connection to broker lost", "Frequent restarts")
@@ -110,7 +113,7 @@ def client(server: RedisServer) -> Iterator[redis.Redis]:
 
 
 def poison_letters(client: redis.Redis) -> dict[str, DeadLetter]:
-    letters = (DeadLetter.from_json(raw) for raw in client.hvals(keys.DEAD))
+    letters = (DeadLetter.from_json(raw) for raw in client.hvals(KEYS.dead))
     return {letter.event_id: letter for letter in letters if letter.reason == "poison"}
 
 
@@ -123,7 +126,7 @@ def test_a_poison_message_is_dead_lettered_once_and_the_worker_goes_on(
     before = set(poison_letters(client))
     log_before = len(worker.output())
     # When a poison message lands in the queue, with a valid goal behind it
-    client.lpush(keys.QUEUE, POISON[kind])
+    client.lpush(KEYS.queue, POISON[kind])
     goal = queue.track_goal("visitor", "signup")
 
     # Then the goal behind it is delivered
@@ -140,7 +143,7 @@ def test_a_poison_message_is_dead_lettered_once_and_the_worker_goes_on(
     assert worker.process.poll() is None
     assert not [sign for sign in CRASH_SIGNS if sign in log], log[-3000:]
     # And nothing of it is left to come back: not in the queue, not in kombu's unacked messages
-    wait_for(lambda: client.llen(keys.QUEUE) == 0 and client.hlen("unacked") == 0, 10)
+    wait_for(lambda: client.llen(KEYS.queue) == 0 and client.hlen("unacked") == 0, 10)
     assert len(set(poison_letters(client)) - before) == 1
 
 

@@ -8,16 +8,20 @@ import pytest
 import redis
 
 import goalqueue
-from goalqueue import GoalQueue, InvalidGoal, keys
+from goalqueue import GoalQueue, InvalidGoal
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 
 
 def ledger(client: redis.Redis) -> list[tuple[GoalEvent, float]]:
     return [
         (GoalEvent.from_json(raw), seq)
-        for raw, seq in client.zrange(keys.LEDGER, 0, -1, withscores=True)
+        for raw, seq in client.zrange(KEYS.ledger, 0, -1, withscores=True)
     ]
+
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def test_track_goal_writes_the_message_and_its_ledger_entry_together(
@@ -27,7 +31,7 @@ def test_track_goal_writes_the_message_and_its_ledger_entry_together(
     event_id = queue.track_goal("visitor-1", "Sign Up", metadata={"plan": "pro", "seats": 3})
     # Then the queue holds one Celery message for it, named by the task and the event id, whose
     # only argument is the sequence (the event id is there once, as the task id)
-    (raw,) = redis_client.lrange(keys.QUEUE, 0, -1)
+    (raw,) = redis_client.lrange(KEYS.queue, 0, -1)
     message = json.loads(raw)
     assert message["headers"] == {"id": event_id, "task": "goalqueue.deliver"}
     args, kwargs, _ = json.loads(message["body"])
@@ -46,7 +50,7 @@ def test_track_goals_enqueues_many_in_order_with_distinct_ids(
     goals = [{"visitor_id": f"v{i}", "name": "signup"} for i in range(1200)]
     ids = queue.track_goals(goals)
     assert len(set(ids)) == 1200
-    assert redis_client.llen(keys.QUEUE) == 1200
+    assert redis_client.llen(KEYS.queue) == 1200
     entries = ledger(redis_client)
     assert [event.event_id for event, _ in entries] == ids
     assert [seq for _, seq in entries] == list(range(1, 1201))

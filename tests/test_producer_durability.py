@@ -24,15 +24,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from goalqueue import ConfigError, EnqueueError, GoalQueue, InvalidGoal, keys
+from goalqueue import ConfigError, EnqueueError, GoalQueue, InvalidGoal
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 from goalqueue.spool import Spool
 from tests.conftest import RedisServer, free_port, spooled_rows, wait_for
 
 TIMEOUT = 0.3
 # Scheduling noise on a busy test machine; a second attempt after the timeout would exceed it.
 MARGIN = 0.2
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ def spooled_ids(directory: Path) -> list[str]:
 
 
 def ledger(client: redis.Redis) -> list[tuple[str, float]]:
-    entries: list[tuple[str, float]] = client.zrange(keys.LEDGER, 0, -1, withscores=True)  # type: ignore[assignment]
+    entries: list[tuple[str, float]] = client.zrange(KEYS.ledger, 0, -1, withscores=True)  # type: ignore[assignment]
     return entries
 
 
@@ -232,7 +235,7 @@ def test_spooled_goals_are_re_sent_with_their_ids_once_redis_is_back(
     # Then the flusher re-sends every goal, once each, with its id and payload unchanged
     wait_for(lambda: sorted(ledger_ids(client)) == sorted(ids), 15)
     wait_for(lambda: queue.backlog is not None and queue.backlog.spool.pending() == 0, 5)
-    assert client.llen(keys.QUEUE) == len(ids)
+    assert client.llen(KEYS.queue) == len(ids)
     assert sorted(raw for raw, _ in ledger(client)) == sorted(raw for _, raw in spooled)
     # And the producer sends straight to Redis again
     wait_for(lambda: queue.backlog is not None and not queue.backlog.redis_down, 5)
@@ -263,7 +266,7 @@ def test_a_goal_spooled_after_a_late_reply_is_not_doubled_in_the_ledger(
     # Then the byte-identical copy re-scored the one ledger entry: the first message will find
     # its sequence gone, so the goal is delivered once
     assert [(r, s) for r, s in ledger(client) if r == entry] == [(entry, first_seq + 1)]
-    assert client.llen(keys.QUEUE) == 3
+    assert client.llen(KEYS.queue) == 3
 
 
 def test_a_producer_re_sends_a_spool_left_behind_after_its_first_goal(

@@ -21,9 +21,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from goalqueue import GoalQueue, InvalidGoal, keys
+from goalqueue import GoalQueue, InvalidGoal
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 from goalqueue.schema import validate_goal
 
 # ------------------------------------------------------------------ DataFast's rules, re-derived
@@ -34,6 +35,8 @@ from goalqueue.schema import validate_goal
 # (visitor id <= 128, description <= 1024) are checked too.
 DATAFAST_NAME = re.compile(r"[a-z0-9_:-]+")
 DATAFAST_KEY = re.compile(r"[a-z0-9_-]+")
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def is_control_or_space(char: str) -> bool:
@@ -319,11 +322,11 @@ def assert_enqueued(
     client: fakeredis.FakeRedis, event_ids: list[str], goals: list[dict[str, Any]]
 ) -> None:
     """Exactly one queue message and one ledger entry per goal, holding the validated fields."""
-    assert set(client.keys("*")) == {keys.QUEUE, keys.LEDGER, keys.SEQ}
-    assert client.llen(keys.QUEUE) == len(goals)
-    assert client.zcard(keys.LEDGER) == len(goals)
-    assert client.get(keys.SEQ) == str(len(goals))
-    entries: list[str] = client.zrange(keys.LEDGER, 0, -1)  # type: ignore[assignment]
+    assert set(client.keys("*")) == {KEYS.queue, KEYS.ledger, KEYS.seq}
+    assert client.llen(KEYS.queue) == len(goals)
+    assert client.zcard(KEYS.ledger) == len(goals)
+    assert client.get(KEYS.seq) == str(len(goals))
+    entries: list[str] = client.zrange(KEYS.ledger, 0, -1)  # type: ignore[assignment]
     ledger = {event.event_id: event for event in map(GoalEvent.from_json, entries)}
     assert sorted(ledger) == sorted(event_ids)
     for event_id, goal in zip(event_ids, goals, strict=True):
@@ -333,7 +336,7 @@ def assert_enqueued(
         assert stored == validate_goal(**goal)
         assert datafast_problems(stored) == []
         assert event.attempts == 0
-    messages = [json.loads(raw) for raw in client.lrange(keys.QUEUE, 0, -1)]
+    messages = [json.loads(raw) for raw in client.lrange(KEYS.queue, 0, -1)]
     assert sorted(m["headers"]["id"] for m in messages) == sorted(event_ids)
 
 

@@ -24,14 +24,17 @@ import pytest
 import redis
 from httpx_aiohttp import AiohttpTransport
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
 from tests.conftest import RedisServer, Workers, quick_settings, wait_for, worker_env
 from workers.client import Answer, build_client, post_goal
 
 CANARY = "df_SECRET_canary_123"
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def goalqueue_cli(broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -136,7 +139,7 @@ def test_the_api_key_is_nowhere_in_redis_the_logs_or_the_dead_letters(
         wait_for(lambda: sandbox.state.count(401) >= 1)
         sandbox.set_key(CANARY)
         wait_for(lambda: set(ids) <= {e.idempotency_key for e in sandbox.events(status=200)}, 60)
-        wait_for(lambda: raw.hlen(keys.DEAD) == 2)
+        wait_for(lambda: raw.hlen(KEYS.dead) == 2)
         dead_list = goalqueue_cli(server.url, "dead", "list", "--json")
     finally:
         published.stop()
@@ -321,8 +324,8 @@ def test_dead_letters_and_stats_print_event_data_with_control_characters_escaped
         metadata={"note": f"meta{ESCAPES}"},
         description=f"description{ESCAPES}",
     ).attempted(time.time(), 400, f"DataFast says{ESCAPES}")
-    client.hset(keys.DEAD, "evil-1", DeadLetter.of(event, "bad_request").to_json())
-    client.hset(keys.PAUSE, mapping={"until": time.time() + 60, "reason": f"why{ESCAPES}"})
+    client.hset(KEYS.dead, "evil-1", DeadLetter.of(event, "bad_request").to_json())
+    client.hset(KEYS.pause, mapping={"until": time.time() + 60, "reason": f"why{ESCAPES}"})
 
     # When the operator lists the dead letters and the stats, as a table and as JSON
     outputs = {

@@ -17,13 +17,16 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from goalqueue import EnqueueError, GoalQueue, keys
+from goalqueue import EnqueueError, GoalQueue
 from goalqueue.cli import main
 from goalqueue.config import Settings, get_settings
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 from goalqueue.producer import new_event
 from goalqueue.spool import Spool
 from tests.conftest import RedisServer, spooled_rows, wait_for
+
+KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def dead_url() -> str:
@@ -43,7 +46,7 @@ def events(count: int, prefix: str = "v") -> list[GoalEvent]:
 
 
 def ledger_ids(client: redis.Redis) -> list[str]:
-    return [json.loads(str(raw))["i"] for raw in client.zrange(keys.LEDGER, 0, -1)]
+    return [json.loads(str(raw))["i"] for raw in client.zrange(KEYS.ledger, 0, -1)]
 
 
 @pytest.fixture
@@ -178,7 +181,7 @@ def test_flush_re_sends_oldest_first_in_batches_and_forgets_them(
     # Then Redis holds them in spool order, with their ids, and the spool is empty
     assert sizes == [2, 2, 1]
     assert ledger_ids(redis_client) == [e.event_id for e in batch]
-    assert redis_client.llen(keys.QUEUE) == 5
+    assert redis_client.llen(KEYS.queue) == 5
     assert spool.pending() == 0 and spool.oldest() is None
 
 
@@ -228,7 +231,7 @@ def test_concurrent_flushers_send_each_goal_once(
     # Then every goal was sent exactly once
     assert sum(counts) == 1000
     assert sorted(ledger_ids(redis_client)) == sorted(e.event_id for e in batch)
-    assert redis_client.llen(keys.QUEUE) == 1000
+    assert redis_client.llen(KEYS.queue) == 1000
 
 
 # ------------------------------------------------------------------------ many writers at once

@@ -10,16 +10,19 @@ import time
 import redis
 import redis.asyncio
 
-from goalqueue import GoalQueue, keys
+from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
+from goalqueue.keys import Keys
 from goalqueue.scripts import WorkerScripts
 from tests.conftest import pop_message
 from workers.sweeper import Sweeper
 
+KEYS = Keys()  # the default namespace, which the tests' settings use
+
 
 def queued_ids(client: redis.Redis) -> list[str]:
-    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(keys.QUEUE, 0, -1)]
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(KEYS.queue, 0, -1)]
 
 
 def take(client: redis.Redis, settings: Settings, event_id: str, seq: int, now: float) -> str:
@@ -28,7 +31,7 @@ def take(client: redis.Redis, settings: Settings, event_id: str, seq: int, now: 
     async def take_it() -> str:
         worker_client = redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True)
         try:
-            take = await WorkerScripts(worker_client).take(
+            take = await WorkerScripts(worker_client, KEYS).take(
                 now,
                 goal=(event_id, seq),
                 claim=0,
@@ -62,7 +65,7 @@ def test_a_goal_lost_right_after_brpop_is_requeued_after_the_visibility_timeout(
     # Then after it, both taken-but-unsettled goals come back, and the untouched one stays put
     assert sweeper.sweep_once(now + settings.visibility_timeout_seconds + 0.1) == (0, 2)
     assert queued_ids(redis_client) == [started, lost, untouched]
-    assert redis_client.zcard(keys.LEDGER) == 3
+    assert redis_client.zcard(KEYS.ledger) == 3
     # And the reconciler does not repeat itself for goals it already re-queued
     assert sweeper.sweep_once(now + settings.visibility_timeout_seconds + 0.2) == (0, 0)
 
@@ -75,7 +78,7 @@ def test_a_backlog_nobody_has_taken_is_never_requeued(
     now = time.time()
     for later in (0, 3600, 86400):
         assert sweeper.sweep_once(now + later) == (0, 0)
-    assert redis_client.llen(keys.QUEUE) == 1000
+    assert redis_client.llen(KEYS.queue) == 1000
 
 
 def test_the_old_copy_of_a_requeued_goal_is_dropped(
@@ -104,7 +107,7 @@ def test_many_sweepers_at_once_move_each_due_goal_exactly_once(
     waiting = {
         GoalEvent(f"id-{i}", "v", "signup", enqueued_at=now).to_json(): now - 1 for i in range(3000)
     }
-    redis_client.zadd(keys.WAITING, waiting)  # type: ignore[arg-type]
+    redis_client.zadd(KEYS.waiting, waiting)  # type: ignore[arg-type]
     # When eight sweepers race
     sweepers = [Sweeper(settings, redis.Redis.from_url(settings.broker_url)) for _ in range(8)]
     threads = [threading.Thread(target=s.sweep_once, args=(now,)) for s in sweepers]
@@ -115,8 +118,8 @@ def test_many_sweepers_at_once_move_each_due_goal_exactly_once(
     # Then each goal is on the queue once, with a ledger entry under a distinct sequence
     ids = queued_ids(redis_client)
     assert len(ids) == 3000 and len(set(ids)) == 3000
-    assert redis_client.zcard(keys.WAITING) == 0
-    assert redis_client.zcard(keys.LEDGER) == 3000
+    assert redis_client.zcard(KEYS.waiting) == 0
+    assert redis_client.zcard(KEYS.ledger) == 3000
 
 
 def test_nothing_is_released_early_or_while_paused(
@@ -125,16 +128,16 @@ def test_nothing_is_released_early_or_while_paused(
     now = time.time()
     for i, due in enumerate((now + 10, now - 1, now - 2)):
         event = GoalEvent(f"id-{i}", "v", "signup", enqueued_at=now)
-        redis_client.zadd(keys.WAITING, {event.to_json(): due})
-    redis_client.hset(keys.PAUSE, mapping={"until": now + 5, "reason": "rate_limited", "key": ""})
+        redis_client.zadd(KEYS.waiting, {event.to_json(): due})
+    redis_client.hset(KEYS.pause, mapping={"until": now + 5, "reason": "rate_limited", "key": ""})
     sweeper = Sweeper(settings, redis_client)
     assert sweeper.sweep_once(now) == (0, 0)
     # The pause has ended: one probe, the earliest due
     assert sweeper.sweep_once(now + 5) == (1, 0)
     assert queued_ids(redis_client) == ["id-2"]
-    assert redis_client.get(keys.PROBE) == "id-2"
+    assert redis_client.get(KEYS.probe) == "id-2"
     assert sweeper.sweep_once(now + 6) == (0, 0)
     # The probe succeeded
-    redis_client.delete(keys.PAUSE, keys.PROBE)
+    redis_client.delete(KEYS.pause, KEYS.probe)
     assert sweeper.sweep_once(now + 6) == (1, 0)
     assert sweeper.sweep_once(now + 10) == (1, 0)

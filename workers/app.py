@@ -32,13 +32,14 @@ from celery.signals import (
 )
 from celery.utils.log import mlevel
 
-from goalqueue import connections, keys
+from goalqueue import connections
 from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
+from goalqueue.keys import TASK_NAME
 from workers.runtime import Runtime
 from workers.sweeper import Sweeper
 from workers.tasks import deliver
-from workers.transport import harden
+from workers.transport import DEAD_LETTERS, harden
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def create_app(settings: Settings) -> GoalqueueApp:
     app.conf.update(_configuration(settings))
     app.settings = settings
     app.runtime = Runtime(settings, lambda hostname: _dispatcher(app, hostname))
-    app.task(name=keys.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)(deliver)
+    app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)(deliver)
     app.steps["worker"].add(SweeperStep)
     _connect_signals(app)
     return app
@@ -73,8 +74,13 @@ def load_app() -> Celery:
 
 
 def _configuration(settings: Settings) -> dict[str, Any]:
+    keys = settings.keys
     return {
-        "task_default_queue": keys.QUEUE,
+        "task_default_queue": keys.queue,
+        # Task events and control commands of this namespace only (see goalqueue.keys).
+        "event_exchange": keys.event_exchange,
+        "event_queue_prefix": keys.event_exchange,
+        "control_exchange": keys.namespace,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
@@ -93,6 +99,8 @@ def _configuration(settings: Settings) -> dict[str, Any]:
             # (10 x 10 by default); scan every few seconds instead so recovery stays quick.
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
+            **keys.kombu_transport_options(),
+            DEAD_LETTERS: keys.dead,
         },
     }
 

@@ -63,9 +63,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._bury(message, f"undecodable message: {type(exc).__name__}: {exc}")
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        bury(
-            self.app.runtime.redis, _raw(message), "not a task message: no task name in its headers"
-        )
+        self._keep(message, "not a task message: no task name in its headers")
         super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -73,16 +71,12 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._bury(message, f"unknown task {name!r}")
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        bury(
-            self.app.runtime.redis,
-            _raw(message),
-            f"invalid task message: {type(exc).__name__}: {exc}",
-        )
+        self._keep(message, f"invalid task message: {type(exc).__name__}: {exc}")
         super().on_invalid_task(body, message, exc)
 
     def _keep(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter."""
-        bury(self.app.runtime.redis, _raw(message), error)
+        bury(self.app.runtime.redis, self.app.settings.keys.dead, _raw(message), error)
 
     def _bury(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter, and off the queue."""

@@ -70,7 +70,7 @@ class Deliverer:
         self.settings = settings
         self.redis = client
         self.http = http
-        self.scripts = WorkerScripts(client)
+        self.scripts = WorkerScripts(client, settings.keys)
         self.recorder = Recorder(Writer(settings, client, self.scripts, clock).write)
         self.clock = clock
         self.rand = rand

@@ -20,7 +20,7 @@ from typing import Any
 
 from celery.utils.time import utcoffset
 
-from goalqueue import keys
+from goalqueue.keys import TASK_NAME
 from workers.delivery import Delivery
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _send(dispatcher: Any, group: list[Delivery]) -> None:
             **common,
             "clock": dispatcher.clock.forward(),
             "uuid": delivery.event_id,
-            "name": keys.TASK_NAME,
+            "name": TASK_NAME,
             "args": "()",
             "kwargs": "{}",
             "retries": 0,

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import redis
 import redis.asyncio
 
-from goalqueue import keys
 from goalqueue.config import Settings
 from goalqueue.scripts import Defer, Settlement, WorkerScripts
 from workers.policy import Verdict
@@ -152,7 +151,7 @@ class Writer:
         settings = self.settings
         async with self.redis.pipeline(transaction=False) as pipe:
             if record.resume:
-                pipe.delete(keys.PAUSE, keys.PROBE)
+                pipe.delete(settings.keys.pause, settings.keys.probe)
             if (pause := record.pause) is not None:
                 await self.scripts.defer(
                     pause.defer,

@@ -32,7 +32,7 @@ class Sweeper:
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
-        self.scripts = Scripts(client)
+        self.scripts = Scripts(client, settings.keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
 

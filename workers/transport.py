@@ -46,24 +46,26 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from goalqueue import keys
 from goalqueue.deadletters import RAW_LIMIT, DeadLetter
 
 logger = logging.getLogger(__name__)
 
+# The transport option that names the dead-letter hash (see workers.app).
+DEAD_LETTERS = "goalqueue_dead_letters"
 # Types redis-py can store as kombu's unacked-hash field: anything else fails in kombu's QoS.
 _TAG_TYPES = (str, int, float)
 
 
-def bury(client: redis.Redis, raw: str | bytes, error: str) -> str | None:
-    """Keep ``raw`` as a ``poison`` dead letter; returns its id, or None if Redis refused it.
+def bury(client: redis.Redis, dead: str, raw: str | bytes, error: str) -> str | None:
+    """Keep ``raw`` as a ``poison`` dead letter in the hash ``dead``; returns its id, or None
+    if Redis refused it.
 
     Never raises: a poison message that cannot even be stored is logged (cut short) and
     dropped, so that it cannot stop the worker.
     """
     letter = DeadLetter.poison(raw, error)
     try:
-        client.hset(keys.DEAD, letter.event_id, letter.to_json())
+        client.hset(dead, letter.event_id, letter.to_json())
     except redis.RedisError as exc:
         logger.error(
             "dropped a poison message (%s) that could not be dead-lettered (%s): %r",
@@ -138,7 +140,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         problem = unreadable(self, item)
         if problem is None:
             return True
-        bury(self.client, item, problem)
+        bury(self.client, self.connection.client.transport_options[DEAD_LETTERS], item, problem)
         return False
 
     @contextmanager

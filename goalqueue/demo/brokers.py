@@ -25,14 +25,17 @@ import click
 import redis
 from packaging.version import Version
 
-from goalqueue import connections, keys
+from goalqueue import connections
 from goalqueue.config import ENV_NAMES, Settings, redact
 from goalqueue.demo.errors import BrokerUnavailable, DemoFailed
 from goalqueue.demo.processes import POLL_SECONDS, STOP_SECONDS, stop_process
 from goalqueue.errors import ConfigError
+from goalqueue.keys import Keys
 
+# The demo runs in goalqueue's default namespace.
+DEMO_KEYS = Keys()
 # What a demo run leaves in a Redis database: goalqueue's keys and kombu's bookkeeping.
-DEMO_KEY_PATTERNS = (f"{keys.QUEUE}*", "_kombu.*", "unacked*")
+DEMO_KEY_PATTERNS = (f"{DEMO_KEYS.namespace}*", "_kombu.*")
 # fakeredis 2.40's TcpFakeServer hangs up after any error reply: redis-py's EVALSHA, NOSCRIPT,
 # SCRIPT LOAD on the same connection then fails, and tasks die halfway through a delivery.
 FAKEREDIS_AT_LEAST = Version("2.41")

@@ -11,6 +11,7 @@ import click
 import redis
 
 from goalqueue.deadletters import DeadLetters
+from goalqueue.demo.brokers import DEMO_KEYS
 from goalqueue.sandbox import Sandbox
 from goalqueue.stats import collect
 
@@ -34,12 +35,12 @@ class Snapshot:
 
     @classmethod
     def read(cls, client: redis.Redis, sandbox: Sandbox) -> Snapshot:
-        figures = collect(client)
+        figures = collect(client, DEMO_KEYS)
         until = figures["paused_until"]
         return cls(
             delivered=figures["delivered"],
             dead=figures["dead"],
-            waiting=figures["scheduled"],
+            waiting=figures["waiting"],
             queued=figures["queued"],
             in_flight=figures["in_flight"],
             paused=figures["pause_reason"] if until and until > time.time() else None,
@@ -129,7 +130,7 @@ def answers_by_goal(sandbox: Sandbox) -> dict[str, list[int]]:
 
 def dead_statuses(client: redis.Redis) -> dict[str, int | None]:
     """The HTTP status of each dead letter, by event id."""
-    return {letter.event_id: letter.status_code for letter in DeadLetters(client)}
+    return {letter.event_id: letter.status_code for letter in DeadLetters(client, DEMO_KEYS)}
 
 
 def table_rows(
