@@ -16,8 +16,10 @@ RUN groupadd --system --gid 10001 goalqueue \
 RUN pip install --no-cache-dir "flower>=2.0,<3"
 
 # .dockerignore lets in only pyproject.toml, README.md, goalqueue/ and workers/.
+# The worker extra for the workers (and Flower's `celery -A workers`), the sandbox extra for
+# the compose dev profile's sandbox.
 COPY . /src
-RUN pip install --no-cache-dir /src \
+RUN pip install --no-cache-dir "/src[worker,sandbox]" \
  && rm -rf /src
 
 WORKDIR /home/goalqueue

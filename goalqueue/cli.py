@@ -1,22 +1,28 @@
-"""The ``goalqueue`` command: send goals, run workers, inspect and repair the queue."""
+"""The ``goalqueue`` command: send goals, run workers, inspect and repair the queue.
+
+It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``dead``
+and ``spool`` need nothing more. ``worker``, ``sandbox`` and ``demo`` import their modules only
+when they run (and ``goalqueue --help`` when it lists them), and without their extra they say in
+one line which one to install.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import click
 
 from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetter, DeadLetters
-from goalqueue.demo import demo_command
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.keys import Keys
 from goalqueue.producer import GoalQueue, connect
-from goalqueue.sandbox import sandbox_command
 from goalqueue.spool import Spool
 from goalqueue.stats import collect
 
@@ -28,7 +34,113 @@ def printable(value: object) -> str:
     return str(value).translate(_CONTROL)
 
 
-@click.group()
+@dataclass(frozen=True)
+class Extra:
+    """One of goalqueue's pip extras, and the top-level modules of what it installs."""
+
+    name: str
+    modules: frozenset[str]
+
+    def explain(self, exc: ModuleNotFoundError, command: str) -> str:
+        """The one line for ``goalqueue COMMAND`` that lacks this extra; re-raises ``exc`` when
+        the missing module is not one this extra installs (a bug, not an install to fix)."""
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in self.modules:
+            raise exc
+        return (
+            f"goalqueue {command} needs the {self.name} extra (no module named {missing!r}):"
+            f" pip install 'goalqueue[{self.name}]'"
+        )
+
+
+WORKER = Extra(
+    "worker", frozenset({"celery", "kombu", "httpx", "httpx_aiohttp", "aiohttp", "packaging"})
+)
+SANDBOX = Extra("sandbox", frozenset({"starlette", "uvicorn"}))
+DEMO = Extra("demo", WORKER.modules | SANDBOX.modules)
+
+
+@dataclass(frozen=True)
+class LazyCommand:
+    """A subcommand imported only when it is looked up (``module:attribute``), the extra it
+    needs, and the modules that only its child processes import, checked when it runs."""
+
+    target: str
+    extra: Extra
+    child_modules: tuple[str, ...] = ()
+
+    def load(self) -> click.Command:
+        module, _, attribute = self.target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command), self.target
+        return command
+
+    def check_children(self) -> None:
+        for name in self.child_modules:
+            importlib.import_module(name)
+
+
+class LazyGroup(click.Group):
+    """click's lazy-loading group: ``lazy`` subcommands are imported when looked up, and one
+    whose extra is missing becomes a command that says which extra to install."""
+
+    def __init__(self, *args: Any, lazy: dict[str, LazyCommand], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        lazy = self.lazy.get(cmd_name)
+        if lazy is None:
+            return super().get_command(ctx, cmd_name)
+        try:
+            return lazy.load()
+        except ModuleNotFoundError as exc:
+            return _unavailable(cmd_name, lazy.extra, lazy.extra.explain(exc, cmd_name))
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click does, and then (only for a command about to run, not for the listing in
+        ``--help``) imports what its child processes need."""
+        name, command, rest = super().resolve_command(ctx, args)
+        lazy = self.lazy.get(name or "")
+        if name is not None and lazy is not None:
+            try:
+                lazy.check_children()
+            except ModuleNotFoundError as exc:
+                command = _unavailable(name, lazy.extra, lazy.extra.explain(exc, name))
+        return name, command, rest
+
+
+def _unavailable(name: str, extra: Extra, message: str) -> click.Command:
+    """A command that takes any arguments, prints ``message`` and exits with status 1; listed
+    in ``goalqueue --help`` with the extra to install."""
+
+    def fail(args: Sequence[str]) -> NoReturn:
+        raise SystemExit(message)
+
+    return click.Command(
+        name,
+        callback=fail,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        help=message,
+        short_help=f"Not installed: pip install 'goalqueue[{extra.name}]'",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True},
+    )
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "sandbox": LazyCommand("goalqueue.sandbox:sandbox_command", SANDBOX),
+        # The demo's worker is a child process: `python -m celery -A workers worker`.
+        "demo": LazyCommand("goalqueue.demo:demo_command", DEMO, ("celery", "httpx_aiohttp")),
+    },
+)
 @click.version_option(package_name="goalqueue")
 def main() -> None:
     """Durable delivery of server-side DataFast goals through Celery on Redis."""
@@ -80,7 +192,10 @@ def send(visitor_id: str, name: str, metadata: Sequence[str], description: str |
 def worker(processes: int | None, celery_args: Sequence[str]) -> None:
     """Run a worker node: a Celery worker process per core, each delivering on its own event
     loop. Takes any `celery worker` option (see `celery -A workers worker --help`)."""
-    from workers.node import Node, default_processes
+    try:
+        from workers.node import Node, default_processes
+    except ModuleNotFoundError as exc:
+        raise SystemExit(WORKER.explain(exc, "worker")) from None
 
     try:
         get_settings().require_credentials()
@@ -249,10 +364,6 @@ def spool_flush(directory: str | None, batch: int) -> None:
     click.echo(f"re-sent {sent} spooled goal(s)")
     if failure is not None:
         raise click.ClickException(f"{spool.pending()} goal(s) still wait: {failure}")
-
-
-main.add_command(sandbox_command)
-main.add_command(demo_command)
 
 
 def _read(action: Any) -> Any:

@@ -1,8 +1,12 @@
-"""The goalqueue command, run through click's CliRunner against the real Redis."""
+"""The goalqueue command, run through click's CliRunner against the real Redis, and in fresh
+interpreters where an extra's packages cannot be imported."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import redis
@@ -125,3 +129,85 @@ def test_dead_replay_all(run, queue: GoalQueue, redis_client: redis.Redis) -> No
     queued = {json.loads(m)["headers"]["id"] for m in redis_client.lrange(KEYS.queue, 0, -1)}
     assert queued == ids
     assert run("dead", "replay").exit_code == 2
+
+
+# ----------------------------------------------------------------------- without an extra
+
+WORKER_PACKAGES = ("celery", "kombu", "httpx", "httpx_aiohttp", "aiohttp", "packaging")
+SANDBOX_PACKAGES = ("starlette", "uvicorn")
+
+NOT_INSTALLED = textwrap.dedent(
+    """
+    import sys
+    from importlib.abc import MetaPathFinder
+
+    BLOCKED = set(sys.argv[1].split(","))
+
+
+    class NotInstalled(MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name in BLOCKED or name.partition(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+
+    sys.meta_path.insert(0, NotInstalled())
+    from goalqueue.cli import main
+
+    main(sys.argv[2:], prog_name="goalqueue")
+    """
+)
+
+
+def goalqueue_without(blocked: tuple[str, ...], *args: str) -> subprocess.CompletedProcess[str]:
+    """``goalqueue ARGS`` in a fresh interpreter where ``blocked`` modules (and their
+    submodules) fail to import as packages that are not installed do."""
+    return subprocess.run(
+        [sys.executable, "-c", NOT_INSTALLED, ",".join(blocked), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "blocked", "extra"),
+    [
+        pytest.param(("worker", "--processes", "2"), WORKER_PACKAGES, "worker", id="worker"),
+        pytest.param(("sandbox", "--port", "8765"), SANDBOX_PACKAGES, "sandbox", id="sandbox"),
+        pytest.param(("sandbox", "--help"), SANDBOX_PACKAGES, "sandbox", id="sandbox-help"),
+        pytest.param(("demo",), SANDBOX_PACKAGES, "demo", id="demo-without-sandbox"),
+        # The demo's own modules import; only its worker, a child process, needs Celery
+        pytest.param(("demo",), ("celery",), "demo", id="demo-without-celery"),
+    ],
+)
+def test_a_command_without_its_extra_says_in_one_line_what_to_install(
+    args: tuple[str, ...], blocked: tuple[str, ...], extra: str
+) -> None:
+    # Given an install without the packages of the command's extra
+    # When the command runs
+    result = goalqueue_without(blocked, *args)
+    # Then it exits 1 with one line naming the extra to install, and no traceback
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"goalqueue {args[0]} needs the {extra} extra (no module named ")
+    assert line.endswith(f": pip install 'goalqueue[{extra}]'")
+    assert result.stdout == ""
+
+
+def test_help_lists_every_command_without_any_extra() -> None:
+    result = goalqueue_without((*WORKER_PACKAGES, *SANDBOX_PACKAGES, "fakeredis"), "--help")
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
+    assert listed == {"dead", "demo", "sandbox", "send", "spool", "stats", "worker"}
+    assert "Not installed: pip install 'goalqueue[sandbox]'" in result.stdout
+    assert "Not installed: pip install 'goalqueue[demo]'" in result.stdout
+
+
+def test_a_missing_module_outside_the_extra_is_not_taken_for_a_missing_extra() -> None:
+    # Given a sandbox whose own module is missing (a broken install, not a missing extra)
+    result = goalqueue_without(("goalqueue.sandbox.faults",), "sandbox")
+    # Then the import error is not disguised as advice to install the extra
+    assert result.returncode == 1
+    assert "ModuleNotFoundError: No module named 'goalqueue.sandbox.faults'" in result.stderr
+    assert "pip install" not in result.stderr

@@ -459,9 +459,12 @@ def test_dockerfile_bakes_in_no_secrets_and_runs_as_non_root() -> None:
             keys = keys or shlex.split(rest)[:1]  # the legacy `ENV KEY value` form
             assert not [key for key in keys if SECRET_WORDS.search(key)], rest
 
-    # The project and Flower are installed without a pip cache
+    # The project, with what the workers and the sandbox need, and Flower are installed without
+    # a pip cache
     runs = " ".join(rest for name, rest in instructions if name == "RUN")
-    assert re.search(r"pip install --no-cache-dir /src\b|pip install --no-cache-dir \.", runs)
+    install = re.search(r"pip install --no-cache-dir \"?(?:/src|\.)\[([\w,]+)\]\"?", runs)
+    assert install, runs
+    assert {"worker", "sandbox"} <= set(install.group(1).split(","))
     assert re.search(r"pip install --no-cache-dir \S*flower", runs)
 
     # The last USER is not root
