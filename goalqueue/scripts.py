@@ -24,6 +24,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from goalqueue.keys import TASK_NAME, Keys
 from goalqueue.message import template
@@ -109,6 +110,7 @@ class Scripts:
 
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.keys = keys
+        self._client = client
         self._template = template(keys)
         self._enqueue = client.register_script(_source("enqueue", "push"))
         self._replay = client.register_script(_source("replay", "push"))
@@ -118,11 +120,43 @@ class Scripts:
 
     def enqueue(self, goals: Sequence[tuple[str, str]], pipe: Any = None) -> None:
         """Put (event id, payload) pairs on the queue (or queue the call in ``pipe``)."""
-        keys = self.keys
+        self._enqueue(keys=self._enqueue_keys(), args=self._enqueue_args(goals), client=pipe)
+
+    def enqueue_replicated(
+        self, goals: Sequence[tuple[str, str]], chunk: int, replicas: int, timeout_ms: int
+    ) -> int:
+        """Enqueue ``goals`` (``chunk`` per script call), then WAIT until ``replicas`` replicas
+        hold them or ``timeout_ms`` passes, in one round trip; returns how many confirmed.
+
+        EVALSHA goes out bare: redis-py's pipeline would first ask SCRIPT EXISTS, a round trip
+        of its own. On NOSCRIPT (a master promoted by a failover starts with an empty script
+        cache) no call ran, so the script is loaded and the round trip repeated once.
+        """
+        try:
+            return self._enqueue_and_wait(goals, chunk, replicas, timeout_ms)
+        except NoScriptError:
+            self._enqueue.sha = self._client.script_load(self._enqueue.script)
+            return self._enqueue_and_wait(goals, chunk, replicas, timeout_ms)
+
+    def _enqueue_and_wait(
+        self, goals: Sequence[tuple[str, str]], chunk: int, replicas: int, timeout_ms: int
+    ) -> int:
+        keys = self._enqueue_keys()
+        with self._client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(goals), chunk):
+                args = self._enqueue_args(goals[start : start + chunk])
+                pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
+            pipe.wait(replicas, timeout_ms)
+            return int(pipe.execute()[-1])
+
+    def _enqueue_keys(self) -> list[str]:
+        return [self.keys.seq, self.keys.ledger, self.keys.queue]
+
+    def _enqueue_args(self, goals: Sequence[tuple[str, str]]) -> list[ScriptArg]:
         args: list[ScriptArg] = [self._template]
         for event_id, payload in goals:
             args += [event_id, payload]
-        self._enqueue(keys=[keys.seq, keys.ledger, keys.queue], args=args, client=pipe)
+        return args
 
     def replay(self, event_id: str, payload: str) -> int:
         """A dead letter's goal back onto the queue: its new sequence, or 0 if already gone."""
