@@ -153,7 +153,7 @@ class GoalQueue:
         the same payload only re-scores its ledger entry, so it is still delivered once.
         """
         wanted = self.settings.replicas_to_wait_for
-        confirmed = self.scripts.enqueue_replicated(pairs, CHUNK, wanted, _wait_ms())
+        confirmed = self.scripts.enqueue_replicated(pairs, CHUNK, wanted, _wait_ms)
         if confirmed < wanted:
             raise EnqueueError(
                 f"could not enqueue {len(pairs)} goal(s): Redis at "

@@ -16,7 +16,7 @@ The scripts live in ``goalqueue/lua/``, each naming its KEYS and ARGV at the top
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -123,10 +123,15 @@ class Scripts:
         self._enqueue(keys=self._enqueue_keys(), args=self._enqueue_args(goals), client=pipe)
 
     def enqueue_replicated(
-        self, goals: Sequence[tuple[str, str]], chunk: int, replicas: int, timeout_ms: int
+        self,
+        goals: Sequence[tuple[str, str]],
+        chunk: int,
+        replicas: int,
+        timeout_ms: Callable[[], int],
     ) -> int:
         """Enqueue ``goals`` (``chunk`` per script call), then WAIT until ``replicas`` replicas
-        hold them or ``timeout_ms`` passes, in one round trip; returns how many confirmed.
+        hold them or ``timeout_ms()`` (asked as each WAIT is sent) passes, in one round trip;
+        returns how many confirmed.
 
         EVALSHA goes out bare: redis-py's pipeline would first ask SCRIPT EXISTS, a round trip
         of its own. On NOSCRIPT (a master promoted by a failover starts with an empty script
@@ -139,14 +144,18 @@ class Scripts:
             return self._enqueue_and_wait(goals, chunk, replicas, timeout_ms)
 
     def _enqueue_and_wait(
-        self, goals: Sequence[tuple[str, str]], chunk: int, replicas: int, timeout_ms: int
+        self,
+        goals: Sequence[tuple[str, str]],
+        chunk: int,
+        replicas: int,
+        timeout_ms: Callable[[], int],
     ) -> int:
         keys = self._enqueue_keys()
         with self._client.pipeline(transaction=False) as pipe:
             for start in range(0, len(goals), chunk):
                 args = self._enqueue_args(goals[start : start + chunk])
                 pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
-            pipe.wait(replicas, timeout_ms)
+            pipe.wait(replicas, timeout_ms())
             return int(pipe.execute()[-1])
 
     def _enqueue_keys(self) -> list[str]:
