@@ -394,6 +394,7 @@ class Producer:
         self.acked: dict[str, tuple[float, float]] = {}  # event id -> track_goal began, ended
         self.failures = 0
         self.done = threading.Event()
+        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
 
     def start(self) -> None:
@@ -414,14 +415,17 @@ class Producer:
             try:
                 event_id = self.queue.track_goal(f"v{thread}-{index}", "signup")
             except EnqueueError:
-                self.failures += 1
+                with self._lock:
+                    self.failures += 1
                 time.sleep(0.01)  # the app's pace while Redis refuses, not a wait for a condition
                 continue
-            self.acked[event_id] = (began, time.time())
+            with self._lock:
+                self.acked[event_id] = (began, time.time())
 
     def acked_since(self, moment: float) -> list[str]:
         """Goals whose track_goal began after ``moment`` and returned their id."""
-        return [event_id for event_id, (began, _) in list(self.acked.items()) if began > moment]
+        with self._lock:
+            return [event_id for event_id, (began, _) in self.acked.items() if began > moment]
 
 
 @dataclass
