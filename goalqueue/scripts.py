@@ -137,26 +137,21 @@ class Scripts:
         of its own. On NOSCRIPT (a master promoted by a failover starts with an empty script
         cache) no call ran, so the script is loaded and the round trip repeated once.
         """
+        keys = self._enqueue_keys()
+
+        def send() -> int:
+            with self._client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(goals), chunk):
+                    args = self._enqueue_args(goals[start : start + chunk])
+                    pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
+                pipe.wait(replicas, timeout_ms())
+                return int(pipe.execute()[-1])
+
         try:
-            return self._enqueue_and_wait(goals, chunk, replicas, timeout_ms)
+            return send()
         except NoScriptError:
             self._enqueue.sha = self._client.script_load(self._enqueue.script)
-            return self._enqueue_and_wait(goals, chunk, replicas, timeout_ms)
-
-    def _enqueue_and_wait(
-        self,
-        goals: Sequence[tuple[str, str]],
-        chunk: int,
-        replicas: int,
-        timeout_ms: Callable[[], int],
-    ) -> int:
-        keys = self._enqueue_keys()
-        with self._client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(goals), chunk):
-                args = self._enqueue_args(goals[start : start + chunk])
-                pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
-            pipe.wait(replicas, timeout_ms())
-            return int(pipe.execute()[-1])
+            return send()
 
     def _enqueue_keys(self) -> list[str]:
         return [self.keys.seq, self.keys.ledger, self.keys.queue]

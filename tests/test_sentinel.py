@@ -468,8 +468,8 @@ def run_failover(
         producer.start()
         wait_for(lambda: len(sandbox.events(status=200)) >= 1000, 20)
         # When the primary is SIGKILLed mid-flow
-        killed_at = time.time()
         deployment.primary.stop(signal.SIGKILL)
+        killed_at = time.time()
         # Then the sentinels promote the replica, and the old primary rejoins as a replica
         wait_for(lambda: deployment.master_port() == deployment.replica.port, 20)
         promoted_at = time.time()
