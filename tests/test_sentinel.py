@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -186,6 +187,22 @@ def test_every_client_asks_the_sentinels_for_the_master() -> None:
     assert connect(settings).connection_pool.connection_class.__name__ == (
         "DeadlineSentinelManagedConnection"
     )
+
+
+def test_sentinels_that_do_not_answer_cost_one_enqueue_timeout() -> None:
+    # Given three sentinels that accept connections and never answer
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
+    url = ";".join(f"sentinel://127.0.0.1:{sock.getsockname()[1]}" for sock in silent)
+    queue = GoalQueue(settings=sentinel_settings(url, GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS="0.3"))
+    # When a goal is tracked
+    started = time.monotonic()
+    with pytest.raises(EnqueueError):
+        queue.track_goal("v", "signup")
+    # Then asking all of them took one enqueue timeout, not one each
+    assert time.monotonic() - started < 0.3 + 0.2
+    queue.close()
+    for sock in silent:
+        sock.close()
 
 
 def test_an_enqueue_the_replicas_do_not_confirm_in_time_is_refused(settings: Settings) -> None:
