@@ -261,12 +261,16 @@ def _left(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+# Redis notices that a WAIT timed out on its next event-loop pass, up to 1/hz (100 ms) late.
+WAIT_REPLY_MARGIN = 0.15
+
+
 def _wait_ms() -> int:
-    """WAIT's timeout: most of what is left of the deadline, leaving time for the reply (never
-    0, which would wait forever)."""
+    """WAIT's timeout: what is left of the deadline, less time for the reply (never 0, which
+    would wait forever)."""
     left = _left(None)
     assert left is not None  # only called inside a deadline
-    return max(1, int(left * 900))
+    return max(1, int((left - max(left / 10, WAIT_REPLY_MARGIN)) * 1000))
 
 
 class _DeadlineMixin:
