@@ -204,7 +204,7 @@ class WorkerScripts:
 
     def __init__(self, client: AsyncRedis, keys: Keys) -> None:
         self.keys = keys
-        self._take = client.register_script(_source("take", "pace"))
+        self._take = client.register_script(_source("take", "pace", "push"))
         self._defer = client.register_script(_source("defer", "pace"))
         self._settle = client.register_script(_source("settle"))
 

@@ -41,11 +41,13 @@ from goalqueue.errors import ConfigError, EnqueueError
 from goalqueue.keys import Keys
 from goalqueue.producer import connect
 from goalqueue.sandbox import Sandbox
+from goalqueue.scripts import Standing, Take, WorkerScripts
 from goalqueue.sentinel import SentinelURL
 from tests.conftest import (
     RedisServer,
     Workers,
     free_port,
+    pop_message,
     quick_settings,
     spooled_rows,
     wait_for,
@@ -284,6 +286,45 @@ def test_passwords_reach_the_master_and_the_sentinels(
             GoalQueue(settings=wrong).track_goal("v", "signup")
     finally:
         sentinel.stop()
+
+
+def test_a_copy_whose_sequence_now_names_another_goal_leaves_that_goal_alone(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given a worker holding goal A's message (sequence 1) from a primary that then died before
+    # A reached the replica, and A delivered since (re-sent from the spool)
+    queue = GoalQueue(settings=settings)
+    first = queue.track_goal("v", "signup")
+    held, seq = pop_message(redis_client)
+    redis_client.flushdb()  # the promoted replica never saw A
+    redis_client.set(KEYS.delivered(first), "remote-id")
+    # And goal B, which the new primary took under the same sequence
+    second = queue.track_goal("w", "signup")
+    assert pop_message(redis_client)[1] == seq
+    queue.close()
+    # When the worker takes A's copy
+    take = asyncio.run(take_alone(settings, held, seq))
+    # Then it is a stale copy: B's entry is not A's to settle (as 'done' it would be dropped)
+    (copy,) = take.taken
+    assert (copy.standing, copy.entry) == (Standing.GONE, "")
+    (entry,) = redis_client.zrange(KEYS.ledger, 0, -1)
+    assert json.loads(entry)["i"] == second
+
+
+async def take_alone(settings: Settings, event_id: str, seq: int) -> Take:
+    client = connections.async_client(settings)
+    try:
+        return await WorkerScripts(client, settings.keys).take(
+            time.time(),
+            goal=(event_id, seq),
+            claim=0,
+            fingerprint=settings.key_fingerprint,
+            probe_lease_ms=settings.probe_lease_ms,
+            max_rate=0,
+            patient=False,
+        )
+    finally:
+        await client.aclose()
 
 
 # ------------------------------------------------------------------------------ failover
