@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,7 @@ from tests.conftest import Workers, free_port, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "goalqueue.json"
 GOALQUEUE = Path(sys.executable).parent / "goalqueue"
 KEYS = Keys()
 LOGIN = ("prometheus", "s3cret-metrics")
@@ -424,3 +426,21 @@ def test_redis_out_of_reach_is_a_metric_not_a_failed_scrape(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_dashboard_and_the_alerts_use_only_series_the_exporter_serves(
+    exporter: Exporter, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given an exporter for a deployment with a goal queued, one waiting, and a shared send
+    # rate in force
+    queue.track_goal("v", "signup")
+    redis_client.zadd(KEYS.waiting, {redis_client.zrange(KEYS.ledger, 0, 0)[0]: time.time()})
+    redis_client.hset(KEYS.pace, "rate", 50)
+    served = {name for name, _ in exporter.scrape()}
+    # And the queries of the Grafana dashboard (valid JSON) and of the alerting rules
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queries += re.findall(r"expr: (?:>-\n)?([^\n]+(?:\n {10}[^\n]+)*)", ALERTS.read_text())
+    # Then every series they name is one the exporter serves
+    named = {name for query in queries for name in re.findall(r"goalqueue_[a-z_]+", query)}
+    assert len(named) > 10 and named - served == set()
