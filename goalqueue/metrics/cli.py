@@ -10,19 +10,13 @@ from prometheus_client import CollectorRegistry
 from goalqueue import connections
 from goalqueue.config import get_settings
 from goalqueue.errors import ConfigError
+from goalqueue.listening import listen_options
 from goalqueue.metrics.collector import GoalQueueCollector
 from goalqueue.metrics.server import DEFAULT_HOST, DEFAULT_PORT, metrics_app, serve
 
 
 @click.command("metrics")
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Interface to listen on.")
-@click.option(
-    "--port",
-    default=DEFAULT_PORT,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port to listen on (0 picks a free one).",
-)
+@listen_options(DEFAULT_HOST, DEFAULT_PORT)
 @click.option(
     "--basic-auth",
     metavar="USER:PASSWORD",
