@@ -1,9 +1,9 @@
 """The ``goalqueue`` command: send goals, run workers, inspect and repair the queue.
 
 It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``dead``
-and ``spool`` need nothing more. ``worker``, ``sandbox`` and ``demo`` import their modules only
-when they run (and ``goalqueue --help`` when it lists them), and without their extra they say in
-one line which one to install.
+and ``spool`` need nothing more. ``worker``, ``sandbox``, ``metrics`` and ``demo`` import their
+modules only when they run (and ``goalqueue --help`` when it lists them), and without their
+extra they say in one line which one to install.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ WORKER = Extra(
     "worker", frozenset({"celery", "kombu", "httpx", "httpx_aiohttp", "aiohttp", "packaging"})
 )
 SANDBOX = Extra("sandbox", frozenset({"starlette", "uvicorn"}))
+METRICS = Extra("metrics", frozenset({"prometheus_client"}))
 DEMO = Extra("demo", WORKER.modules | SANDBOX.modules)
 
 
@@ -137,6 +138,7 @@ def _unavailable(name: str, extra: Extra, message: str) -> click.Command:
     cls=LazyGroup,
     lazy={
         "sandbox": LazyCommand("goalqueue.sandbox:sandbox_command", SANDBOX),
+        "metrics": LazyCommand("goalqueue.metrics:metrics_command", METRICS),
         # The demo's worker is a child process: `python -m celery -A workers worker`.
         "demo": LazyCommand("goalqueue.demo:demo_command", DEMO, ("celery", "httpx_aiohttp")),
     },

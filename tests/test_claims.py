@@ -235,7 +235,7 @@ def test_the_recorder_writes_every_record_once_in_groups() -> None:
 
     async def write(record: Record) -> None:
         await asyncio.sleep(0.001)
-        groups.append([str(arg) for arg in record.settlement.outcomes[1::4]])
+        groups.append([str(arg) for arg in record.settlement.entries()])
 
     async def run() -> None:
         recorder = Recorder(write)
@@ -262,7 +262,7 @@ def test_a_failed_write_fails_its_group_and_the_next_write_goes_on() -> None:
     async def write(record: Record) -> None:
         if next(failures, False):
             raise redis.ConnectionError("down")
-        written.extend(str(arg) for arg in record.settlement.outcomes[1::4])
+        written.extend(str(arg) for arg in record.settlement.entries())
 
     async def run() -> None:
         recorder = Recorder(write)

@@ -57,6 +57,8 @@ ALLOWED_VARIABLES: dict[str, str] = {
     "REDIS_PASSWORD": "compose-only: interpolated into Redis's --requirepass and the broker URLs",
     "REDISCLI_AUTH": "read by redis-cli in the redis healthcheck; keeps the password off argv",
     "FLOWER_BASIC_AUTH": "read by Flower itself (it maps FLOWER_* variables onto its options)",
+    "METRICS_PASSWORD": "compose-only: the monitoring profile's exporter login and the secret "
+    "Prometheus reads it from",
 }
 """Variables the compose file may name although goalqueue's code does not read them."""
 
@@ -281,6 +283,41 @@ def test_flower_uses_the_same_broker_as_the_worker(filled: dict[str, Any]) -> No
     assert "DATAFAST_API_KEY" not in flower  # Flower never delivers; it needs no DataFast key
 
 
+def test_the_monitoring_profile_scrapes_the_exporter_with_its_login_and_loads_the_alerts(
+    compose: dict[str, Any], filled: dict[str, Any]
+) -> None:
+    # Given the monitoring profile for a filled-in .env with a metrics password
+    resolved = resolve(compose, {**read_env_example()[1], **FILL, "METRICS_PASSWORD": "pw"})
+    exporter, prometheus = (resolved["services"][name] for name in ("metrics", "prometheus"))
+
+    # Then the exporter reads the workers' Redis, listens for Prometheus, and asks for a login
+    settings = Settings.from_env(environment(exporter))
+    assert settings.broker_url == environment(filled["services"]["worker"])["GOALQUEUE_BROKER_URL"]
+    assert settings.metrics_credentials == ("prometheus", "pw")
+    assert option_pairs(argv(exporter["command"])[1:]) == {"host": "0.0.0.0", "port": "9808"}
+    assert [str(port) for port in exporter["ports"]] == ["127.0.0.1:9808:9808"]
+    # And without the password it refuses to start, in one line
+    empty = environment(filled["services"]["metrics"])
+    with pytest.raises(ConfigError, match="GOALQUEUE_METRICS_BASIC_AUTH"):
+        Settings.from_env(empty)
+
+    # And Prometheus gets the password as a secret, and a config that scrapes the exporter with
+    # it and loads the alerting rules from the mounted deploy/prometheus
+    assert compose["secrets"]["metrics_password"] == {"environment": "METRICS_PASSWORD"}
+    assert prometheus["secrets"] == ["metrics_password"]
+    mount = next(v for v in prometheus["volumes"] if v.startswith("./deploy/prometheus:"))
+    inside = mount.split(":")[1]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == [f"{inside}/alerts.yml"]
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["metrics:9808"]
+    assert job["basic_auth"] == {
+        "username": "prometheus",
+        "password_file": "/run/secrets/metrics_password",
+    }
+    assert f"--config.file={inside}/prometheus.yml" in prometheus["command"]
+
+
 # --------------------------------------------------------------------------- flower, sandbox
 
 
@@ -299,7 +336,12 @@ def test_flower_requires_basic_auth_and_publishes_5555(
 
 def test_sandbox_runs_only_in_the_dev_profile(services: dict[str, dict[str, Any]]) -> None:
     assert services["sandbox"]["profiles"] == ["dev"]
-    assert [name for name, s in services.items() if s.get("profiles")] == ["sandbox"]
+    profiled = {name: s["profiles"] for name, s in services.items() if s.get("profiles")}
+    assert profiled == {
+        "sandbox": ["dev"],
+        "metrics": ["monitoring"],
+        "prometheus": ["monitoring"],
+    }
     # Its admin endpoints have no auth: published on the host's loopback only
     assert all(str(port).startswith("127.0.0.1:") for port in services["sandbox"]["ports"])
 
@@ -387,6 +429,7 @@ def entry_points() -> list[Any]:
         pytest.param(argv(services["worker"]["command"]), id="worker"),
         pytest.param(argv(services["flower"]["command"]), id="flower"),
         pytest.param(argv(services["sandbox"]["command"]), id="sandbox"),
+        pytest.param(argv(services["metrics"]["command"]), id="metrics"),
         pytest.param(argv(services["worker"]["healthcheck"]["test"])[1], id="worker-healthcheck"),
         pytest.param(cmd, id="dockerfile-cmd"),
     ]

@@ -26,6 +26,8 @@ EXTRAS_PACKAGES = {
     "starlette", "uvicorn",
     # demo
     "fakeredis",
+    # metrics
+    "prometheus_client",
     # flask, django, fastapi
     "flask", "django", "fastapi",
 }  # fmt: skip

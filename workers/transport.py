@@ -47,25 +47,30 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from goalqueue.deadletters import RAW_LIMIT, DeadLetter
+from goalqueue.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-# The transport option that names the dead-letter hash (see workers.app).
-DEAD_LETTERS = "goalqueue_dead_letters"
+# The transport option that names the namespace whose dead letters poison goes to (see
+# workers.app).
+NAMESPACE = "goalqueue_namespace"
 # Types redis-py can store as kombu's unacked-hash field: anything else fails in kombu's QoS.
 _TAG_TYPES = (str, int, float)
 
 
-def bury(client: redis.Redis, dead: str, raw: str | bytes, error: str) -> str | None:
-    """Keep ``raw`` as a ``poison`` dead letter in the hash ``dead``; returns its id, or None
-    if Redis refused it.
+def bury(client: redis.Redis, keys: Keys, raw: str | bytes, error: str) -> str | None:
+    """Keep ``raw`` as a ``poison`` dead letter of ``keys``' namespace, counted with the other
+    dead letters (one transaction); returns its id, or None if Redis refused it.
 
     Never raises: a poison message that cannot even be stored is logged (cut short) and
     dropped, so that it cannot stop the worker.
     """
     letter = DeadLetter.poison(raw, error)
     try:
-        client.hset(dead, letter.event_id, letter.to_json())
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.dead, letter.event_id, letter.to_json())
+            pipe.hincrby(keys.metrics, f"dead:{letter.reason}", 1)
+            pipe.execute()
     except redis.RedisError as exc:
         logger.error(
             "dropped a poison message (%s) that could not be dead-lettered (%s): %r",
@@ -140,7 +145,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         problem = unreadable(self, item)
         if problem is None:
             return True
-        bury(self.client, self.connection.client.transport_options[DEAD_LETTERS], item, problem)
+        namespace = self.connection.client.transport_options[NAMESPACE]
+        bury(self.client, Keys(namespace), item, problem)
         return False
 
     @contextmanager
