@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
@@ -43,12 +43,15 @@ from goalqueue.spool import Backlog, Spool
 # call never holds Redis for long.
 CHUNK = 500
 
+# redis-py's URL parser, typed (redis-py's is not annotated).
+_parse_url: Callable[[str], dict[str, Any]] = parse_url
+
 
 def connect(settings: Settings) -> redis.Redis:
     """A Redis client for the broker: the enqueue timeout on every socket operation, no retries,
     and every wait cut short by the deadline of an enqueue in progress."""
     timeout = settings.enqueue_timeout_seconds
-    base = parse_url(settings.broker_url).get("connection_class", redis.Connection)
+    base = _parse_url(settings.broker_url).get("connection_class", redis.Connection)
     return connections.client(
         settings,
         socket_timeout=timeout,
