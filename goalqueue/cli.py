@@ -21,7 +21,7 @@ import click
 from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
-from goalqueue.keys import Keys
+from goalqueue.keys import PER_CALL, Keys
 from goalqueue.producer import GoalQueue, connect
 from goalqueue.spool import Spool
 from goalqueue.stats import collect
@@ -342,7 +342,7 @@ def spool_status(directory: str | None, as_json: bool) -> None:
 
 @spool_group.command("flush")
 @_SPOOL_DIR
-@click.option("--batch", default=500, show_default=True, help="Goals per Redis call.")
+@click.option("--batch", default=PER_CALL, show_default=True, help="Goals per Redis call.")
 def spool_flush(directory: str | None, batch: int) -> None:
     """Re-send the spooled goals to Redis now; exits 1 if Redis still cannot take them."""
     spool = _spool(directory)

@@ -30,7 +30,7 @@ from goalqueue.config import ENV_NAMES, Settings, redact
 from goalqueue.demo.errors import BrokerUnavailable, DemoFailed
 from goalqueue.demo.processes import POLL_SECONDS, STOP_SECONDS, stop_process
 from goalqueue.errors import ConfigError
-from goalqueue.keys import Keys
+from goalqueue.keys import PER_CALL, Keys
 
 # The demo runs in goalqueue's default namespace.
 DEMO_KEYS = Keys()
@@ -75,9 +75,9 @@ def _env_broker(stack: ExitStack) -> Broker:
 def forget_demo_keys(client: redis.Redis) -> None:
     """Delete what a demo run leaves in a Redis database that was empty when it began."""
     for pattern in DEMO_KEY_PATTERNS:
-        found = list(client.scan_iter(pattern, count=500))
-        for start in range(0, len(found), 500):
-            client.delete(*found[start : start + 500])
+        found = list(client.scan_iter(pattern, count=PER_CALL))
+        for start in range(0, len(found), PER_CALL):
+            client.delete(*found[start : start + PER_CALL])
 
 
 # --------------------------------------------------------------------------- redis-server
