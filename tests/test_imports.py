@@ -43,7 +43,10 @@ def module_name(path: Path) -> str:
 
 
 MODULES = sorted(module_name(path) for path in PACKAGE.rglob("*.py"))
-CORE = sorted(module_name(path) for path in PACKAGE.glob("*.py"))
+# The top level of goalqueue and its CLI (a package, a module a subcommand)
+CORE = sorted(
+    module_name(path) for path in [*PACKAGE.glob("*.py"), *(PACKAGE / "cli").glob("*.py")]
+)
 
 
 def brought_in(modules: list[str]) -> dict[str, set[str]]:
@@ -155,7 +158,7 @@ GRAPH = {module: imported(module) for module in SOURCES}
 
 def test_the_static_graph_is_read() -> None:
     assert GRAPH["goalqueue.producer"] >= {"goalqueue.config", "goalqueue.scripts"}
-    assert "workers.node" in GRAPH["goalqueue.cli"]  # an import inside a function counts
+    assert "workers.node" in GRAPH["goalqueue.cli.worker"]  # an import in a function counts
     assert "goalqueue.deadletters" not in GRAPH["goalqueue.scripts"]  # TYPE_CHECKING does not
     assert "goalqueue.sandbox.answers" in GRAPH["goalqueue.sandbox.faults"]  # relative or not
 
@@ -188,4 +191,4 @@ def test_the_import_graph_runs_one_way() -> None:
     assert {(module, target) for module, target in edges if layer(target) > layer(module)} == set()
     # And of goalqueue, only the CLI reaches into workers, from the subcommand that runs them
     reaching = {module for module, target in edges if layer(module) != 1 and layer(target) == 1}
-    assert reaching == {"goalqueue.cli"}
+    assert reaching == {"goalqueue.cli.worker"}
