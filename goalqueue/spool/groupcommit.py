@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-Row = tuple[str, str, float]
+Row = TypeVar("Row")
 
 
-class GroupCommit:
+class GroupCommit(Generic[Row]):
     """Group commit: threads that spool at the same time share one transaction and one fsync.
 
     A thread queues its rows and, unless a write is under way, writes everything queued; else it
@@ -27,7 +28,7 @@ class GroupCommit:
         self._write = write
         self._timeout = timeout
         self._changed = threading.Condition()
-        self._queued: list[_Ticket] = []
+        self._queued: list[_Ticket[Row]] = []
         self._writing = False
 
     def submit(self, rows: list[Row]) -> None:
@@ -54,7 +55,7 @@ class GroupCommit:
                 self._writing = False
                 self._changed.notify_all()
 
-    def _wait_turn(self, ticket: _Ticket) -> None:
+    def _wait_turn(self, ticket: _Ticket[Row]) -> None:
         """Until this ticket was written by another thread, or no write is under way. A ticket
         not yet taken is withdrawn after the timeout; one being written waits for that write."""
         deadline = time.monotonic() + self._timeout
@@ -66,7 +67,7 @@ class GroupCommit:
             self._changed.wait(max(left, 0.01))
 
 
-class _Ticket:
+class _Ticket(Generic[Row]):
     def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
         self.done = False

@@ -18,9 +18,12 @@ from typing import Any, Protocol
 from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL
 from goalqueue.spool.forks import start_over_after_fork
-from goalqueue.spool.groupcommit import GroupCommit, Row
+from goalqueue.spool.groupcommit import GroupCommit
 
 FLUSH_LOCK = "flush.lock"
+
+# A goal as stored: event id, payload, when it was spooled.
+Row = tuple[str, str, float]
 
 _SCHEMA = """
 CREATE TABLE goals (
@@ -52,7 +55,7 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._own: Path | None = None
         self._claim = _Claim()
-        self._commits = GroupCommit(self._write, lock_timeout)
+        self._commits: GroupCommit[Row] = GroupCommit(self._write, lock_timeout)
         weakref.finalize(self, self._claim.release)
         start_over_after_fork(self)
 
