@@ -56,6 +56,8 @@ DEAD_LETTERS = "goalqueue_dead_letters"
 _TAG_TYPES = (str, int, float)
 
 # kombu's decoding, as its Redis channel applies it to a popped item (typed here: kombu's is not).
+# The kombu and redis-py methods this module calls through super() are not annotated either:
+# those calls carry ``type: ignore[no-untyped-call]``.
 _text: Callable[[bytes | str], str] = kombu_encoding.bytes_to_str
 _loads: Callable[[str], Any] = kombu_json.loads
 
