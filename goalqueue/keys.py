@@ -39,6 +39,10 @@ import re
 from dataclasses import dataclass, field
 
 TASK_NAME = "goalqueue.deliver"
+# Items one Redis call carries at most (goals per enqueue or sweep script, fields per HSCAN,
+# keys per DEL): large enough to amortise the round trip, small enough that no call holds
+# Redis for long.
+PER_CALL = 500
 DEFAULT_NAMESPACE = "goalqueue"
 NAMESPACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 

@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
@@ -35,20 +35,20 @@ from goalqueue import connections
 from goalqueue.config import Settings, get_settings, redact
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
+from goalqueue.keys import PER_CALL
 from goalqueue.schema import validate_goal
 from goalqueue.scripts import Scripts
 from goalqueue.spool import Backlog, Spool
 
-# Goals per Lua call in a bulk enqueue: large enough to amortise the call, small enough that one
-# call never holds Redis for long.
-CHUNK = 500
+# redis-py's URL parser, typed (redis-py's is not annotated).
+_parse_url: Callable[[str], dict[str, Any]] = parse_url
 
 
 def connect(settings: Settings) -> redis.Redis:
     """A Redis client for the broker: the enqueue timeout on every socket operation, no retries,
     and every wait cut short by the deadline of an enqueue in progress."""
     timeout = settings.enqueue_timeout_seconds
-    base = parse_url(settings.broker_url).get("connection_class", redis.Connection)
+    base = _parse_url(settings.broker_url).get("connection_class", redis.Connection)
     return connections.client(
         settings,
         socket_timeout=timeout,
@@ -126,12 +126,12 @@ class GoalQueue:
             return
         try:
             with _deadline(self.settings.enqueue_timeout_seconds):
-                if len(pairs) <= CHUNK:
+                if len(pairs) <= PER_CALL:
                     self.scripts.enqueue(pairs)
                     return
                 with self.redis.pipeline(transaction=False) as pipe:
-                    for start in range(0, len(pairs), CHUNK):
-                        self.scripts.enqueue(pairs[start : start + CHUNK], pipe)
+                    for start in range(0, len(pairs), PER_CALL):
+                        self.scripts.enqueue(pairs[start : start + PER_CALL], pipe)
                     pipe.execute()
         except redis.RedisError as exc:
             raise self._failure(exc, len(pairs)) from exc

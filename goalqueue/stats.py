@@ -11,9 +11,8 @@ from typing import Any
 
 import redis
 
-from goalqueue.deadletters import SCAN_COUNT
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
+from goalqueue.keys import PER_CALL, Keys
 
 # A dead letter's reason, read without decoding the letter (it is written as compact JSON).
 _REASON = re.compile(r'"reason":"([a-z_]+)"')
@@ -54,7 +53,7 @@ def collect(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[s
 def dead_by_reason(client: redis.Redis, keys: Keys) -> Counter[str]:
     """How many dead letters there are for each reason (a scan of every letter)."""
     reasons: Counter[str] = Counter()
-    for _, letter in client.hscan_iter(keys.dead, count=SCAN_COUNT):
+    for _, letter in client.hscan_iter(keys.dead, count=PER_CALL):
         found = _REASON.search(letter)
         reasons[found.group(1) if found else "unknown"] += 1
     return reasons

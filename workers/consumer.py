@@ -21,11 +21,14 @@ from typing import Any
 
 from celery.utils.functional import promise
 from celery.worker.consumer import Consumer as CeleryConsumer
-from kombu.utils.json import dumps
+from kombu.utils import json as kombu_json
 
 from workers.transport import bury, harden
 
 logger = logging.getLogger(__name__)
+
+# kombu's JSON encoder (typed here: kombu's is not).
+_dumps: Callable[[Any], str] = kombu_json.dumps
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -90,7 +93,7 @@ def _raw(message: Any) -> str | bytes:
     envelope = getattr(message, "_raw", None)
     if envelope is not None:
         try:
-            return str(dumps(envelope))
+            return _dumps(envelope)
         except (TypeError, ValueError):
             pass
     return message.body or b""
