@@ -54,18 +54,12 @@ import redis
 from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
-from tests.conftest import (
-    API_KEY,
-    RedisServer,
-    WorkerProcess,
-    Workers,
-    pop_message,
-    quick_settings,
-    wait_for,
-    worker_env,
-)
+from tests.helpers.messages import pop_message
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import API_KEY, KEYS, quick_settings
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import WorkerProcess, Workers, worker_env
 from workers.engine import Engine
 from workers.sweeper import Sweeper
 
@@ -73,8 +67,6 @@ from workers.sweeper import Sweeper
 # worker had received and not yet recorded.
 UNRECORDED_PER_DISRUPTION = 2
 CONCURRENCY = "8"
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 @dataclass(frozen=True)

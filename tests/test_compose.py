@@ -392,6 +392,7 @@ def entry_points() -> list[Any]:
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", entry_points())
 def test_each_command_is_a_real_entry_point(command: list[str] | str, tmp_path: Path) -> None:
     # Given a command from the compose file or the Dockerfile (a CMD-SHELL string runs in sh,
@@ -580,6 +581,7 @@ def compose_redis(
         stop(process, timeout=10)
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_the_redis_command_line_takes_effect(
     compose_redis: tuple[int, str], filled: dict[str, Any]
@@ -606,6 +608,7 @@ def test_the_redis_command_line_takes_effect(
         assert result.returncode == expected, result
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_the_worker_healthcheck_answers_for_a_running_worker(
     compose_redis: tuple[int, str], filled: dict[str, Any], tmp_path: Path
@@ -647,6 +650,7 @@ def test_the_worker_healthcheck_answers_for_a_running_worker(
     assert returncode == 0, output.text
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_flower_reads_basic_auth_from_its_environment(
     compose_redis: tuple[int, str], filled: dict[str, Any], tmp_path: Path

@@ -15,15 +15,15 @@ import redis.asyncio
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
-from goalqueue.keys import Keys
 from goalqueue.message import template
 from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Defer, WorkerScripts
-from tests.conftest import Workers, pop_message, wait_for
+from tests.helpers.messages import pop_message
+from tests.helpers.settings import KEYS
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers
 
 NOW = 1_800_000_000.0
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 class Pace:
