@@ -28,10 +28,6 @@ def ledger() -> redis.Redis:
     return client
 
 
-def test_cookie_name_is_the_one_datafast_sets() -> None:
-    assert VISITOR_COOKIE == "datafast_visitor_id"
-
-
 @pytest.mark.parametrize(
     ("cookies", "expected"),
     [

@@ -46,7 +46,7 @@ class Isolation:
 
     def _guard_process(self) -> Any:
         def init(popen: subprocess.Popen[Any], args: Any, *_: Any, **__: Any) -> None:
-            popen._child_created = False  # what Popen.__del__ looks at
+            popen._child_created = False  # type: ignore[attr-defined]  # for Popen.__del__
             self._refuse(f"a process: {args}")
 
         return init
