@@ -28,9 +28,9 @@ class RedisServer:
 
     directory: Path
     extra: tuple[str, ...] = ()
-    options: tuple[str, ...] = DURABLE
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    options: tuple[str, ...] = DURABLE
 
     @property
     def url(self) -> str:
