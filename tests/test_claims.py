@@ -18,15 +18,14 @@ import redis
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
-from goalqueue.keys import Keys
 from goalqueue.message import template
-from tests.conftest import pop_message, wait_for
-from tests.test_delivery import FakeDataFast, error, ok
+from tests.helpers.datafast import FakeDataFast, error, ok
+from tests.helpers.messages import pop_message
+from tests.helpers.settings import KEYS
+from tests.helpers.waiting import wait_for
 from workers.delivery import Delivery
 from workers.engine import Engine
 from workers.recording import Record, Recorder
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def enqueue(queue: GoalQueue, n: int) -> list[str]:

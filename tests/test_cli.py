@@ -17,7 +17,9 @@ from goalqueue.cli import main
 from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
+from tests.helpers.settings import KEYS
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -31,9 +33,6 @@ def run(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
 
     yield invoke
     get_settings.cache_clear()
-
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def bury(client: redis.Redis, queue: GoalQueue, visitor: str, status: int, reason: str) -> str:

@@ -25,6 +25,7 @@ CHECKS = {
 }
 
 
+@pytest.mark.integration  # runs ruff and mypy as processes
 @pytest.mark.parametrize("tool", list(CHECKS))
 def test_the_code_passes(tool: str) -> None:
     # Given the source tree, When the tool runs over it

@@ -22,6 +22,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "goalqueue"
 
@@ -89,6 +91,7 @@ def test_the_modules_are_found() -> None:
     )
 
 
+@pytest.mark.integration
 def test_the_core_imports_nothing_an_extra_installs() -> None:
     # Given a fresh interpreter, when it imports goalqueue and each core module (the CLI too)
     brought = brought_in(CORE)
@@ -97,6 +100,7 @@ def test_the_core_imports_nothing_an_extra_installs() -> None:
     assert set(brought) == set(CORE)
 
 
+@pytest.mark.integration
 def test_no_module_imports_workers_or_httpx() -> None:
     # Given a fresh interpreter, when it imports every goalqueue module (the sandbox, the demo
     # and the framework integrations too)

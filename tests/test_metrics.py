@@ -30,19 +30,20 @@ from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.metrics.cli import metrics_command
 from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Scripts, Settlement
 from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, read
-from tests.conftest import Workers, free_port, wait_for
+from tests.helpers.ports import free_port
+from tests.helpers.settings import KEYS
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "goalqueue.json"
 GOALQUEUE = Path(sys.executable).parent / "goalqueue"
-KEYS = Keys()
 LOGIN = ("prometheus", "s3cret-metrics")
 
 
@@ -380,6 +381,7 @@ def test_a_bad_login_setting_stops_the_exporter_with_one_line(settings: Settings
     )
 
 
+@pytest.mark.integration  # runs promtool
 def test_the_alerting_rules_are_valid_and_their_tests_pass() -> None:
     promtool = tool("promtool")
     for command in (["check", "rules", str(ALERTS)], ["test", "rules", str(ALERTS_TEST)]):
