@@ -17,16 +17,16 @@ RUN pip install --no-cache-dir "flower>=2.0,<3"
 
 # .dockerignore lets in only pyproject.toml, README.md, goalqueue/ and workers/.
 # The worker extra for the workers (and Flower's `celery -A workers`), the sandbox extra for
-# the compose dev profile's sandbox.
+# the compose dev profile's sandbox, the metrics extra for the monitoring profile's exporter.
 COPY . /src
-RUN pip install --no-cache-dir "/src[worker,sandbox]" \
+RUN pip install --no-cache-dir "/src[worker,sandbox,metrics]" \
  && rm -rf /src
 
 WORKDIR /home/goalqueue
 # Numeric, so orchestrators can verify runAsNonRoot; also keeps Celery's root warning away.
 USER 10001:10001
 
-EXPOSE 5555 8765
+EXPOSE 5555 8765 9808
 # Celery warm-shuts down on SIGTERM, finishing in-flight deliveries (see stop_grace_period).
 STOPSIGNAL SIGTERM
 CMD ["goalqueue", "worker"]

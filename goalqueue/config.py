@@ -52,6 +52,7 @@ class Settings:
     max_in_flight: int = 256
     max_rate: float | None = field(default=None, metadata={"parse": "rate"})
     allow_insecure_api_url: bool = False
+    metrics_basic_auth: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -84,6 +85,11 @@ class Settings:
             raise ConfigError(
                 "GOALQUEUE_NAMESPACE must be 1-64 characters of a-z 0-9 _ . - (starting with a "
                 f"letter or digit), got {self.namespace!r}"
+            )
+        if (credentials := self.metrics_credentials) is not None and not all(credentials):
+            raise ConfigError(
+                "GOALQUEUE_METRICS_BASIC_AUTH (or --basic-auth) must be user:password, both "
+                "non-empty"
             )
         _check_broker_url(self.broker_url)
         self._check_sentinel()
@@ -147,6 +153,14 @@ class Settings:
         return Keys(self.namespace)
 
     @property
+    def metrics_credentials(self) -> tuple[str, str] | None:
+        """The user and password ``goalqueue metrics`` asks for, if any."""
+        if self.metrics_basic_auth is None:
+            return None
+        user, _, password = self.metrics_basic_auth.partition(":")
+        return user, password
+
+    @property
     def probe_lease_ms(self) -> int:
         """How long the one probe goal after a pause may hold the way before another is sent."""
         return int(self.visibility_timeout_seconds * 1000)
@@ -178,6 +192,7 @@ ENV_NAMES: dict[str, str] = {
     "max_in_flight": "GOALQUEUE_MAX_IN_FLIGHT",
     "max_rate": "GOALQUEUE_MAX_RATE",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
+    "metrics_basic_auth": "GOALQUEUE_METRICS_BASIC_AUTH",
 }
 
 

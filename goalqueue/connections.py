@@ -9,6 +9,7 @@ written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -20,6 +21,8 @@ from goalqueue.config import Settings
 if TYPE_CHECKING:
     import redis.asyncio
 
+# redis-py's URL parser, typed (redis-py's is not annotated).
+_parse_url: Callable[[str], dict[str, Any]] = parse_url
 # Options that also apply to the client's connections to the sentinels themselves.
 _SENTINEL_SOCKET_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 
@@ -49,7 +52,7 @@ def connection_class(settings: Settings) -> type:
     """The redis-py connection class the broker URL calls for."""
     sentinel = settings.sentinel
     if sentinel is None:
-        base: type = parse_url(settings.broker_url).get("connection_class", redis.Connection)
+        base: type = _parse_url(settings.broker_url).get("connection_class", redis.Connection)
         return base
     if sentinel.tls:
         return redis.sentinel.SentinelManagedSSLConnection

@@ -21,11 +21,10 @@ from typing import Any
 import redis
 
 from goalqueue.event import GoalEvent, dumps
-from goalqueue.keys import Keys
+from goalqueue.keys import PER_CALL, Keys
 from goalqueue.scripts import Scripts
 
 RAW_LIMIT = 4096
-SCAN_COUNT = 500  # entries per HSCAN round trip
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ class DeadLetters:
         self.scripts = Scripts(client, keys)
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        for _, raw in self.redis.hscan_iter(self.key, count=SCAN_COUNT):
+        for _, raw in self.redis.hscan_iter(self.key, count=PER_CALL):
             yield DeadLetter.from_json(raw)
 
     def get(self, event_id: str) -> DeadLetter | None:
@@ -147,7 +146,7 @@ class DeadLetters:
         return replayed
 
     def all_ids(self) -> list[str]:
-        return [field for field, _ in self.redis.hscan_iter(self.key, count=SCAN_COUNT)]
+        return [field for field, _ in self.redis.hscan_iter(self.key, count=PER_CALL)]
 
     def purge(self) -> int:
         """Delete every dead letter; returns how many there were."""

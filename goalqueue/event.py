@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 # field name -> key in the stored JSON
@@ -91,10 +91,6 @@ class GoalEvent:
         if self.description is not None:
             body["description"] = self.description
         return body
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every field under its full name, for people and ``--json`` output."""
-        return asdict(self)
 
     def _check_types(self) -> None:
         strings = (self.event_id, self.visitor_id, self.name)

@@ -15,6 +15,11 @@ database and never see each other's goals, pauses, counters or dead letters. For
 <ns>:dead               hash    event id -> dead letter JSON
 <ns>:delivered:<id>     string  DataFast's event id for a delivered goal (with a TTL)
 <ns>:count:delivered    string  goals delivered, ever
+<ns>:metrics            hash    counters for monitoring, moved by the script that records each
+                                outcome (see goalqueue/tally.py for the fields): goals by
+                                outcome and reason, DataFast's answers by status class, and the
+                                buckets, sum and count of the request duration and of the
+                                enqueue-to-delivered latency histograms
 <ns>:pause              hash    until, reason, streak, key: delivery paused for everyone
 <ns>:probe              string  id of the one event allowed through when a pause ends
 <ns>:pace               hash    rate, tokens, at, ceiling, grown, dry: the shared send rate (a
@@ -34,6 +39,10 @@ import re
 from dataclasses import dataclass, field
 
 TASK_NAME = "goalqueue.deliver"
+# Items one Redis call carries at most (goals per enqueue or sweep script, fields per HSCAN,
+# keys per DEL): large enough to amortise the round trip, small enough that no call holds
+# Redis for long.
+PER_CALL = 500
 DEFAULT_NAMESPACE = "goalqueue"
 NAMESPACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
@@ -52,6 +61,7 @@ class Keys:
     dead: str = field(init=False)
     delivered_prefix: str = field(init=False)
     delivered_count: str = field(init=False)
+    metrics: str = field(init=False)
     pause: str = field(init=False)
     probe: str = field(init=False)
     pace: str = field(init=False)
@@ -71,6 +81,7 @@ class Keys:
             "dead": f"{ns}:dead",
             "delivered_prefix": f"{ns}:delivered:",
             "delivered_count": f"{ns}:count:delivered",
+            "metrics": f"{ns}:metrics",
             "pause": f"{ns}:pause",
             "probe": f"{ns}:probe",
             "pace": f"{ns}:pace",

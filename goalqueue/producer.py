@@ -40,13 +40,10 @@ from goalqueue import connections
 from goalqueue.config import Settings, get_settings, redact
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
+from goalqueue.keys import PER_CALL
 from goalqueue.schema import validate_goal
 from goalqueue.scripts import Scripts
 from goalqueue.spool import Backlog, Spool
-
-# Goals per Lua call in a bulk enqueue: large enough to amortise the call, small enough that one
-# call never holds Redis for long.
-CHUNK = 500
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -133,12 +130,12 @@ class GoalQueue:
                 if self.settings.replicas_to_wait_for:
                     self._enqueue_replicated(pairs)
                     return
-                if len(pairs) <= CHUNK:
+                if len(pairs) <= PER_CALL:
                     self.scripts.enqueue(pairs)
                     return
                 with self.redis.pipeline(transaction=False) as pipe:
-                    for start in range(0, len(pairs), CHUNK):
-                        self.scripts.enqueue(pairs[start : start + CHUNK], pipe)
+                    for start in range(0, len(pairs), PER_CALL):
+                        self.scripts.enqueue(pairs[start : start + PER_CALL], pipe)
                     pipe.execute()
         except redis.RedisError as exc:
             raise self._failure(exc, len(pairs)) from exc
@@ -153,7 +150,7 @@ class GoalQueue:
         the same payload only re-scores its ledger entry, so it is still delivered once.
         """
         wanted = self.settings.replicas_to_wait_for
-        confirmed = self.scripts.enqueue_replicated(pairs, CHUNK, wanted, _wait_ms)
+        confirmed = self.scripts.enqueue_replicated(pairs, PER_CALL, wanted, _wait_ms)
         if confirmed < wanted:
             raise EnqueueError(
                 f"could not enqueue {len(pairs)} goal(s): Redis at "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import Schema, ValidationError, fields, validate
 
@@ -45,7 +45,7 @@ class GoalName(fields.String):
         return name
 
 
-class Metadata(fields.Field):
+class Metadata(fields.Field[dict[str, str] | None]):
     """Up to 10 string values under lowercase keys; numbers and booleans become strings."""
 
     def _deserialize(
@@ -138,9 +138,14 @@ def validate_goal(
     """The goal's fields, normalised; :class:`InvalidGoal` names every bad field and why."""
     raw = {"visitor_id": visitor_id, "name": name, "metadata": metadata, "description": description}
     try:
-        return _SCHEMA.load(raw)
+        return cast(dict[str, Any], _SCHEMA.load(raw))
     except ValidationError as exc:
-        raise InvalidGoal(_flatten(exc.normalized_messages())) from exc
+        raise InvalidGoal(_flatten(_messages(exc))) from exc
+
+
+def _messages(exc: ValidationError) -> Mapping[str, Any]:
+    """The errors by field (marshmallow's ``normalized_messages`` is not annotated)."""
+    return cast(Mapping[str, Any], exc.normalized_messages())  # type: ignore[no-untyped-call]
 
 
 def _flatten(messages: Mapping[str, Any]) -> dict[str, list[str]]:

@@ -28,6 +28,7 @@ from redis.exceptions import NoScriptError
 
 from goalqueue.keys import TASK_NAME, Keys
 from goalqueue.message import template
+from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, bucket, micros
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from goalqueue.event import GoalEvent
 
 ScriptArg = str | int | float
+OUTCOME_FIELDS = 6  # fields per outcome in SETTLE's arguments
 
 
 class Standing(StrEnum):
@@ -80,28 +82,50 @@ class Defer:
 
 
 class Settlement:
-    """Outcomes for one SETTLE call (see ``lua/settle.lua``)."""
+    """Outcomes for one SETTLE call (see ``lua/settle.lua``), and the answers they record,
+    added up for ``<ns>:metrics`` (see :mod:`goalqueue.tally`)."""
 
     def __init__(self) -> None:
         self.outcomes: list[ScriptArg] = []
         self.letters: list[DeadLetter] = []
+        self.answers: dict[str, int] = {}
 
-    def delivered(self, entry: str, event_id: str, remote_id: str) -> None:
-        self.outcomes += ["delivered", entry, event_id, remote_id]
+    def delivered(self, entry: str, event_id: str, remote_id: str, latency: float) -> None:
+        """Delivered ``latency`` seconds after it was enqueued."""
+        index = bucket(LATENCY_BOUNDS, latency)
+        self.outcomes += ["delivered", entry, event_id, remote_id, index, micros(latency)]
 
     def bury(self, entry: str, letter: DeadLetter) -> None:
-        self.outcomes += ["bury", entry, letter.event_id, letter.to_json()]
+        self.outcomes += ["bury", entry, letter.event_id, letter.to_json(), letter.reason, 0]
         self.letters.append(letter)
 
-    def park(self, entry: str, event: GoalEvent, due: float) -> None:
-        self.outcomes += ["park", entry, due, event.to_json()]
+    def park(self, entry: str, event: GoalEvent, due: float, outcome: str = "") -> None:
+        """Into the waiting set until ``due``; ``outcome`` is the counter it moves (a
+        ``tally`` field: ``transient``, ``deferred:<reason>``), none for a goal held back."""
+        self.outcomes += ["park", entry, due, event.to_json(), outcome, 0]
 
     def forget(self, entry: str) -> None:
-        self.outcomes += ["forget", entry, "", ""]
+        self.outcomes += ["forget", entry, "", "", "", 0]
+
+    def answered(self, answer: str, seconds: float) -> None:
+        """DataFast gave ``answer`` (a status class) after ``seconds``."""
+        answers = self.answers
+        for name, amount in (
+            (f"answers:{answer}", 1),
+            (f"request:{bucket(REQUEST_BOUNDS, seconds)}", 1),
+            ("request:sum_us", micros(seconds)),
+        ):
+            answers[name] = answers.get(name, 0) + amount
+
+    def entries(self) -> list[ScriptArg]:
+        """The ledger entries of the outcomes, in order."""
+        return self.outcomes[1::OUTCOME_FIELDS]
 
     def extend(self, other: Settlement) -> None:
         self.outcomes += other.outcomes
         self.letters += other.letters
+        for name, amount in other.answers.items():
+            self.answers[name] = self.answers.get(name, 0) + amount
 
 
 class Scripts:
@@ -258,11 +282,14 @@ class WorkerScripts:
 
 
 def _settle_keys(keys: Keys) -> list[str]:
-    return [keys.ledger, keys.delivered_count, keys.dead, keys.waiting]
+    return [keys.ledger, keys.delivered_count, keys.dead, keys.waiting, keys.metrics]
 
 
 def _settle_args(keys: Keys, settlement: Settlement, marker_ttl_ms: int) -> list[ScriptArg]:
-    return [marker_ttl_ms, keys.delivered_prefix, *settlement.outcomes]
+    answers: list[ScriptArg] = []
+    for name, amount in settlement.answers.items():
+        answers += [name, amount]
+    return [marker_ttl_ms, keys.delivered_prefix, len(answers), *answers, *settlement.outcomes]
 
 
 def _groups_of_five(fields: list[Any]) -> list[tuple[Any, ...]]:

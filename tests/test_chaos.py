@@ -54,18 +54,12 @@ import redis
 from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
-from tests.conftest import (
-    API_KEY,
-    RedisServer,
-    WorkerProcess,
-    Workers,
-    pop_message,
-    quick_settings,
-    wait_for,
-    worker_env,
-)
+from tests.helpers.messages import pop_message
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import API_KEY, KEYS, quick_settings
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import WorkerProcess, Workers, worker_env
 from workers.engine import Engine
 from workers.sweeper import Sweeper
 
@@ -73,8 +67,6 @@ from workers.sweeper import Sweeper
 # worker had received and not yet recorded.
 UNRECORDED_PER_DISRUPTION = 2
 CONCURRENCY = "8"
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 @dataclass(frozen=True)
@@ -491,15 +483,19 @@ def test_delivered_counter_counts_a_goal_whose_delivering_copy_lost_the_ledger_r
     assert client.get(KEYS.delivered_count) == "1"
 
 
+def signups(server: RedisServer, count: int) -> set[str]:
+    """A backlog of ``count`` signup goals on ``server``; their event ids."""
+    queue = GoalQueue(settings=quick_settings(server.url))
+    return set(queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(count)]))
+
+
 def test_sigterm_lets_in_flight_deliveries_finish_and_the_rest_go_back(
     server: RedisServer, sandbox: Sandbox, chaos_workers: Workers
 ) -> None:
     # Given a worker in the middle of delivering a backlog larger than it holds in flight,
     # through a slow endpoint
     sandbox.set_faults(latency_ms=300)
-    queue = GoalQueue(settings=quick_settings(server.url))
-    goals = [{"visitor_id": f"v{i}", "name": "signup"} for i in range(1000)]
-    ids = set(queue.track_goals(goals))
+    ids = signups(server, 1000)
     worker = chaos_workers.start()
     wait_for(lambda: sandbox.stats().accepted >= 8)
     client = server.client()
@@ -529,9 +525,7 @@ def test_repeated_warm_shutdowns_under_load_lose_nothing_and_send_nothing_twice(
 ) -> None:
     # Given two workers draining a backlog through an endpoint that answers in 50 ms
     sandbox.set_faults(latency_ms=50)
-    queue = GoalQueue(settings=quick_settings(server.url))
-    goals = [{"visitor_id": f"v{i}", "name": "signup"} for i in range(8000)]
-    ids = set(queue.track_goals(goals))
+    ids = signups(server, 8000)
     live = [chaos_workers.start(), chaos_workers.start()]
     # When, four times while goals flow (every 800 goals), one of them is stopped with SIGTERM
     # and replaced

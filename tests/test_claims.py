@@ -18,15 +18,14 @@ import redis
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
-from goalqueue.keys import Keys
 from goalqueue.message import template
-from tests.conftest import pop_message, wait_for
-from tests.test_delivery import FakeDataFast, error, ok
+from tests.helpers.datafast import FakeDataFast, error, ok
+from tests.helpers.messages import pop_message
+from tests.helpers.settings import KEYS
+from tests.helpers.waiting import wait_for
 from workers.delivery import Delivery
 from workers.engine import Engine
 from workers.recording import Record, Recorder
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def enqueue(queue: GoalQueue, n: int) -> list[str]:
@@ -235,7 +234,7 @@ def test_the_recorder_writes_every_record_once_in_groups() -> None:
 
     async def write(record: Record) -> None:
         await asyncio.sleep(0.001)
-        groups.append([str(arg) for arg in record.settlement.outcomes[1::4]])
+        groups.append([str(arg) for arg in record.settlement.entries()])
 
     async def run() -> None:
         recorder = Recorder(write)
@@ -262,7 +261,7 @@ def test_a_failed_write_fails_its_group_and_the_next_write_goes_on() -> None:
     async def write(record: Record) -> None:
         if next(failures, False):
             raise redis.ConnectionError("down")
-        written.extend(str(arg) for arg in record.settlement.outcomes[1::4])
+        written.extend(str(arg) for arg in record.settlement.entries())
 
     async def run() -> None:
         recorder = Recorder(write)

@@ -17,7 +17,9 @@ from goalqueue.cli import main
 from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
+from tests.helpers.settings import KEYS
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -31,9 +33,6 @@ def run(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
 
     yield invoke
     get_settings.cache_clear()
-
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def bury(client: redis.Redis, queue: GoalQueue, visitor: str, status: int, reason: str) -> str:
@@ -177,6 +176,7 @@ def goalqueue_without(blocked: tuple[str, ...], *args: str) -> subprocess.Comple
         pytest.param(("sandbox", "--port", "8765"), SANDBOX_PACKAGES, "sandbox", id="sandbox"),
         pytest.param(("sandbox", "--help"), SANDBOX_PACKAGES, "sandbox", id="sandbox-help"),
         pytest.param(("demo",), SANDBOX_PACKAGES, "demo", id="demo-without-sandbox"),
+        pytest.param(("metrics",), ("prometheus_client",), "metrics", id="metrics"),
         # The demo's own modules import; only its worker, a child process, needs Celery
         pytest.param(("demo",), ("celery",), "demo", id="demo-without-celery"),
     ],
@@ -196,10 +196,12 @@ def test_a_command_without_its_extra_says_in_one_line_what_to_install(
 
 
 def test_help_lists_every_command_without_any_extra() -> None:
-    result = goalqueue_without((*WORKER_PACKAGES, *SANDBOX_PACKAGES, "fakeredis"), "--help")
+    blocked = (*WORKER_PACKAGES, *SANDBOX_PACKAGES, "fakeredis", "prometheus_client")
+    result = goalqueue_without(blocked, "--help")
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
-    assert listed == {"dead", "demo", "sandbox", "send", "spool", "stats", "worker"}
+    assert listed == {"dead", "demo", "metrics", "sandbox", "send", "spool", "stats", "worker"}
+    assert "Not installed: pip install 'goalqueue[metrics]'" in result.stdout
     assert "Not installed: pip install 'goalqueue[sandbox]'" in result.stdout
     assert "Not installed: pip install 'goalqueue[demo]'" in result.stdout
 

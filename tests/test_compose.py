@@ -1,8 +1,11 @@
-"""docker-compose.yml, Dockerfile, .dockerignore and .env.example, proved without Docker.
+"""docker-compose.yml, Dockerfile, .dockerignore and .env.example, held to the code.
 
-Docker cannot run on the development machines, so these tests hold the deployment files to the
-code instead:
+Docker cannot run on the development machines, so these tests check the deployment files with
+what can run here:
 
+* Compose itself (``docker-compose config``, Debian's package, which needs no daemon) renders
+  the file for a filled-in ``.env``: the tests read each service's command and environment as
+  Compose would run them, and Compose refuses while a required secret is empty;
 * the compose file's promises: Redis durable (AOF, fsync every second, no eviction) and
   password-protected on a named volume; workers scalable and health-checked; Flower behind
   basic auth; the sandbox only in the ``dev`` profile;
@@ -39,6 +42,8 @@ from redis.retry import Retry
 
 from goalqueue.config import ENV_NAMES, Settings
 from goalqueue.errors import ConfigError
+from tests.helpers.ports import free_port
+from tests.helpers.redis_server import RedisServer
 from workers.node import default_processes
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed: add pyyaml to the test extras")
@@ -57,6 +62,8 @@ ALLOWED_VARIABLES: dict[str, str] = {
     "REDIS_PASSWORD": "compose-only: interpolated into Redis's --requirepass and the broker URLs",
     "REDISCLI_AUTH": "read by redis-cli in the redis healthcheck; keeps the password off argv",
     "FLOWER_BASIC_AUTH": "read by Flower itself (it maps FLOWER_* variables onto its options)",
+    "METRICS_PASSWORD": "compose-only: the monitoring profile's exporter login and the secret "
+    "Prometheus reads it from",
 }
 """Variables the compose file may name although goalqueue's code does not read them."""
 
@@ -69,61 +76,50 @@ FILL = {
 }
 """Values for the required secrets, standing in for a filled-in ``.env``."""
 
-HELP_ENV = {"DATAFAST_API_KEY": "df_test", "GOALQUEUE_BROKER_URL": "redis://127.0.0.1:6379/15"}
+HELP_ENV = {"DATAFAST_API_KEY": "df_test", "GOALQUEUE_BROKER_URL": "redis://127.0.0.1:9/15"}
 START_TIMEOUT = 20.0
 
+# --------------------------------------------------------------------------- compose
 
-# --------------------------------------------------------------------------- compose parsing
-
-
-class MissingVariable(Exception):
-    """A ``${VAR:?message}`` whose variable is unset or empty: ``docker compose`` refuses."""
+_NAMED = re.compile(r"(?<!\$)\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+"""A ``$NAME`` or ``${NAME...}`` that Compose interpolates (``$$NAME`` is the container's own)."""
 
 
-_INTERPOLATION = re.compile(
-    r"\$(?:(?P<escaped>\$)"
-    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
-)
+def docker_compose() -> str:
+    """The ``docker-compose`` program: CI installs it (.ci/run); elsewhere its tests skip."""
+    program = shutil.which("docker-compose")
+    if program is None:
+        message = "docker-compose is not installed: apt-get install docker-compose"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return program
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """``text`` with compose's ``$VAR``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$`` applied."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match["escaped"]:
-            return "$"
-        name = match["braced"] or match["bare"]
-        op, arg, value = match["op"] or "", match["arg"] or "", env.get(name)
-        missing = value is None or (op.startswith(":") and value == "")
-        if op.endswith("-"):
-            return arg if missing else str(value)
-        if op.endswith("?"):
-            if missing:
-                raise MissingVariable(f"{name}: {arg}")
-            return str(value)
-        if op.endswith("+"):
-            return "" if missing else arg
-        return value or ""
-
-    return _INTERPOLATION.sub(replace, text)
+def compose_config(
+    env_file: Path, shell: Mapping[str, str] | None = None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` for this ``.env`` and these shell variables (nothing else of
+    this process's environment, so a variable set here cannot leak in)."""
+    command = [docker_compose(), "-f", str(COMPOSE_FILE), "--env-file", str(env_file)]
+    env = {"PATH": os.environ["PATH"], **(shell or {})}
+    return subprocess.run(
+        [*command, "config", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
-def resolve(node: Any, env: Mapping[str, str]) -> Any:
-    """A parsed compose document with every string interpolated, as ``docker compose`` does."""
-    if isinstance(node, str):
-        return interpolate(node, env)
-    if isinstance(node, list):
-        return [resolve(item, env) for item in node]
-    if isinstance(node, dict):
-        return {key: resolve(value, env) for key, value in node.items()}
-    return node
+def rendered(env_file: Path, shell: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The compose file as Compose renders it for this ``.env`` and these shell variables."""
+    result = compose_config(env_file, shell)
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = yaml.safe_load(result.stdout)
+    return document
 
 
 def interpolated_names(node: Any) -> set[str]:
-    """Every variable the strings of ``node`` interpolate (``$$NAME`` is the container's own)."""
+    """Every variable the strings of ``node`` interpolate."""
     if isinstance(node, str):
-        return {m["braced"] or m["bare"] for m in _INTERPOLATION.finditer(node) if not m["escaped"]}
+        return set(_NAMED.findall(node.replace("$$", "")))
     if isinstance(node, list):
         return set().union(*(interpolated_names(item) for item in node))
     if isinstance(node, dict):
@@ -141,6 +137,12 @@ def environment(service: Mapping[str, Any]) -> dict[str, str]:
 
 def argv(command: str | list[str]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def container_shell(command: str) -> str:
+    """A rendered CMD-SHELL line as the container's shell gets it: Compose prints ``$`` as
+    ``$$``."""
+    return command.replace("$$", "$")
 
 
 def seconds(duration: str) -> float:
@@ -164,6 +166,14 @@ def read_env_example() -> tuple[set[str], dict[str, str]]:
     return documented, values
 
 
+def write_env(directory: Path, **overrides: str) -> Path:
+    """A ``.env``: ``.env.example`` with the required secrets filled in, then ``overrides``."""
+    values = {**read_env_example()[1], **FILL, **overrides}
+    path = directory / ".env"
+    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    return path
+
+
 def dev_profile_env() -> dict[str, str]:
     """The variables the compose file's header tells a developer to set for the dev profile."""
     header = COMPOSE_FILE.read_text().split("\nservices:", 1)[0]
@@ -173,21 +183,25 @@ def dev_profile_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
+    """The compose file as written (for what it names, before Compose fills anything in)."""
     document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
     return document
 
 
 @pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    result: dict[str, dict[str, Any]] = compose["services"]
-    return result
+def filled_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_env(tmp_path_factory.mktemp("compose"))
 
 
 @pytest.fixture(scope="module")
-def filled(compose: dict[str, Any]) -> dict[str, Any]:
-    """The compose file as ``docker compose config`` would print it for a filled-in ``.env``."""
-    _, values = read_env_example()
-    result: dict[str, Any] = resolve(compose, {**values, **FILL})
+def filled(filled_env: Path) -> dict[str, Any]:
+    """The compose file as ``docker-compose config`` prints it for a filled-in ``.env``."""
+    return rendered(filled_env)
+
+
+@pytest.fixture(scope="module")
+def services(filled: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = filled["services"]
     return result
 
 
@@ -201,10 +215,11 @@ def option_pairs(args: list[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- redis
 
 
+@pytest.mark.integration
 def test_redis_is_durable_password_protected_and_on_a_named_volume(
-    compose: dict[str, Any], filled: dict[str, Any]
+    filled: dict[str, Any],
 ) -> None:
-    # Given the redis service as docker compose would run it
+    # Given the redis service as Compose renders it
     redis_service = filled["services"]["redis"]
     command = argv(redis_service["command"])
 
@@ -218,28 +233,32 @@ def test_redis_is_durable_password_protected_and_on_a_named_volume(
     assert options["requirepass"] == FILL["REDIS_PASSWORD"]
 
     # And /data is a named volume declared at the top level, so the AOF survives the container
-    volume = next(v for v in redis_service["volumes"] if str(v).endswith(":/data"))
-    assert volume.split(":")[0] in (compose.get("volumes") or {})
+    volume = next(v for v in redis_service["volumes"] if str(v).split(":")[1] == "/data")
+    assert volume.split(":")[0] in (filled.get("volumes") or {})
 
     # And the healthcheck pings through redis-cli
     assert "redis-cli" in " ".join(argv(redis_service["healthcheck"]["test"]))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", REQUIRED_SECRETS)
-def test_compose_refuses_to_start_without_a_required_secret(
-    compose: dict[str, Any], name: str
-) -> None:
+def test_compose_refuses_to_start_without_a_required_secret(name: str, tmp_path: Path) -> None:
     # Given a .env with every value but one secret filled in
-    env = {**read_env_example()[1], **FILL, name: ""}
+    env_file = write_env(tmp_path, **{name: ""})
 
-    # Then interpolating the file fails, as `docker compose up` would, naming the variable
-    with pytest.raises(MissingVariable, match=name):
-        resolve(compose, env)
+    # When Compose reads the file
+    result = compose_config(env_file)
+
+    # Then it refuses, as `docker compose up` would, showing the variable it is missing
+    assert result.returncode != 0
+    assert "Missing mandatory value" in result.stderr
+    assert f"${{{name}:?" in result.stderr
 
 
 # --------------------------------------------------------------------------- worker
 
 
+@pytest.mark.integration
 def test_worker_scales_and_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     worker = services["worker"]
 
@@ -254,11 +273,12 @@ def test_worker_scales_and_has_a_healthcheck(services: dict[str, dict[str, Any]]
     # And it starts after Redis is healthy, is built from the Dockerfile, reaps children and is
     # given time to finish in-flight deliveries (the HTTP timeout is 10 s by default) on stop
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert worker["build"] == "."
+    assert Path(worker["build"]["context"]) == ROOT
     assert worker["init"] is True
     assert seconds(worker["stop_grace_period"]) >= 30
 
 
+@pytest.mark.integration
 def test_worker_environment_builds_valid_settings(filled: dict[str, Any]) -> None:
     # Given the worker's environment for a filled-in .env
     env = environment(filled["services"]["worker"])
@@ -275,35 +295,99 @@ def test_worker_environment_builds_valid_settings(filled: dict[str, Any]) -> Non
     assert settings.api_url.startswith("https://")
 
 
+@pytest.mark.integration
 def test_flower_uses_the_same_broker_as_the_worker(filled: dict[str, Any]) -> None:
     worker, flower = (environment(filled["services"][name]) for name in ("worker", "flower"))
     assert flower["GOALQUEUE_BROKER_URL"] == worker["GOALQUEUE_BROKER_URL"]
     assert "DATAFAST_API_KEY" not in flower  # Flower never delivers; it needs no DataFast key
 
 
+@pytest.mark.integration
+def test_the_monitoring_profile_scrapes_the_exporter_with_its_login_and_loads_the_alerts(
+    tmp_path: Path, services: dict[str, dict[str, Any]]
+) -> None:
+    # Given the monitoring profile as Compose renders it for a .env with a metrics password
+    rendered_services = rendered(write_env(tmp_path, METRICS_PASSWORD="pw"))["services"]
+    exporter, prometheus = (rendered_services[name] for name in ("metrics", "prometheus"))
+
+    # Then the exporter reads the workers' Redis, listens for Prometheus, and asks for a login
+    settings = Settings.from_env(environment(exporter))
+    assert settings.broker_url == environment(services["worker"])["GOALQUEUE_BROKER_URL"]
+    assert settings.metrics_credentials == ("prometheus", "pw")
+    assert option_pairs(argv(exporter["command"])[1:]) == {"host": "0.0.0.0", "port": "9808"}
+    assert [str(port) for port in exporter["ports"]] == ["127.0.0.1:9808:9808/tcp"]
+    # And without the password it refuses to start, in one line
+    with pytest.raises(ConfigError, match="GOALQUEUE_METRICS_BASIC_AUTH"):
+        Settings.from_env(environment(services["metrics"]))
+
+    # And Prometheus's config scrapes the exporter with that login and loads the alerting rules
+    mount = next(v for v in prometheus["volumes"] if v.endswith(":ro"))
+    source, inside = mount.split(":")[:2]
+    assert Path(source) == ROOT / "deploy" / "prometheus"
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == [f"{inside}/alerts.yml"]
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["metrics:9808"]
+    assert job["basic_auth"]["username"] == "prometheus"
+
+    # When the service's entrypoint runs (its data volume and program stood in for here)
+    data, started = tmp_path / "prometheus", tmp_path / "started"
+    data.mkdir()
+    script = container_shell(argv(prometheus["entrypoint"])[2])
+    local = script.replace("/prometheus/", f"{data}/").replace(
+        "--storage.tsdb.path=/prometheus", ""
+    )
+    local = local.replace("exec /bin/prometheus", f"exec echo > {started}")
+    assert local != script and "/bin/prometheus" not in local
+    subprocess.run(["sh", "-c", local], env=environment(prometheus), check=True, timeout=10)
+
+    # Then the password is in the file the scrape config names, readable by its owner alone,
+    # and the config Prometheus starts with is the mounted one
+    password_file = Path(job["basic_auth"]["password_file"])
+    written = data / password_file.relative_to("/prometheus")
+    assert written.read_text() == "pw"
+    assert written.stat().st_mode & 0o077 == 0
+    assert started.exists()
+    assert f"--config.file={inside}/prometheus.yml" in script
+
+
 # --------------------------------------------------------------------------- flower, sandbox
 
 
+@pytest.mark.integration
 def test_flower_requires_basic_auth_and_publishes_5555(
     services: dict[str, dict[str, Any]], filled: dict[str, Any]
 ) -> None:
     flower = services["flower"]
     assert argv(flower["command"])[:4] == ["celery", "-A", "workers", "flower"]
-    # FLOWER_BASIC_AUTH is passed through, and required (see the MissingVariable test)
+    # FLOWER_BASIC_AUTH is passed through, and required (see the refusal test)
     assert (
         environment(filled["services"]["flower"])["FLOWER_BASIC_AUTH"] == FILL["FLOWER_BASIC_AUTH"]
     )
-    published = [str(port).rsplit(":", 1)[-1] for port in flower["ports"]]
+    published = [str(port).rsplit(":", 1)[-1].removesuffix("/tcp") for port in flower["ports"]]
     assert published == ["5555"]
 
 
-def test_sandbox_runs_only_in_the_dev_profile(services: dict[str, dict[str, Any]]) -> None:
+@pytest.mark.integration
+def test_sandbox_runs_only_in_the_dev_profile(
+    services: dict[str, dict[str, Any]], filled_env: Path
+) -> None:
+    assert sorted(compose_config(filled_env, None, "--profiles").stdout.split()) == [
+        "dev",
+        "monitoring",
+    ]
     assert services["sandbox"]["profiles"] == ["dev"]
-    assert [name for name, s in services.items() if s.get("profiles")] == ["sandbox"]
+    profiled = {name: s["profiles"] for name, s in services.items() if s.get("profiles")}
+    assert profiled == {
+        "sandbox": ["dev"],
+        "metrics": ["monitoring"],
+        "prometheus": ["monitoring"],
+    }
     # Its admin endpoints have no auth: published on the host's loopback only
     assert all(str(port).startswith("127.0.0.1:") for port in services["sandbox"]["ports"])
 
 
+@pytest.mark.integration
 def test_dev_instructions_point_the_worker_at_the_sandbox(
     services: dict[str, dict[str, Any]],
 ) -> None:
@@ -321,6 +405,7 @@ def test_dev_instructions_point_the_worker_at_the_sandbox(
     assert set(dev) <= set(environment(services["worker"]))
 
 
+@pytest.mark.integration
 def test_plain_http_to_the_sandbox_is_refused_without_the_opt_in(filled: dict[str, Any]) -> None:
     env = environment(filled["services"]["worker"])
     env["DATAFAST_API_URL"] = dev_profile_env()["DATAFAST_API_URL"]
@@ -329,10 +414,11 @@ def test_plain_http_to_the_sandbox_is_refused_without_the_opt_in(filled: dict[st
         Settings.from_env(env)
 
 
-def test_dev_profile_worker_accepts_the_sandbox_url(compose: dict[str, Any]) -> None:
+@pytest.mark.integration
+def test_dev_profile_worker_accepts_the_sandbox_url(filled_env: Path) -> None:
     # Given the worker's environment with the header's dev-profile variables set in the shell
-    shell = {**read_env_example()[1], **FILL, **dev_profile_env()}
-    env = environment(resolve(compose, shell)["services"]["worker"])
+    # (Compose lets them win over the .env)
+    env = environment(rendered(filled_env, dev_profile_env())["services"]["worker"])
 
     # Then the worker's settings take the sandbox URL
     settings = Settings.from_env(env)
@@ -379,23 +465,29 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return result
 
 
-def entry_points() -> list[Any]:
-    compose = yaml.safe_load(COMPOSE_FILE.read_text())
-    services = resolve(compose, {**HELP_ENV, **FILL})["services"]
-    cmd = [json.loads(rest) for name, rest in dockerfile_instructions() if name == "CMD"][-1]
-    return [
-        pytest.param(argv(services["worker"]["command"]), id="worker"),
-        pytest.param(argv(services["flower"]["command"]), id="flower"),
-        pytest.param(argv(services["sandbox"]["command"]), id="sandbox"),
-        pytest.param(argv(services["worker"]["healthcheck"]["test"])[1], id="worker-healthcheck"),
-        pytest.param(cmd, id="dockerfile-cmd"),
-    ]
+def entry_point(name: str, services: dict[str, dict[str, Any]]) -> list[str] | str:
+    """A service's command as Compose renders it, the worker's healthcheck line, or the
+    Dockerfile's CMD."""
+    if name == "dockerfile-cmd":
+        cmd: list[str] = [
+            json.loads(rest) for op, rest in dockerfile_instructions() if op == "CMD"
+        ][-1]
+        return cmd
+    if name == "worker-healthcheck":
+        return container_shell(argv(services["worker"]["healthcheck"]["test"])[1])
+    return argv(services[name]["command"])
 
 
-@pytest.mark.parametrize("command", entry_points())
-def test_each_command_is_a_real_entry_point(command: list[str] | str, tmp_path: Path) -> None:
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "name", ["worker", "flower", "sandbox", "metrics", "worker-healthcheck", "dockerfile-cmd"]
+)
+def test_each_command_is_a_real_entry_point(
+    name: str, services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
     # Given a command from the compose file or the Dockerfile (a CMD-SHELL string runs in sh,
     # with $HOSTNAME as the container sets it)
+    command = entry_point(name, services)
     env = {**help_env(), "HOSTNAME": socket.gethostname()}
     if isinstance(command, str):
         run = ["sh", "-c", f"{local_shell(command)} --help"]
@@ -414,12 +506,10 @@ def test_each_command_is_a_real_entry_point(command: list[str] | str, tmp_path: 
 # --------------------------------------------------------------------------- variables
 
 
-def test_every_variable_is_read_by_the_code_or_allow_listed(
-    services: dict[str, dict[str, Any]], compose: dict[str, Any]
-) -> None:
+def test_every_variable_is_read_by_the_code_or_allow_listed(compose: dict[str, Any]) -> None:
     # Given every variable the compose file interpolates or sets in a container
     named = interpolated_names(compose)
-    for service in services.values():
+    for service in compose["services"].values():
         named |= set(environment(service))
 
     # Then goalqueue reads it, or a tool does for a reason written down in ALLOWED_VARIABLES
@@ -546,13 +636,6 @@ def stop(process: subprocess.Popen[str], timeout: float) -> int:
         raise
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def locally(url: str, port: int) -> str:
     """A ``redis://:pw@redis:6379/0`` broker URL pointed at the test's Redis instead."""
     parts = urlsplit(url)
@@ -566,25 +649,22 @@ needs_redis_server = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def compose_redis(
-    filled: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[int, str]]:
-    """The redis service's own command line, run on a free loopback port: (port, password)."""
-    port, workdir = free_port(), tmp_path_factory.mktemp("redis")
-    command = argv(filled["services"]["redis"]["command"])
-    extra = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    process = start([*command, *extra], os.environ, workdir)
-    try:
-        Output(process).wait_for(r"Ready to accept connections")
-        yield port, FILL["REDIS_PASSWORD"]
-    finally:
-        stop(process, timeout=10)
+    services: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """The redis service's own command line, run on a free loopback port."""
+    program, *options = argv(services["redis"]["command"])
+    assert program == "redis-server"
+    server = RedisServer(tmp_path_factory.mktemp("redis"), options=tuple(options)).start()
+    yield server
+    server.stop()
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_the_redis_command_line_takes_effect(
-    compose_redis: tuple[int, str], filled: dict[str, Any]
+    compose_redis: RedisServer, filled: dict[str, Any]
 ) -> None:
-    port, password = compose_redis
+    port, password = compose_redis.port, FILL["REDIS_PASSWORD"]
 
     # Then an unauthenticated client is refused
     with pytest.raises(redis.AuthenticationError):
@@ -606,12 +686,13 @@ def test_the_redis_command_line_takes_effect(
         assert result.returncode == expected, result
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_the_worker_healthcheck_answers_for_a_running_worker(
-    compose_redis: tuple[int, str], filled: dict[str, Any], tmp_path: Path
+    compose_redis: RedisServer, filled: dict[str, Any], tmp_path: Path
 ) -> None:
     # Given the worker service's command and environment, against the compose Redis settings
-    port, _ = compose_redis
+    port = compose_redis.port
     worker = filled["services"]["worker"]
     env = {**help_env(), **environment(worker)}
     env["GOALQUEUE_BROKER_URL"] = locally(env["GOALQUEUE_BROKER_URL"], port)
@@ -628,7 +709,7 @@ def test_the_worker_healthcheck_answers_for_a_running_worker(
         check = argv(worker["healthcheck"]["test"])
         assert check[0] == "CMD-SHELL"
         result = subprocess.run(
-            ["sh", "-c", local_shell(check[1])],
+            ["sh", "-c", local_shell(container_shell(check[1]))],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -647,12 +728,13 @@ def test_the_worker_healthcheck_answers_for_a_running_worker(
     assert returncode == 0, output.text
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_flower_reads_basic_auth_from_its_environment(
-    compose_redis: tuple[int, str], filled: dict[str, Any], tmp_path: Path
+    compose_redis: RedisServer, filled: dict[str, Any], tmp_path: Path
 ) -> None:
     # Given Flower run with the service's command and environment (on a free local port)
-    port, flower_port = compose_redis[0], free_port()
+    port, flower_port = compose_redis.port, free_port()
     flower = filled["services"]["flower"]
     env = {**help_env(), **environment(flower)}
     env["GOALQUEUE_BROKER_URL"] = locally(env["GOALQUEUE_BROKER_URL"], port)

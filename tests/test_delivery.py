@@ -15,38 +15,14 @@ from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
-from tests.conftest import API_KEY, pop_message
+from tests.helpers.datafast import FakeDataFast, error, ok
+from tests.helpers.messages import pop_message
+from tests.helpers.settings import API_KEY, KEYS
 from workers.engine import Engine
 from workers.sweeper import Sweeper
 
 VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
 Handler = Callable[[httpx.Request], httpx.Response]
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
-
-
-class FakeDataFast:
-    """A MockTransport handler answering from a script of responses; records every request."""
-
-    def __init__(self, *answers: httpx.Response) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.answers:
-            return self.answers.pop(0)
-        return ok()
-
-
-def ok() -> httpx.Response:
-    return httpx.Response(200, json={"status": "success", "data": [{"eventId": "e" * 24}]})
-
-
-def error(status: int, message: str = "nope", **headers: str) -> httpx.Response:
-    body = {"status": "error", "error": {"code": status, "message": message}}
-    return httpx.Response(status, json=body, headers=headers)
 
 
 class Clock:

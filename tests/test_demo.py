@@ -19,10 +19,9 @@ import redis
 
 from goalqueue.demo import BURST_429, BURST_503, BrokerUnavailable, Sent, problems, table_rows
 from goalqueue.demo.brokers import fake_redis_server, fakeredis_version
+from tests.helpers.databases import DEMO_REDIS_URL
 
 DEMO = [str(Path(sys.executable).with_name("goalqueue")), "demo"]
-# A database of the demo tests' own: the demo only uses an empty one and empties it afterwards.
-DEMO_REDIS_URL = os.environ.get("GOALQUEUE_TEST_DEMO_REDIS_URL", "redis://127.0.0.1:6379/8")
 SENTINEL = "goalqueue-demo-test:user-data"
 
 needs_redis_server = pytest.mark.skipif(
@@ -75,6 +74,7 @@ def demo_db() -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.mark.integration
 def test_demo_runs_on_the_redis_at_goalqueue_broker_url_and_empties_it_afterwards(
     demo_db: redis.Redis,
 ) -> None:
@@ -84,6 +84,7 @@ def test_demo_runs_on_the_redis_at_goalqueue_broker_url_and_empties_it_afterward
     assert demo_db.dbsize() == 0
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_demo_leaves_a_database_with_data_alone_and_starts_its_own_redis_server(
     demo_db: redis.Redis,
@@ -100,6 +101,7 @@ def test_demo_leaves_a_database_with_data_alone_and_starts_its_own_redis_server(
     assert demo_db.keys("*") == [SENTINEL] and demo_db.get(SENTINEL) == "precious"
 
 
+@pytest.mark.integration
 def test_demo_runs_on_fakeredis_when_there_is_nothing_else() -> None:
     result = run_demo("--broker", "fakeredis", env=environment())
     assert "Broker: fakeredis " in result.stdout
@@ -107,6 +109,7 @@ def test_demo_runs_on_fakeredis_when_there_is_nothing_else() -> None:
     assert_every_goal_ended_as_expected(result)
 
 
+@pytest.mark.integration
 def test_demo_exits_non_zero_when_valid_goals_are_not_delivered() -> None:
     # Given a sandbox that knows no visitor: every goal is refused with 404
     result = run_demo("--broker", "fakeredis", "--unknown-visitors", env=environment())
@@ -119,6 +122,7 @@ def test_demo_exits_non_zero_when_valid_goals_are_not_delivered() -> None:
     shutil.rmtree(Path(log[1]).parent)
 
 
+@pytest.mark.integration
 def test_demo_without_a_broker_says_why_and_starts_nothing() -> None:
     result = run_demo("--broker", "env", env=environment())
     assert result.returncode == 1
@@ -126,6 +130,7 @@ def test_demo_without_a_broker_says_why_and_starts_nothing() -> None:
     assert "Worker" not in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 @needs_redis_server
 def test_ctrl_c_stops_the_worker_and_the_redis_server_the_demo_started() -> None:
     # Given a demo that is running with its own redis-server and worker
@@ -204,6 +209,7 @@ def test_a_run_succeeds_only_when_valid_goals_are_delivered_and_failures_dead_le
     assert problems(SENT, answers, dead) == expected
 
 
+@pytest.mark.integration
 def test_the_fake_redis_server_keeps_a_connection_after_an_error_reply_and_skips_nagle() -> None:
     # Given the demo's fakeredis server, and one connection to it
     server = fake_redis_server(("127.0.0.1", 0))

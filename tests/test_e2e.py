@@ -14,11 +14,12 @@ import redis
 
 from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetters
-from goalqueue.keys import TASK_NAME, Keys
+from goalqueue.keys import TASK_NAME
 from goalqueue.sandbox import Sandbox
-from tests.conftest import Workers, pop_message, wait_for
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
+from tests.helpers.messages import pop_message
+from tests.helpers.settings import KEYS
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers
 
 
 def accepted_keys(sandbox: Sandbox) -> set[str | None]:

@@ -258,20 +258,3 @@ def test_attempted_keeps_the_goal_itself() -> None:
 def test_api_body_is_what_datafast_expects(event: GoalEvent, body: dict[str, Any]) -> None:
     # Then the body holds only DataFast's fields: none of our bookkeeping, no empty metadata
     assert event.api_body() == body
-
-
-def test_as_dict_names_every_field() -> None:
-    assert FULL.as_dict()["last_status"] == 503
-    assert set(MINIMAL.as_dict()) == {
-        "event_id",
-        "visitor_id",
-        "name",
-        "enqueued_at",
-        "metadata",
-        "description",
-        "attempts",
-        "first_attempt_at",
-        "last_attempt_at",
-        "last_status",
-        "last_error",
-    }

@@ -19,14 +19,14 @@ import redis
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
-from goalqueue.keys import TASK_NAME, Keys
+from goalqueue.keys import TASK_NAME
 from goalqueue.sandbox import Sandbox
-from tests.conftest import API_KEY, Workers, wait_for
+from tests.helpers.databases import FLOWER_REDIS_URL
+from tests.helpers.settings import API_KEY, KEYS
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers
 
-FLOWER_REDIS_URL = os.environ.get("GOALQUEUE_TEST_FLOWER_REDIS_URL", "redis://127.0.0.1:6379/13")
 AUTH = ("monitor", "flower-test-password")
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Flask, Django and FastAPI integrations, driven through each framework's test client.
 
-Every test enqueues on a real Redis (db 14, flushed first) and reads the ledger back. Each
-framework's tests skip when the framework is not installed (``pip install 'goalqueue[flask]'``
-and so on), so the core suite runs without the extras.
+Every test enqueues on a real Redis (the tests' web database, flushed first) and reads the
+ledger back. Each framework's tests skip when the framework is not installed (``pip install
+'goalqueue[flask]'`` and so on), so the core suite runs without the extras.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import redis
 from goalqueue import EnqueueError, GoalQueue, InvalidGoal
 from goalqueue.config import get_settings
 from goalqueue.producer import default_queue
+from tests.helpers.databases import WEB_REDIS_URL
 
-BROKER_URL = "redis://127.0.0.1:6379/14"
+pytestmark = pytest.mark.integration
+
 UNREACHABLE_URL = "redis://127.0.0.1:1/0"
 VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
 LEDGER = "goalqueue:ledger"
@@ -32,20 +34,20 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture
 def ledger() -> redis.Redis:
-    client = redis.Redis(db=14, decode_responses=True)
+    client = redis.Redis.from_url(WEB_REDIS_URL, decode_responses=True)
     client.flushdb()
     return client
 
 
 @pytest.fixture
 def queue(ledger: redis.Redis) -> GoalQueue:
-    return GoalQueue(broker_url=BROKER_URL)
+    return GoalQueue(broker_url=WEB_REDIS_URL)
 
 
 @pytest.fixture
 def env_queue(monkeypatch: pytest.MonkeyPatch, ledger: redis.Redis) -> Iterator[None]:
-    """Point the environment-configured default queue (the examples use it) at db 14."""
-    monkeypatch.setenv("GOALQUEUE_BROKER_URL", BROKER_URL)
+    """Point the environment-configured default queue (the examples use it) at the web database."""
+    monkeypatch.setenv("GOALQUEUE_BROKER_URL", WEB_REDIS_URL)
     get_settings.cache_clear()
     default_queue.cache_clear()
     yield

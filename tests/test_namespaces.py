@@ -20,7 +20,10 @@ from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetters
 from goalqueue.errors import ConfigError, EnqueueError
 from goalqueue.sandbox import Sandbox
-from tests.conftest import RedisServer, Workers, quick_settings, wait_for, worker_env
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import quick_settings
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers, worker_env
 
 
 def accepted(sandbox: Sandbox) -> set[str | None]:

@@ -15,15 +15,15 @@ import redis.asyncio
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
-from goalqueue.keys import Keys
 from goalqueue.message import template
 from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Defer, WorkerScripts
-from tests.conftest import Workers, pop_message, wait_for
+from tests.helpers.messages import pop_message
+from tests.helpers.settings import KEYS
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers
 
 NOW = 1_800_000_000.0
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 class Pace:
@@ -87,6 +87,16 @@ class Pace:
 
     def rate(self) -> float:
         return float(self.client.hget(KEYS.pace, "rate") or 0)
+
+    def busy(self, seconds: range) -> list[float]:
+        """Ten TAKEs a second through ``seconds``, a backlog keeping the pace busy; the rate at
+        the end of each second."""
+        rates = []
+        for second in seconds:
+            for tick in range(10):
+                self.sends(NOW + second + tick / 10)
+            rates.append(self.rate())
+        return rates
 
 
 @pytest.fixture
@@ -155,11 +165,7 @@ def test_a_429_starts_a_slow_pace_that_grows_while_it_holds_delivery_back(
     assert pace.rate_limited(NOW + 0.1) is None
     pace.resume()
     # When the backlog keeps the pace busy, second after second
-    rates = []
-    for second in range(1, 6):
-        for tick in range(10):
-            pace.sends(NOW + second + tick / 10)
-        rates.append(pace.rate())
+    rates = pace.busy(range(1, 6))
     # Then the rate doubles every second (no 429 has shown where the limit is yet)
     assert rates == [10, 20, 40, 80, 160]
 
@@ -170,19 +176,13 @@ def test_another_429_halves_the_pace_and_growth_slows_near_that_limit(
     pace = make_pace()
     pace.rate_limited(NOW)
     pace.resume()
-    for second in range(1, 4):
-        for tick in range(10):
-            pace.sends(NOW + second + tick / 10)
+    pace.busy(range(1, 4))
     assert pace.rate() == 40
     # When DataFast answers 429 at 40 goals/s
     assert pace.rate_limited(NOW + 4) == "20"
     pace.resume()
     # Then the pace restarts at half, and grows by a tenth a second from there
-    rates = []
-    for second in range(5, 8):
-        for tick in range(10):
-            pace.sends(NOW + second + tick / 10)
-        rates.append(round(pace.rate(), 2))
+    rates = [round(rate, 2) for rate in pace.busy(range(5, 8))]
     assert rates == [20, 22, 24.2]
 
 
@@ -206,9 +206,7 @@ def test_a_429_under_a_cap_halves_below_the_cap(
     pace.sends(NOW)
     assert pace.rate_limited(NOW + 1) == "50"
     pace.resume()
-    for second in range(2, 12):
-        for tick in range(10):
-            pace.sends(NOW + second + tick / 10)
+    pace.busy(range(2, 12))
     assert 50 < pace.rate() <= 100
 
 

@@ -20,22 +20,16 @@ from kombu import Connection, Exchange, Producer
 
 from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetter
-from goalqueue.keys import TASK_NAME, Keys
+from goalqueue.keys import TASK_NAME
 from goalqueue.message import template
 from goalqueue.sandbox import Sandbox
-from tests.conftest import (
-    RedisServer,
-    WorkerProcess,
-    Workers,
-    quick_settings,
-    wait_for,
-    worker_env,
-)
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import KEYS, quick_settings
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import WorkerProcess, Workers, worker_env
 from workers.transport import Transport, harden
 
 MARK = "poison-marker"
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def envelope(body: str, *, headers: object = None, **changes: object) -> str:

@@ -11,7 +11,7 @@ import goalqueue
 from goalqueue import GoalQueue, InvalidGoal
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
+from tests.helpers.settings import KEYS
 
 
 def ledger(client: redis.Redis) -> list[tuple[GoalEvent, float]]:
@@ -19,9 +19,6 @@ def ledger(client: redis.Redis) -> list[tuple[GoalEvent, float]]:
         (GoalEvent.from_json(raw), seq)
         for raw, seq in client.zrange(KEYS.ledger, 0, -1, withscores=True)
     ]
-
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def test_track_goal_writes_the_message_and_its_ledger_entry_together(

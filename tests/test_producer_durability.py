@@ -27,23 +27,22 @@ import redis
 from goalqueue import ConfigError, EnqueueError, GoalQueue, InvalidGoal
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.spool import Spool
-from tests.conftest import RedisServer, free_port, spooled_rows, wait_for
+from tests.helpers.ports import dead_redis_url, free_port
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import KEYS
+from tests.helpers.spool import spooled_rows
+from tests.helpers.waiting import wait_for
 
 TIMEOUT = 0.3
 # Scheduling noise on a busy test machine; a second attempt after the timeout would exceed it.
 MARGIN = 0.2
 
-KEYS = Keys()  # the default namespace, which the tests' settings use
-
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def own_redis(redis_server: Callable[..., RedisServer]) -> RedisServer:
     """A ``redis-server`` of this test's own on a free port."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop(signal.SIGKILL)
+    return redis_server()
 
 
 class SlowProxy:
@@ -92,7 +91,7 @@ def dead_url(request: pytest.FixtureRequest, own_redis: RedisServer) -> Iterator
     """A Redis URL that cannot take a goal within TIMEOUT, in one of four ways."""
     kind = request.param
     if kind == "closed-port":
-        yield f"redis://127.0.0.1:{free_port()}/0"
+        yield dead_redis_url()
     elif kind == "silent-listener":
         with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
             yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
@@ -204,6 +203,7 @@ def test_a_paused_redis_enqueues_nothing_even_after_it_resumes(
     assert admin.dbsize() == 0
 
 
+@pytest.mark.integration
 def test_the_error_names_the_broker_without_its_password(
     make_queue: Callable[..., GoalQueue],
 ) -> None:
@@ -273,7 +273,7 @@ def test_a_producer_re_sends_a_spool_left_behind_after_its_first_goal(
     own_redis: RedisServer, make_queue: Callable[..., GoalQueue], tmp_path: Path
 ) -> None:
     # Given a spool that an earlier process filled while Redis was down
-    dead = make_queue(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "spool")
+    dead = make_queue(dead_redis_url(), tmp_path / "spool")
     left = dead.track_goals(GOALS[:5])
     dead.close()
     # When a new producer on a healthy Redis tracks its first goal
@@ -300,7 +300,7 @@ def test_a_killed_process_leaves_its_spool_for_the_next_one(
 ) -> None:
     # Given a process spooling goals as fast as it can, Redis being down
     spool_dir = tmp_path / "spool"
-    dead_url = f"redis://127.0.0.1:{free_port()}/0"
+    dead_url = dead_redis_url()
     command = [sys.executable, "-c", SPOOLING_PROCESS, dead_url, str(spool_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
@@ -336,7 +336,7 @@ def test_a_killed_process_leaves_its_spool_for_the_next_one(
 def test_an_invalid_goal_is_refused_and_never_spooled(
     make_queue: Callable[..., GoalQueue], tmp_path: Path
 ) -> None:
-    queue = make_queue(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "spool")
+    queue = make_queue(dead_redis_url(), tmp_path / "spool")
     with pytest.raises(InvalidGoal):
         queue.track_goal("has space", "signup")
     with pytest.raises(InvalidGoal):
@@ -344,10 +344,11 @@ def test_an_invalid_goal_is_refused_and_never_spooled(
     assert spooled_ids(tmp_path / "spool") == []
 
 
+@pytest.mark.integration
 def test_when_the_spool_fails_too_the_error_says_so_and_nothing_is_lost_silently(
     make_queue: Callable[..., GoalQueue], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue = make_queue(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "spool")
+    queue = make_queue(dead_redis_url(), tmp_path / "spool")
     assert queue.backlog is not None
 
     def disk_full(events: object) -> None:
@@ -367,10 +368,11 @@ def test_a_spool_dir_that_cannot_be_created_fails_at_start(tmp_path: Path) -> No
         GoalQueue(settings=settings)
 
 
+@pytest.mark.integration
 def test_spooling_warns_once_per_minute_not_once_per_goal(
     make_queue: Callable[..., GoalQueue], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    queue = make_queue(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "spool")
+    queue = make_queue(dead_redis_url(), tmp_path / "spool")
     with caplog.at_level(logging.WARNING, logger="goalqueue.spool"):
         for i in range(20):
             queue.track_goal(f"v{i}", "signup")

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from goalqueue import GoalQueue, InvalidGoal
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.schema import validate_goal
+from tests.helpers.settings import KEYS
 
 # ------------------------------------------------------------------ DataFast's rules, re-derived
 
@@ -35,8 +35,6 @@ from goalqueue.schema import validate_goal
 # (visitor id <= 128, description <= 1024) are checked too.
 DATAFAST_NAME = re.compile(r"[a-z0-9_:-]+")
 DATAFAST_KEY = re.compile(r"[a-z0-9_-]+")
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def is_control_or_space(char: str) -> bool:

@@ -481,6 +481,7 @@ def test_unknown_paths_and_wrong_methods(client: httpx.Client) -> None:
     assert_error(client.post("/_sandbox/stats"), 405)
 
 
+@pytest.mark.integration
 def test_sandbox_picks_a_free_port_and_stops_cleanly() -> None:
     with Sandbox(SandboxState(key="df_other")) as sandbox:
         assert sandbox.url == f"{sandbox.base_url}/api/v1/goals"
@@ -500,6 +501,7 @@ def test_cli_help_lists_the_options() -> None:
         assert option in result.output
 
 
+@pytest.mark.integration
 def test_cli_rate_limit_lets_that_many_goals_through_a_second() -> None:
     # Given `goalqueue sandbox --rate-limit 2` on a free port
     command = [str(Path(sys.executable).with_name("goalqueue")), "sandbox", "--port", "0"]

@@ -27,14 +27,14 @@ from httpx_aiohttp import AiohttpTransport
 from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
-from tests.conftest import RedisServer, Workers, quick_settings, wait_for, worker_env
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import KEYS, quick_settings
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers, worker_env
 from workers.client import Answer, build_client, post_goal
 
 CANARY = "df_SECRET_canary_123"
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def goalqueue_cli(broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -227,6 +227,7 @@ def self_signed_https(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
         server.server_close()
 
 
+@pytest.mark.integration
 def test_the_worker_refuses_a_certificate_it_cannot_verify_before_sending_the_key(
     self_signed_https: tuple[str, Path, list[str]],
 ) -> None:
@@ -286,6 +287,7 @@ def bad_config_runs() -> dict[str, subprocess.CompletedProcess[str]]:
     return {case: start_worker_with(env) for case, (env, _) in BAD_CONFIG.items()}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", list(BAD_CONFIG))
 def test_a_worker_with_a_bad_setting_exits_naming_it(
     case: str, bad_config_runs: dict[str, subprocess.CompletedProcess[str]]
@@ -295,6 +297,7 @@ def test_a_worker_with_a_bad_setting_exits_naming_it(
     assert BAD_CONFIG[case][1] in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", list(BAD_CONFIG))
 def test_a_worker_with_a_bad_setting_says_so_in_one_line_without_a_traceback(
     case: str, bad_config_runs: dict[str, subprocess.CompletedProcess[str]]

@@ -43,16 +43,13 @@ from goalqueue.producer import connect
 from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Standing, Take, WorkerScripts
 from goalqueue.sentinel import SentinelURL
-from tests.conftest import (
-    RedisServer,
-    Workers,
-    free_port,
-    pop_message,
-    quick_settings,
-    spooled_rows,
-    wait_for,
-    worker_env,
-)
+from tests.helpers.messages import pop_message
+from tests.helpers.ports import free_port
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import quick_settings
+from tests.helpers.spool import spooled_rows
+from tests.helpers.waiting import wait_for
+from tests.helpers.workers import Workers, worker_env
 from workers.app import create_app
 from workers.transport import SentinelTransport, harden
 
@@ -190,6 +187,7 @@ def test_every_client_asks_the_sentinels_for_the_master() -> None:
     )
 
 
+@pytest.mark.integration
 def test_sentinels_that_do_not_answer_cost_one_enqueue_timeout() -> None:
     # Given three sentinels that accept connections and never answer
     silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
@@ -438,7 +436,7 @@ class Deployment:
         """Start the killed primary again, empty, as a replica of the promoted one (as a
         supervisor that knows the new primary does; left to the sentinels, turning a returning
         primary into a replica takes them about ten seconds)."""
-        self.primary.extra = (*NO_PERSISTENCE, "--replicaof", "127.0.0.1", str(self.replica.port))
+        self.primary.extra = ("--replicaof", "127.0.0.1", str(self.replica.port))
         self.primary.start()
 
     def master_port(self) -> int | None:
@@ -465,10 +463,12 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    primary = RedisServer(tmp_path / "primary", NO_PERSISTENCE).start()
+    primary = RedisServer(tmp_path / "primary", options=NO_PERSISTENCE).start()
     link = LaggingLink(primary.port, LINK_DELAY).start()
     replica = RedisServer(
-        tmp_path / "replica", (*NO_PERSISTENCE, "--replicaof", "127.0.0.1", str(link.port))
+        tmp_path / "replica",
+        ("--replicaof", "127.0.0.1", str(link.port)),
+        options=NO_PERSISTENCE,
     ).start()
     sentinels: list[Sentinel] = []
     try:

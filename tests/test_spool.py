@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,19 +20,13 @@ from goalqueue import EnqueueError, GoalQueue
 from goalqueue.cli import main
 from goalqueue.config import Settings, get_settings
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.producer import new_event
 from goalqueue.spool import Spool
-from tests.conftest import RedisServer, spooled_rows, wait_for
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
-
-
-def dead_url() -> str:
-    """A Redis URL on a port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+from tests.helpers.ports import dead_redis_url
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import KEYS
+from tests.helpers.spool import spooled_rows
+from tests.helpers.waiting import wait_for
 
 
 def events(count: int, prefix: str = "v") -> list[GoalEvent]:
@@ -55,11 +48,9 @@ def spool(tmp_path: Path) -> Spool:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def own_redis(redis_server: Callable[..., RedisServer]) -> RedisServer:
     """A redis-server of this test's own: tests elsewhere flush the shared one at any time."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
+    return redis_server()
 
 
 @pytest.fixture
@@ -116,6 +107,7 @@ def test_the_spool_uses_wal_with_full_sync(spool: Spool) -> None:
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+@pytest.mark.integration
 def test_each_process_writes_its_own_file_and_any_process_reads_them_all(
     spool: Spool, tmp_path: Path
 ) -> None:
@@ -135,6 +127,7 @@ def test_each_process_writes_its_own_file_and_any_process_reads_them_all(
     assert spool.pending() == 2
 
 
+@pytest.mark.integration
 def test_a_forked_child_spools_into_a_file_of_its_own(spool: Spool) -> None:
     # Given a process that has spooled a goal, then forks (as a pre-forking web server does)
     spool.add(events(1))
@@ -191,7 +184,7 @@ def test_flush_to_an_unreachable_redis_keeps_every_goal(
     batch = events(3)
     spool.add(batch)
     with pytest.raises(EnqueueError, match="unreachable"):
-        spool.flush(make_queue(dead_url()))
+        spool.flush(make_queue(dead_redis_url()))
     assert [eid for eid, _ in spooled_rows(spool.directory)] == [e.event_id for e in batch]
 
 
@@ -252,7 +245,7 @@ def test_four_threads_and_two_processes_spooling_at_once_lose_nothing(
     make_queue: Callable[..., GoalQueue], tmp_path: Path
 ) -> None:
     # Given Redis down, two processes spooling goals as fast as they can
-    directory, url = tmp_path / "spool", dead_url()
+    directory, url = tmp_path / "spool", dead_redis_url()
     command = [sys.executable, "-c", WRITER_PROCESS, url, str(directory), str(PER_WRITER)]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
@@ -338,7 +331,7 @@ def test_spool_flush_fails_while_redis_is_unreachable(
     cli: Callable[..., Result], tmp_path: Path
 ) -> None:
     Spool(tmp_path / "spool").add(events(2))
-    result = cli("spool", "flush", broker=dead_url())
+    result = cli("spool", "flush", broker=dead_redis_url())
     assert result.exit_code == 1
     assert "re-sent 0 spooled goal(s)" in result.output
     assert "2 goal(s) still wait" in result.output and "unreachable" in result.output

@@ -13,12 +13,10 @@ import redis.asyncio
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
 from goalqueue.scripts import WorkerScripts
-from tests.conftest import pop_message
+from tests.helpers.messages import pop_message
+from tests.helpers.settings import KEYS
 from workers.sweeper import Sweeper
-
-KEYS = Keys()  # the default namespace, which the tests' settings use
 
 
 def queued_ids(client: redis.Redis) -> list[str]:

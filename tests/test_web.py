@@ -16,20 +16,16 @@ from goalqueue.web import (
     track_goal_for_visitor,
     visitor_id_from_cookies,
 )
+from tests.helpers.databases import WEB_REDIS_URL
 
-BROKER_URL = "redis://127.0.0.1:6379/14"
 VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
 
 
 @pytest.fixture
 def ledger() -> redis.Redis:
-    client = redis.Redis(db=14, decode_responses=True)
+    client = redis.Redis.from_url(WEB_REDIS_URL, decode_responses=True)
     client.flushdb()
     return client
-
-
-def test_cookie_name_is_the_one_datafast_sets() -> None:
-    assert VISITOR_COOKIE == "datafast_visitor_id"
 
 
 @pytest.mark.parametrize(
@@ -76,20 +72,23 @@ def test_bad_goal_raises_with_or_without_a_visitor(visitor_id: str | None) -> No
     assert set(raised.value.errors) == {"name", "metadata"}
 
 
+@pytest.mark.integration
 def test_track_goal_for_visitor_enqueues(ledger: redis.Redis) -> None:
-    queue = GoalQueue(broker_url=BROKER_URL)
+    queue = GoalQueue(broker_url=WEB_REDIS_URL)
     event_id = track_goal_for_visitor(VISITOR, "signup", metadata={"plan": "pro"}, queue=queue)
     [entry] = [json.loads(raw) for raw in cast(list[str], ledger.zrange("goalqueue:ledger", 0, -1))]
     assert entry["i"] == event_id
     assert (entry["n"], entry["v"], entry["m"]) == ("signup", VISITOR, {"plan": "pro"})
 
 
+@pytest.mark.integration
 def test_track_goal_for_visitor_without_visitor_enqueues_nothing(ledger: redis.Redis) -> None:
-    queue = GoalQueue(broker_url=BROKER_URL)
+    queue = GoalQueue(broker_url=WEB_REDIS_URL)
     assert track_goal_for_visitor(None, "signup", queue=queue) is None
     assert ledger.zcard("goalqueue:ledger") == 0
 
 
+@pytest.mark.integration
 def test_track_goal_for_visitor_unreachable_redis() -> None:
     queue = GoalQueue(broker_url="redis://127.0.0.1:1/0")
     with pytest.raises(EnqueueError):

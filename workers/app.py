@@ -42,7 +42,7 @@ from goalqueue.keys import TASK_NAME
 from workers.runtime import Runtime
 from workers.sweeper import Sweeper
 from workers.tasks import deliver
-from workers.transport import DEAD_LETTERS, harden
+from workers.transport import NAMESPACE, harden
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _configuration(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
             **keys.kombu_transport_options(),
             **_sentinel_options(settings),
-            DEAD_LETTERS: keys.dead,
+            NAMESPACE: keys.namespace,
         },
     }
 

@@ -48,3 +48,13 @@ async def post_goal(client: httpx.AsyncClient, url: str, event: GoalEvent) -> An
         )
     except httpx.HTTPError as exc:
         return exc
+
+
+def answer_class(answer: Answer) -> str:
+    """What kind of answer it was, for the counters: ``2xx`` .. ``5xx``, ``timeout`` or
+    ``connection_error`` (any other failure to get an answer)."""
+    if isinstance(answer, httpx.Response):
+        return f"{answer.status_code // 100}xx"
+    if isinstance(answer, httpx.TimeoutException):
+        return "timeout"
+    return "connection_error"

@@ -21,11 +21,14 @@ from typing import Any
 
 from celery.utils.functional import promise
 from celery.worker.consumer import Consumer as CeleryConsumer
-from kombu.utils.json import dumps
+from kombu.utils import json as kombu_json
 
 from workers.transport import bury, harden
 
 logger = logging.getLogger(__name__)
+
+# kombu's JSON encoder (typed here: kombu's is not).
+_dumps: Callable[[Any], str] = kombu_json.dumps
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -76,7 +79,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def _keep(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter."""
-        bury(self.app.runtime.redis, self.app.settings.keys.dead, _raw(message), error)
+        bury(self.app.runtime.redis, self.app.settings.keys, _raw(message), error)
 
     def _bury(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter, and off the queue."""
@@ -90,7 +93,7 @@ def _raw(message: Any) -> str | bytes:
     envelope = getattr(message, "_raw", None)
     if envelope is not None:
         try:
-            return str(dumps(envelope))
+            return _dumps(envelope)
         except (TypeError, ValueError):
             pass
     return message.body or b""

@@ -28,7 +28,7 @@ from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.scripts import Defer, Standing, Take, Taken, WorkerScripts
-from workers.client import post_goal
+from workers.client import answer_class, post_goal
 from workers.policy import (
     RETRY_AFTER_MAX_SECONDS,
     Outcome,
@@ -174,12 +174,17 @@ class Deliverer:
 
     async def _send(self, copy: Taken, event: GoalEvent, now: float, record: Record) -> str:
         """POST the goal and put its outcome in ``record``."""
+        sent = time.monotonic()
         answer = await post_goal(self.http, self.settings.api_url, event)
-        verdict = classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS)
+        record.settlement.answered(answer_class(answer), time.monotonic() - sent)
+        answered = self.clock()
+        verdict = classify(answer, now=answered, max_wait=RETRY_AFTER_MAX_SECONDS)
         probe = copy.standing is Standing.PROBE
         record.resume = probe and verdict.outcome is not Outcome.DEFERRED
         if verdict.outcome is Outcome.DELIVERED:
-            record.settlement.delivered(copy.entry, event.event_id, verdict.remote_id or "")
+            record.settlement.delivered(
+                copy.entry, event.event_id, verdict.remote_id or "", answered - event.enqueued_at
+            )
             return verdict.outcome.value
         event = event.attempted(now, verdict.status_code, verdict.error)
         return self._settle(record, copy, event, verdict)
@@ -192,7 +197,7 @@ class Deliverer:
             settlement.bury(copy.entry, DeadLetter.of(event, verdict.reason or "client_error"))
         elif verdict.outcome is Outcome.DEFERRED:
             record.pause = self._pause(verdict, copy, now)
-            settlement.park(copy.entry, event, due=now)
+            settlement.park(copy.entry, event, due=now, outcome=f"deferred:{verdict.reason}")
             return f"deferred ({verdict.reason})"
         else:
             delay = backoff(
@@ -201,7 +206,7 @@ class Deliverer:
                 cap=self.settings.retry_max_seconds,
                 rand=self.rand,
             )
-            settlement.park(copy.entry, event, due=now + delay)
+            settlement.park(copy.entry, event, due=now + delay, outcome="transient")
         return verdict.outcome.value
 
     def _pause(self, verdict: Verdict, copy: Taken, now: float) -> Pause:

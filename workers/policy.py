@@ -99,7 +99,7 @@ def backoff(
 
 def pause_length(streak: int, *, base: float, cap: float) -> float:
     """How long a pause without a Retry-After lasts after ``streak`` earlier pauses in a row."""
-    return min(cap, base * 2 ** min(max(streak, 0), 62))
+    return min(cap, base * 2.0 ** min(max(streak, 0), 62))
 
 
 def _remote_id(response: httpx.Response) -> str | None:

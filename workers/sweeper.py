@@ -20,11 +20,10 @@ import time
 import redis
 
 from goalqueue.config import Settings
+from goalqueue.keys import PER_CALL
 from goalqueue.scripts import Scripts
 
 logger = logging.getLogger(__name__)
-
-BATCH = 500
 
 
 class Sweeper:
@@ -49,12 +48,12 @@ class Sweeper:
         moved = 0
         while True:
             count = self.scripts.sweep(
-                now, BATCH, self.settings.key_fingerprint, self.settings.probe_lease_ms
+                now, PER_CALL, self.settings.key_fingerprint, self.settings.probe_lease_ms
             )
             moved += count
-            if count < BATCH:
+            if count < PER_CALL:
                 break
-        recovered = self.scripts.reconcile(now, self.settings.visibility_timeout_seconds, BATCH)
+        recovered = self.scripts.reconcile(now, self.settings.visibility_timeout_seconds, PER_CALL)
         if recovered:
             logger.warning(
                 "re-queued %d goal(s) a lost worker had taken but not settled", recovered

@@ -19,5 +19,5 @@ def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
         case (int() as seq,) if not kwargs and isinstance(task.request.id, str):
             return str(runtime.engine().deliver(task.request.id, seq).result)
     poison = dumps({"args": repr(args), "kwargs": repr(kwargs)})
-    bury(runtime.redis, runtime.settings.keys.dead, poison, "task arguments must be (seq,)")
+    bury(runtime.redis, runtime.settings.keys, poison, "task arguments must be (seq,)")
     return "poison"

@@ -39,35 +39,46 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils import encoding as kombu_encoding
+from kombu.utils import json as kombu_json
 
 from goalqueue.deadletters import RAW_LIMIT, DeadLetter
+from goalqueue.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-# The transport option that names the dead-letter hash (see workers.app).
-DEAD_LETTERS = "goalqueue_dead_letters"
+# The transport option that names the namespace whose dead letters poison goes to (see
+# workers.app).
+NAMESPACE = "goalqueue_namespace"
 # Types redis-py can store as kombu's unacked-hash field: anything else fails in kombu's QoS.
 _TAG_TYPES = (str, int, float)
 
+# kombu's decoding, as its Redis channel applies it to a popped item (typed here: kombu's is not).
+# The kombu and redis-py methods this module calls through super() are not annotated either:
+# those calls carry ``type: ignore[no-untyped-call]``.
+_text: Callable[[bytes | str], str] = kombu_encoding.bytes_to_str
+_loads: Callable[[str], Any] = kombu_json.loads
 
-def bury(client: redis.Redis, dead: str, raw: str | bytes, error: str) -> str | None:
-    """Keep ``raw`` as a ``poison`` dead letter in the hash ``dead``; returns its id, or None
-    if Redis refused it.
+
+def bury(client: redis.Redis, keys: Keys, raw: str | bytes, error: str) -> str | None:
+    """Keep ``raw`` as a ``poison`` dead letter of ``keys``' namespace, counted with the other
+    dead letters (one transaction); returns its id, or None if Redis refused it.
 
     Never raises: a poison message that cannot even be stored is logged (cut short) and
     dropped, so that it cannot stop the worker.
     """
     letter = DeadLetter.poison(raw, error)
     try:
-        client.hset(dead, letter.event_id, letter.to_json())
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.dead, letter.event_id, letter.to_json())
+            pipe.hincrby(keys.metrics, f"dead:{letter.reason}", 1)
+            pipe.execute()
     except redis.RedisError as exc:
         logger.error(
             "dropped a poison message (%s) that could not be dead-lettered (%s): %r",
@@ -83,7 +94,7 @@ def bury(client: redis.Redis, dead: str, raw: str | bytes, error: str) -> str | 
 def unreadable(channel: kombu_redis.Channel, item: bytes | str) -> str | None:
     """Why kombu could not make a message of the popped ``item``, or None when it can."""
     try:
-        message = channel.Message(loads(bytes_to_str(item)), channel=channel)
+        message = channel.Message(_loads(_text(item)), channel=channel)  # type: ignore[no-untyped-call]
     except Exception as exc:  # anything: this is exactly the error kombu would raise
         return f"unreadable message envelope: {type(exc).__name__}: {str(exc)[:RAW_LIMIT]}"
     # What kombu's QoS.append needs to record the message as unacknowledged.
@@ -109,7 +120,7 @@ class ScreeningRedis(redis.Redis):
     screen: Any = None
 
     def parse_response(self, connection: Any, command_name: Any, **options: Any) -> Any:
-        reply = super().parse_response(connection, command_name, **options)
+        reply = super().parse_response(connection, command_name, **options)  # type: ignore[no-untyped-call]
         if command_name == "BRPOP" and reply and self.screen is not None:
             _, item = reply
             if not self.screen(item):
@@ -124,17 +135,17 @@ def _screening(client_cls: type[redis.Redis]) -> type[redis.Redis]:
     return type(f"Screening{client_cls.__name__}", (ScreeningRedis, client_cls), {})
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     """kombu's Redis channel: buries unreadable messages, fails cleanly once detached."""
 
     def _get_client(self) -> Any:
-        client = super()._get_client()
+        client = super()._get_client()  # type: ignore[no-untyped-call]
         if isinstance(client, functools.partial):  # a global key prefix: PrefixedStrictRedis
             return functools.partial(_screening(client.func), *client.args, **client.keywords)
         return _screening(client)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
-        client = super()._create_client(asynchronous)
+        client = super()._create_client(asynchronous)  # type: ignore[no-untyped-call]
         client.screen = self._deliverable
         return client
 
@@ -142,7 +153,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         problem = unreadable(self, item)
         if problem is None:
             return True
-        bury(self.client, self.connection.client.transport_options[DEAD_LETTERS], item, problem)
+        namespace = self.connection.client.transport_options[NAMESPACE]
+        bury(self.client, Keys(namespace), item, problem)
         return False
 
     @contextmanager
@@ -163,7 +175,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         """kombu's connection parameters; a connection error once the channel is detached."""
         if self.connection is None or self.connection.client is None:
             raise redis.ConnectionError("this broker channel was closed with its connection")
-        return super()._connparams(asynchronous)
+        return super()._connparams(asynchronous)  # type: ignore[no-untyped-call]
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
@@ -173,7 +185,7 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     one."""
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the hardened :class:`Channel`."""
 
     Channel = Channel

@@ -17,13 +17,13 @@ The broker is the first of these that works (``--broker`` picks one):
 
 The modules: ``brokers`` (finding a broker), ``scenario`` (the goals, the faults, the worker),
 ``report`` (live progress and the final table), ``command`` (the click command), with
-``processes`` (stopping what it started) and ``errors`` (why it stops early).
+``processes`` (a free port for what it starts, and stopping it) and ``errors`` (why it stops early).
 """
 
 from goalqueue.demo.brokers import BROKERS, Broker, forget_demo_keys, start_broker
 from goalqueue.demo.command import demo_command, run_demo
 from goalqueue.demo.errors import BrokerUnavailable, DemoFailed, TimedOut
-from goalqueue.demo.processes import stop_process
+from goalqueue.demo.processes import free_port, stop_process
 from goalqueue.demo.report import Progress, Row, Sent, Snapshot, problems, render_table, table_rows
 from goalqueue.demo.scenario import (
     BURST_429,
@@ -50,6 +50,7 @@ __all__ = [
     "TimedOut",
     "demo_command",
     "forget_demo_keys",
+    "free_port",
     "problems",
     "render_table",
     "run_demo",

@@ -28,9 +28,9 @@ from packaging.version import Version
 from goalqueue import connections
 from goalqueue.config import ENV_NAMES, Settings, redact
 from goalqueue.demo.errors import BrokerUnavailable, DemoFailed
-from goalqueue.demo.processes import POLL_SECONDS, STOP_SECONDS, stop_process
+from goalqueue.demo.processes import POLL_SECONDS, STOP_SECONDS, free_port, stop_process
 from goalqueue.errors import ConfigError
-from goalqueue.keys import Keys
+from goalqueue.keys import PER_CALL, Keys
 
 # The demo runs in goalqueue's default namespace.
 DEMO_KEYS = Keys()
@@ -75,9 +75,9 @@ def _env_broker(stack: ExitStack) -> Broker:
 def forget_demo_keys(client: redis.Redis) -> None:
     """Delete what a demo run leaves in a Redis database that was empty when it began."""
     for pattern in DEMO_KEY_PATTERNS:
-        found = list(client.scan_iter(pattern, count=500))
-        for start in range(0, len(found), 500):
-            client.delete(*found[start : start + 500])
+        found = list(client.scan_iter(pattern, count=PER_CALL))
+        for start in range(0, len(found), PER_CALL):
+            client.delete(*found[start : start + PER_CALL])
 
 
 # --------------------------------------------------------------------------- redis-server
@@ -88,7 +88,7 @@ def _redis_server(stack: ExitStack) -> Broker:
     if executable is None:
         raise BrokerUnavailable("no redis-server on PATH")
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalqueue-demo-")))
-    port = _free_port()
+    port = free_port()
     log = workdir / "redis.log"
     command = [
         executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
@@ -102,12 +102,6 @@ def _redis_server(stack: ExitStack) -> Broker:
     url = f"redis://127.0.0.1:{port}/0"
     _wait_for_redis(url, process, log)
     return Broker(url, f"a redis-server started for this demo on 127.0.0.1:{port}, nothing on disk")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for_redis(url: str, process: subprocess.Popen[bytes], log: Path) -> None:

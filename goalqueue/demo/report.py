@@ -14,6 +14,7 @@ from goalqueue.deadletters import DeadLetters
 from goalqueue.demo.brokers import DEMO_KEYS
 from goalqueue.sandbox import Sandbox
 from goalqueue.stats import collect
+from goalqueue.terminal import table
 
 CLEAR_LINE = "\x1b[K"
 
@@ -176,15 +177,7 @@ def problems(
 
 def render_table(rows: Sequence[Row]) -> list[str]:
     headers = ("kind of goal", "sent", "delivered", "dead-lettered", "requests")
-    cells = [headers, *((r.kind, r.sent, r.delivered, r.dead, r.requests) for r in rows)]
-    widths = [max(len(str(row[i])) for row in cells) for i in range(len(headers))]
-    return [
-        "  ".join(
-            str(cell).ljust(width) if i == 0 else str(cell).rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in cells
-    ]
+    return table(headers, [(r.kind, r.sent, r.delivered, r.dead, r.requests) for r in rows])
 
 
 def print_outcome(sent: Sent, sandbox: Sandbox, client: redis.Redis, elapsed: float) -> list[str]:

@@ -1,28 +1,49 @@
 -- SETTLE: record outcomes. Each acts only if this copy still owns the ledger entry: when two
 -- copies of a goal race (a slow worker and a re-queued copy), exactly one of them moves it on.
--- A delivered goal is counted once, by whichever copy first sets its marker. Returns how many
--- entries this call owned.
+-- A delivered goal is counted once, by whichever copy first sets its marker. The counters for
+-- monitoring (the metrics hash, see goalqueue/tally.py) move with the outcomes they count; the
+-- answers only when the call recorded something, so that a write repeated after a lost reply
+-- does not count them twice. Returns how many entries this call owned.
 local ledger_key, count_key, dead_key, waiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local marker_ttl_ms, marker_prefix = ARGV[1], ARGV[2]
--- ARGV[3..]: four fields per outcome:
---   delivered, entry, event id, DataFast's event id   mark it delivered
---   bury,      entry, event id, dead letter JSON      dead-letter it
---   park,      entry, due time, event JSON            put it in the waiting set
---   forget,    entry, '', ''                          it was delivered before: drop the entry
+local metrics_key = KEYS[5]
+local marker_ttl_ms, marker_prefix, answer_fields = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- ARGV[4 .. 3 + answer_fields]: field, amount pairs for the answers this call records.
+-- Then six fields per outcome:
+--   delivered, entry, event id, DataFast's event id, latency bucket, latency (us)   mark it
+--   bury,      entry, event id, dead letter JSON,    reason,         0              dead-letter it
+--   park,      entry, due time, event JSON,          counter or '',  0              wait
+--   forget,    entry, '',       '',                  '',             0              drop the entry
+--                                                    (it was delivered before)
 
-local owned = 0
-for i = 3, #ARGV, 4 do
-  local kind, entry, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+local counts = {}
+local function count(field, amount)
+  counts[field] = (counts[field] or 0) + amount
+end
+
+local owned, marked = 0, 0
+for i = 4 + answer_fields, #ARGV, 6 do
+  local kind, entry, a, b, label = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local mine = redis.call('ZREM', ledger_key, entry)
   owned = owned + mine
   if kind == 'delivered' then
     if redis.call('SET', marker_prefix .. a, b, 'PX', marker_ttl_ms, 'NX') then
       redis.call('INCR', count_key)
+      marked = marked + 1
+      count('latency:' .. label, 1)
+      count('latency:sum_us', tonumber(ARGV[i + 5]))
     end
   elseif mine == 1 and kind == 'bury' then
     redis.call('HSET', dead_key, a, b)
+    count('dead:' .. label, 1)
   elseif mine == 1 and kind == 'park' then
     redis.call('ZADD', waiting_key, a, b)
+    if label ~= '' then count(label, 1) end
   end
+end
+if owned + marked > 0 then
+  for i = 4, 3 + answer_fields, 2 do count(ARGV[i], tonumber(ARGV[i + 1])) end
+end
+for field, amount in pairs(counts) do
+  redis.call('HINCRBY', metrics_key, field, amount)
 end
 return owned

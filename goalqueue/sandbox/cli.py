@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import click
 
+from goalqueue.listening import listen_options
 from goalqueue.sandbox.admin import ADMIN_PREFIX
 from goalqueue.sandbox.faults import Faults, RateLimit
 from goalqueue.sandbox.goals import GOALS_PATH
@@ -25,14 +26,7 @@ def _announce(key: str) -> Callable[[str], None]:
 
 
 @click.command("sandbox")
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Interface to listen on.")
-@click.option(
-    "--port",
-    default=DEFAULT_PORT,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port to listen on (0 picks a free one).",
-)
+@listen_options(DEFAULT_HOST, DEFAULT_PORT)
 @click.option("--key", default=DEFAULT_KEY, show_default=True, help="API key to accept.")
 @click.option(
     "--latency-ms", default=0.0, type=click.FloatRange(min=0), help="Added latency per goal."
