@@ -17,10 +17,12 @@ from urllib.parse import SplitResult, urlsplit
 
 from goalqueue.errors import ConfigError
 from goalqueue.keys import DEFAULT_NAMESPACE, NAMESPACE_PATTERN, Keys
+from goalqueue.sentinel import SentinelURL, is_sentinel_url
 
 DEFAULT_API_URL = "https://datafa.st/api/v1/goals"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 BROKER_SCHEMES = frozenset({"redis", "rediss", "unix"})
+MAX_REPLICAS = 100
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class Settings:
     """
 
     broker_url: str = field(default=DEFAULT_BROKER_URL, repr=False)
+    sentinel_master: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    min_replicas: int | None = field(default=None, metadata={"parse": "int"})
     namespace: str = DEFAULT_NAMESPACE
     api_key: str | None = field(default=None, repr=False)
     website_id: str | None = None
@@ -87,7 +92,38 @@ class Settings:
                 "non-empty"
             )
         _check_broker_url(self.broker_url)
+        self._check_sentinel()
         _check_api_url(self.api_url, allow_insecure=self.allow_insecure_api_url)
+
+    def _check_sentinel(self) -> None:
+        if self.sentinel is not None and not self.sentinel_master:
+            raise ConfigError(
+                "GOALQUEUE_SENTINEL_MASTER is not set: a sentinel:// GOALQUEUE_BROKER_URL needs "
+                "the name of the master the sentinels watch"
+            )
+        if self.sentinel is None and (self.sentinel_master or self.sentinel_password):
+            raise ConfigError(
+                "GOALQUEUE_SENTINEL_MASTER and GOALQUEUE_SENTINEL_PASSWORD need a sentinel:// "
+                "GOALQUEUE_BROKER_URL"
+            )
+        if self.min_replicas is not None and not 0 <= self.min_replicas <= MAX_REPLICAS:
+            raise ConfigError(
+                f"GOALQUEUE_MIN_REPLICAS must be a whole number from 0 to {MAX_REPLICAS}"
+            )
+
+    @cached_property
+    def sentinel(self) -> SentinelURL | None:
+        """The sentinels and master options of a ``sentinel://`` broker URL; None for a plain
+        Redis URL."""
+        return SentinelURL.parse(self.broker_url) if is_sentinel_url(self.broker_url) else None
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        """How many replicas must hold an enqueued goal before ``track_goal`` returns:
+        ``GOALQUEUE_MIN_REPLICAS``, by default 1 behind Sentinel and 0 (no WAIT) otherwise."""
+        if self.min_replicas is not None:
+            return self.min_replicas
+        return 1 if self.sentinel is not None else 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +173,9 @@ class Settings:
 
 ENV_NAMES: dict[str, str] = {
     "broker_url": "GOALQUEUE_BROKER_URL",
+    "sentinel_master": "GOALQUEUE_SENTINEL_MASTER",
+    "sentinel_password": "GOALQUEUE_SENTINEL_PASSWORD",
+    "min_replicas": "GOALQUEUE_MIN_REPLICAS",
     "namespace": "GOALQUEUE_NAMESPACE",
     "api_key": "DATAFAST_API_KEY",
     "website_id": "DATAFAST_WEBSITE_ID",
@@ -202,11 +241,14 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
 
 
 def _check_broker_url(url: str) -> None:
+    if is_sentinel_url(url):
+        SentinelURL.parse(url)
+        return
     parts = _split("GOALQUEUE_BROKER_URL", url)
     if parts.scheme not in BROKER_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
         raise ConfigError(
-            f"GOALQUEUE_BROKER_URL must look like redis://host:6379/0 (or rediss://, unix://), "
-            f"got {redact(url)!r}"
+            f"GOALQUEUE_BROKER_URL must look like redis://host:6379/0 (or rediss://, unix://, "
+            f"sentinel://host:26379;sentinel://host2:26379/0), got {redact(url)!r}"
         )
     try:
         parts.port  # noqa: B018 - parsing the port is the check
@@ -247,7 +289,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for error messages."""
+    """The URL without its password, for error messages (each part of a ``;``-separated list
+    of sentinel URLs)."""
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def _redact_one(url: str) -> str:
     try:
         password = urlsplit(url).password
     except ValueError:

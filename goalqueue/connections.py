@@ -1,24 +1,94 @@
-"""Every Redis client goalqueue makes, in one place: the producer's, the CLI's, the workers'."""
+"""Every Redis client goalqueue makes, in one place: the producer's, the CLI's, the workers'.
+
+With a ``sentinel://`` broker URL (see :mod:`goalqueue.sentinel`) each client asks the sentinels
+for the current master whenever it opens a connection, and a connection that finds the old
+master gone or demoted (a failover) is dropped, so the next command goes to the new one: no
+restart is needed. Replicas are never read from: goalqueue's state must be read where it is
+written.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.sentinel
+from redis.connection import parse_url
 
 from goalqueue.config import Settings
 
 if TYPE_CHECKING:
     import redis.asyncio
 
+# redis-py's URL parser, typed (redis-py's is not annotated).
+_parse_url: Callable[[str], dict[str, Any]] = parse_url
+# Options that also apply to the client's connections to the sentinels themselves.
+_SENTINEL_SOCKET_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+
 
 def client(settings: Settings, **options: Any) -> redis.Redis:
     """A blocking client for the broker, answers decoded; ``options`` go to redis-py."""
-    return redis.Redis.from_url(settings.broker_url, decode_responses=True, **options)
+    if settings.sentinel is None:
+        return redis.Redis.from_url(settings.broker_url, decode_responses=True, **options)
+    manager = redis.sentinel.Sentinel(**_sentinel_kwargs(settings, options))
+    master: redis.Redis = manager.master_for(_master(settings), decode_responses=True, **options)
+    return master
 
 
 def async_client(settings: Settings) -> redis.asyncio.Redis:
     """A client for a worker's event loop, answers decoded."""
     import redis.asyncio  # only workers need asyncio's client
+    import redis.asyncio.sentinel
 
-    return redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True)
+    if settings.sentinel is None:
+        return redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True)
+    manager = redis.asyncio.sentinel.Sentinel(**_sentinel_kwargs(settings, {}))
+    master: redis.asyncio.Redis = manager.master_for(_master(settings), decode_responses=True)
+    return master
+
+
+def connection_class(settings: Settings) -> type:
+    """The redis-py connection class the broker URL calls for."""
+    sentinel = settings.sentinel
+    if sentinel is None:
+        base: type = _parse_url(settings.broker_url).get("connection_class", redis.Connection)
+        return base
+    if sentinel.tls:
+        return redis.sentinel.SentinelManagedSSLConnection
+    return redis.sentinel.SentinelManagedConnection
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """Options for the connections to the sentinels themselves: their password, and TLS when
+    the master's connections use it (kombu's ``sentinel_kwargs`` transport option too)."""
+    sentinel = settings.sentinel
+    options: dict[str, Any] = {}
+    if sentinel is None:
+        return options
+    if settings.sentinel_password:
+        options["password"] = settings.sentinel_password
+    if sentinel.tls:
+        options.update(sentinel.tls, ssl=True)
+    return options
+
+
+def _sentinel_kwargs(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
+    """``Sentinel(...)``'s arguments. A sentinel that does not answer costs at most its share
+    of the socket timeouts in ``options``, so that asking all of them stays within one."""
+    sentinel = settings.sentinel
+    assert sentinel is not None
+    own = sentinel_options(settings)
+    for name in _SENTINEL_SOCKET_OPTIONS:
+        if options.get(name) is not None:
+            own[name] = options[name] / len(sentinel.sentinels)
+    return {
+        "sentinels": list(sentinel.sentinels),
+        "sentinel_kwargs": own,
+        **sentinel.connection_kwargs(),
+    }
+
+
+def _master(settings: Settings) -> str:
+    assert settings.sentinel_master is not None  # Settings refuses a sentinel URL without it
+    return settings.sentinel_master

@@ -9,6 +9,12 @@ cut every step to what is left of the deadline, and redis-py's retries are off: 
 retry. (Name resolution is the one wait the deadline cannot cut: use an IP address or a local
 resolver for the broker.)
 
+Behind Sentinel (``GOALQUEUE_MIN_REPLICAS``, default 1 there) the enqueue script is followed,
+in the same round trip, by ``WAIT`` for that many replicas, within the same deadline: a goal
+is acknowledged only once a failover can no longer lose it. The connections then come from a
+Sentinel-managed pool (``connection_class=`` carries the deadline into it), which asks the
+sentinels for the current master whenever it connects.
+
 When Redis cannot take a goal in time, it goes to the local spool if ``GOALQUEUE_SPOOL_DIR`` is
 set (see :mod:`goalqueue.spool`); otherwise :class:`EnqueueError` is raised.
 """
@@ -19,7 +25,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
@@ -28,7 +34,6 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.retry import Retry
 
 from goalqueue import connections
@@ -40,21 +45,17 @@ from goalqueue.schema import validate_goal
 from goalqueue.scripts import Scripts
 from goalqueue.spool import Backlog, Spool
 
-# redis-py's URL parser, typed (redis-py's is not annotated).
-_parse_url: Callable[[str], dict[str, Any]] = parse_url
-
 
 def connect(settings: Settings) -> redis.Redis:
     """A Redis client for the broker: the enqueue timeout on every socket operation, no retries,
     and every wait cut short by the deadline of an enqueue in progress."""
     timeout = settings.enqueue_timeout_seconds
-    base = _parse_url(settings.broker_url).get("connection_class", redis.Connection)
     return connections.client(
         settings,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
-        connection_class=_WITH_DEADLINE[base],
+        connection_class=_with_deadline(connections.connection_class(settings)),
     )
 
 
@@ -126,6 +127,9 @@ class GoalQueue:
             return
         try:
             with _deadline(self.settings.enqueue_timeout_seconds):
+                if self.settings.replicas_to_wait_for:
+                    self._enqueue_replicated(pairs)
+                    return
                 if len(pairs) <= PER_CALL:
                     self.scripts.enqueue(pairs)
                     return
@@ -135,6 +139,25 @@ class GoalQueue:
                     pipe.execute()
         except redis.RedisError as exc:
             raise self._failure(exc, len(pairs)) from exc
+
+    def _enqueue_replicated(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Enqueue and WAIT for ``GOALQUEUE_MIN_REPLICAS`` replicas within the deadline.
+
+        Redis replicates asynchronously: a master that dies right after taking a goal may not
+        have passed it on, and the replica promoted in its place never saw it. Only a goal that
+        replicas confirmed is reported enqueued; one they did not confirm in time counts as not
+        enqueued (spooled, or :class:`EnqueueError`), even though the master has it: sent again,
+        the same payload only re-scores its ledger entry, so it is still delivered once.
+        """
+        wanted = self.settings.replicas_to_wait_for
+        confirmed = self.scripts.enqueue_replicated(pairs, PER_CALL, wanted, _wait_ms)
+        if confirmed < wanted:
+            raise EnqueueError(
+                f"could not enqueue {len(pairs)} goal(s): Redis at "
+                f"{redact(self.settings.broker_url)} took them, but only {confirmed} of the "
+                f"{wanted} replica(s) GOALQUEUE_MIN_REPLICAS asks for confirmed them within "
+                f"{self.settings.enqueue_timeout_seconds:g} s; a failover could lose them"
+            )
 
     def close(self) -> None:
         """Stop the spool flusher, if one runs, and close the Redis client it made."""
@@ -235,6 +258,18 @@ def _left(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+# Redis notices that a WAIT timed out on its next event-loop pass, up to 1/hz (100 ms) late.
+WAIT_REPLY_MARGIN = 0.15
+
+
+def _wait_ms() -> int:
+    """WAIT's timeout: what is left of the deadline, less time for the reply (never 0, which
+    would wait forever)."""
+    left = _left(None)
+    assert left is not None  # only called inside a deadline
+    return max(1, int((left - max(left / 10, WAIT_REPLY_MARGIN)) * 1000))
+
+
 class _DeadlineMixin:
     """A redis-py connection whose connect, send and read each wait at most until the deadline.
 
@@ -272,23 +307,11 @@ class _DeadlineMixin:
             raise
 
 
-class _DeadlineConnection(_DeadlineMixin, redis.Connection):
-    pass
-
-
-class _DeadlineSSLConnection(_DeadlineMixin, SSLConnection):
-    pass
-
-
-class _DeadlineUnixConnection(_DeadlineMixin, UnixDomainSocketConnection):
-    pass
-
-
-_WITH_DEADLINE: dict[type, type] = {
-    redis.Connection: _DeadlineConnection,
-    SSLConnection: _DeadlineSSLConnection,
-    UnixDomainSocketConnection: _DeadlineUnixConnection,
-}
+@cache
+def _with_deadline(base: type) -> type:
+    """``base`` (plain, TLS, unix socket, or Sentinel-managed) whose every wait ends by the
+    deadline."""
+    return type(f"Deadline{base.__name__}", (_DeadlineMixin, base), {})
 
 
 @cache

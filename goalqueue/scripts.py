@@ -16,7 +16,7 @@ The scripts live in ``goalqueue/lua/``, each naming its KEYS and ARGV at the top
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -24,6 +24,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from goalqueue.keys import TASK_NAME, Keys
 from goalqueue.message import template
@@ -133,6 +134,7 @@ class Scripts:
 
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.keys = keys
+        self._client = client
         self._template = template(keys)
         self._enqueue = client.register_script(_source("enqueue", "push"))
         self._replay = client.register_script(_source("replay", "push"))
@@ -142,11 +144,47 @@ class Scripts:
 
     def enqueue(self, goals: Sequence[tuple[str, str]], pipe: Any = None) -> None:
         """Put (event id, payload) pairs on the queue (or queue the call in ``pipe``)."""
-        keys = self.keys
+        self._enqueue(keys=self._enqueue_keys(), args=self._enqueue_args(goals), client=pipe)
+
+    def enqueue_replicated(
+        self,
+        goals: Sequence[tuple[str, str]],
+        chunk: int,
+        replicas: int,
+        timeout_ms: Callable[[], int],
+    ) -> int:
+        """Enqueue ``goals`` (``chunk`` per script call), then WAIT until ``replicas`` replicas
+        hold them or ``timeout_ms()`` (asked as each WAIT is sent) passes, in one round trip;
+        returns how many confirmed.
+
+        EVALSHA goes out bare: redis-py's pipeline would first ask SCRIPT EXISTS, a round trip
+        of its own. On NOSCRIPT (a master promoted by a failover starts with an empty script
+        cache) no call ran, so the script is loaded and the round trip repeated once.
+        """
+        keys = self._enqueue_keys()
+
+        def send() -> int:
+            with self._client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(goals), chunk):
+                    args = self._enqueue_args(goals[start : start + chunk])
+                    pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
+                pipe.wait(replicas, timeout_ms())
+                return int(pipe.execute()[-1])
+
+        try:
+            return send()
+        except NoScriptError:
+            self._enqueue.sha = self._client.script_load(self._enqueue.script)
+            return send()
+
+    def _enqueue_keys(self) -> list[str]:
+        return [self.keys.seq, self.keys.ledger, self.keys.queue]
+
+    def _enqueue_args(self, goals: Sequence[tuple[str, str]]) -> list[ScriptArg]:
         args: list[ScriptArg] = [self._template]
         for event_id, payload in goals:
             args += [event_id, payload]
-        self._enqueue(keys=[keys.seq, keys.ledger, keys.queue], args=args, client=pipe)
+        return args
 
     def replay(self, event_id: str, payload: str) -> int:
         """A dead letter's goal back onto the queue: its new sequence, or 0 if already gone."""
@@ -190,7 +228,7 @@ class WorkerScripts:
 
     def __init__(self, client: AsyncRedis, keys: Keys) -> None:
         self.keys = keys
-        self._take = client.register_script(_source("take", "pace"))
+        self._take = client.register_script(_source("take", "pace", "push"))
         self._defer = client.register_script(_source("defer", "pace"))
         self._settle = client.register_script(_source("settle"))
 

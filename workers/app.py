@@ -9,6 +9,9 @@
   (:mod:`workers.engine`) and waits for its outcome, while the goals its TAKE claims keep the
   loop's ``GOALQUEUE_MAX_IN_FLIGHT`` requests busy. One process uses one core; ``goalqueue
   worker`` starts one per core.
+* Behind Sentinel (a ``sentinel://`` broker URL) kombu gets the master's name and the
+  sentinels' options as transport options; :mod:`workers.transport` hardens its Sentinel
+  channel as it does the plain one.
 * httpx's per-request INFO line is turned down to WARNING (unless the worker logs at DEBUG):
   Celery already logs each task.
 
@@ -100,9 +103,21 @@ def _configuration(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
             **keys.kombu_transport_options(),
+            **_sentinel_options(settings),
             NAMESPACE: keys.namespace,
         },
     }
+
+
+def _sentinel_options(settings: Settings) -> dict[str, Any]:
+    """kombu's Sentinel transport options: the master's name, and the sentinels' password and
+    TLS (kombu reads the master's own from the broker URL)."""
+    if settings.sentinel is None:
+        return {}
+    options: dict[str, Any] = {"master_name": settings.sentinel_master}
+    if sentinel_kwargs := connections.sentinel_options(settings):
+        options["sentinel_kwargs"] = sentinel_kwargs
+    return options
 
 
 def _dispatcher(app: Celery, hostname: str | None) -> Any:

@@ -16,6 +16,8 @@ a worker and never come back. Each layer where Celery can choke on it has its gu
     task body (not JSON)          ``on_decode_error``                     Consumer hook
     task arguments                the task itself                         ``workers.tasks``
 
+kombu's Sentinel channel gets the same guards (:class:`SentinelChannel`).
+
 kombu pops a message with BRPOP and decodes it inside ``Channel._brpop_read`` before anything
 else sees it. Rather than copy that method, the channel reads BRPOP replies through a Redis
 client that screens each popped message: one kombu cannot turn into a message is buried here
@@ -176,17 +178,34 @@ class Channel(kombu_redis.Channel):
         return super()._connparams(asynchronous)  # type: ignore[no-untyped-call]
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Redis Sentinel channel with the guards of :class:`Channel` (which come first
+    in its MRO, then kombu's Sentinel methods). Its connections ask the sentinels for the
+    master whenever they connect, so after a failover the consumer's reconnect finds the new
+    one."""
+
+
 class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the hardened :class:`Channel`."""
 
     Channel = Channel
 
 
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with the hardened :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
+_HARDENED: dict[type, type] = {
+    kombu_redis.Transport: Transport,
+    kombu_redis.SentinelTransport: SentinelTransport,
+}
+
+
 def hardened(transport_cls: type) -> type:
     """The hardened counterpart of a kombu transport class (other transports: unchanged)."""
-    if transport_cls is kombu_redis.Transport:
-        return Transport
-    return transport_cls
+    return _HARDENED.get(transport_cls, transport_cls)
 
 
 def harden(connection: Any) -> Any:

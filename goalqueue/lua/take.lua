@@ -5,7 +5,8 @@
 -- then takes every goal. Returns the wait in ms, then five fields per goal: event id, seq,
 -- standing, ledger entry, pause streak. A wait with no goals means no token yet: try again after
 -- that long (a patient call changes nothing else). The standing is one of
---   gone  - the entry was settled or re-queued under another sequence: drop this copy
+--   gone  - the entry was settled or re-queued under another sequence, or the sequence is now
+--           another goal's (after a failover): drop this copy
 --   done  - the goal was already delivered: settle without sending
 --   hold  - delivery is paused for everyone, or (an impatient call) there is no token: park the
 --           goal in the waiting set, due after the wait
@@ -33,6 +34,18 @@ local function claimed_goal(message)
     return {event_id, body[1][1]}
   end
   return nil
+end
+
+-- Whether the ledger entry at a copy's sequence is that copy's goal. After a failover the new
+-- primary may have handed out again the sequence of a goal it never received (its enqueue was
+-- rolled back), while a worker still holds that goal's message: the entry is then another
+-- goal's, and acting on it ('done' would drop it) could lose that goal. An entry too broken to
+-- name a goal stays the copy's, to be dead-lettered as poison.
+local function owns(entry, event_id)
+  local prefix = '{"i":"' .. event_id .. '"'
+  if string.sub(entry, 1, #prefix) == prefix then return true end
+  local named = event_id_of(entry)
+  return named == event_id or named == 'unreadable'
 end
 
 local function standing(event_id, pause, pace)
@@ -81,7 +94,7 @@ for _, goal in ipairs(goals) do
   if seq > highest then highest = seq; redis.call('SET', taken_key, seq) end
   local entry = redis.call('ZRANGEBYSCORE', ledger_key, seq, seq)[1]
   local state, streak = 'gone', ''
-  if entry then
+  if entry and owns(entry, event_id) then
     state = standing(event_id, pause, pace)
     if pause[1] then streak = pause[4] or '' end
   else
