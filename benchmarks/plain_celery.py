@@ -29,7 +29,7 @@ app.conf.update(task_acks_late=True, task_ignore_result=True)
 client = httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10.0)
 
 
-@app.task(
+@app.task(  # type: ignore[untyped-decorator]  # Celery's decorator is not annotated
     bind=True,
     name="plain.deliver_goal",
     autoretry_for=(httpx.HTTPError,),

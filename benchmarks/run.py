@@ -12,7 +12,9 @@ plain Celery, each flushed before and after every scenario. It measures
    process and one node (``goalqueue worker``), plain Celery threads -c 100, and the client
    limit (the worker's HTTP client alone) in one process and one per core; N goals are
    enqueued first and the rate runs from the first accepted goal to the N-th (steady state:
-   start-up counts for no one), with CPU per goal over the same window;
+   start-up counts for no one), with CPU per goal over the same window; every system is
+   measured in ``--rounds`` interleaved rounds (3; 1 with ``--quick``) and its row is its
+   median round, so that a few seconds of a busier machine weigh on no single system;
 3. Redis memory per queued goal (``INFO memory`` before and after N goals), ready and waiting;
 4. enqueue-to-delivered latency p50/p99, one goal at a time on an idle system;
 
@@ -58,14 +60,15 @@ class Plan:
     memory_n: int
     latency_samples: int
     budget_seconds: float
+    rounds: int
 
     @classmethod
-    def for_args(cls, quick: bool, n: int | None) -> Plan:
+    def for_args(cls, quick: bool, n: int | None, rounds: int | None = None) -> Plan:
         if quick:
             base = n or 100
-            return cls(base, 3 * base, 1, 5 * base, 10, 15.0)
+            return cls(base, 3 * base, 1, 5 * base, 10, 15.0, rounds or 1)
         base = n or 10000
-        return cls(base, min(base, 5000), 3, 2 * base, 200, 30.0)
+        return cls(base, min(base, 5000), 3, 2 * base, 200, 30.0, rounds or 3)
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    plan = Plan.for_args(args.quick, args.n)
+    plan = Plan.for_args(args.quick, args.n, args.rounds)
     sections = set(args.sections.split(","))
     pool, concurrency = goalqueue_defaults()
     wanted = set(args.systems.split(","))
@@ -97,20 +100,27 @@ def _run(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     failures: list[str] = []
 
-    def step(title: str, produce: Callable[[], list[Row]]) -> None:
+    def step(title: str, produce: Callable[[], list[Row]]) -> list[Row]:
         print(f"... {title}", file=sys.stderr, flush=True)
         began = time.perf_counter()
+        produced: list[Row] = []
         try:
-            rows.extend(produce())
+            produced = produce()
         except Exception as exc:  # one broken scenario must not lose the others' numbers
             print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             failures.append(f"{title}: {type(exc).__name__}: {str(exc)[:2000]}")
         print(f"    {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+        return produced
 
     if "enqueue" in sections:
-        step("enqueue cost", lambda: scenarios.enqueue_costs(plan.enqueue_n, plan.enqueue_repeats))
+        rows.extend(
+            step(
+                "enqueue cost",
+                lambda: scenarios.enqueue_costs(plan.enqueue_n, plan.enqueue_repeats),
+            )
+        )
     if "memory" in sections:
-        step("Redis memory", lambda: scenarios.memory(plan.memory_n))
+        rows.extend(step("Redis memory", lambda: scenarios.memory(plan.memory_n)))
     if "throughput" in sections:
         for latency_ms in (float(ms) for ms in args.latencies.split(",")):
             measured = [
@@ -119,20 +129,23 @@ def _run(args: argparse.Namespace) -> int:
             ] + [
                 (limit.key, limit.label, partial(scenarios.client_limit, limit)) for limit in limits
             ]
-            for key, label, measure in measured:
-                step(
-                    f"throughput {key} @ {latency_ms:g} ms",
-                    _throughput(
-                        key,
-                        label,
-                        latency_ms,
-                        partial(measure, latency_ms, plan.n, plan.budget_seconds, log_dir),
-                    ),
-                )
+            rounds: dict[str, list[Row]] = {key: [] for key, _, _ in measured}
+            for number in range(1, plan.rounds + 1):
+                for key, label, measure in measured:
+                    rounds[key] += step(
+                        f"throughput {key} @ {latency_ms:g} ms, round {number}/{plan.rounds}",
+                        _throughput(
+                            key,
+                            label,
+                            latency_ms,
+                            partial(measure, latency_ms, plan.n, plan.budget_seconds, log_dir),
+                        ),
+                    )
+            rows += [median_round(found) for found in rounds.values() if found]
     if "latency" in sections:
         for system in systems:
             if system.measures_latency:
-                step(f"latency {system.key}", _latency(system, plan, log_dir))
+                rows.extend(step(f"latency {system.key}", _latency(system, plan, log_dir)))
 
     targets = check_targets(rows)
     print(render(rows, targets))
@@ -173,6 +186,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--latencies", default="0,50", help="endpoint latencies (ms) for the throughput runs"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved throughput rounds per system, each row the median (default 3; "
+        "1 with --quick)",
+    )
+    parser.add_argument(
         "--lock-timeout",
         type=float,
         default=600.0,
@@ -205,6 +225,15 @@ def _throughput(
         return [Row(section, key, label, result["goals_per_s"], "goals/s", result)]
 
     return run
+
+
+def median_round(rounds: list[Row]) -> Row:
+    """A system's round with the median rate (the faster middle one of an even number), its
+    CPU figures with it, and every round's rate in ``extra["rounds_goals_per_s"]``."""
+    ranked = sorted(rounds, key=lambda row: row.value or 0.0)
+    median = ranked[len(ranked) // 2]
+    median.extra["rounds_goals_per_s"] = [row.value for row in rounds]
+    return median
 
 
 def _latency(system: System, plan: Plan, log_dir: Path) -> Callable[[], list[Row]]:
@@ -357,6 +386,9 @@ def _note(row: Row) -> str:
             parts.append(
                 "CPU µs/goal " + " ".join(f"{k}={v}" for k, v in cpu.items() if k != "harness")
             )
+        rates = extra.get("rounds_goals_per_s", [])
+        if len(rates) > 1:
+            parts.append("median of rounds " + " / ".join(_fmt(rate) for rate in rates))
         parts.append(_load(extra))
         return ", ".join(p for p in parts if p)
     if row.section == "memory":

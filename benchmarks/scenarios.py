@@ -467,7 +467,7 @@ def _goalqueue_memory(n: int) -> list[Row]:
             queue.track_goals([goal_fields() for _ in range(min(BULK_BATCH, n - start))])
         ready = used_memory(client)
         message: str = client.lindex(KEYS.queue, 0)  # type: ignore[assignment]
-        entry: str = client.zrange(KEYS.ledger, 0, 0)[0]  # type: ignore[index,assignment]
+        entry: str = client.zrange(KEYS.ledger, 0, 0)[0]  # type: ignore[assignment]
         ready_row = Row(
             "memory",
             "goalqueue_ready",

@@ -1,4 +1,5 @@
-"""The benchmark harness's smoke run: it completes and reports every number (no timing checks)."""
+"""The benchmark harness: its smoke run completes and reports every number (no timing checks),
+and a throughput row is the median of its rounds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.run import median_round
+from benchmarks.scenarios import Row
 from tests.helpers.databases import SERVER
 
 pytestmark = pytest.mark.integration
@@ -97,3 +100,18 @@ def test_quick_benchmark_reports_every_row_as_a_number(tmp_path: Path) -> None:
     assert [target["name"] for target in data["targets"]] == EXPECTED_TARGETS
     assert all(isinstance(target["value"], int | float) for target in data["targets"])
     assert all(name in done.stdout for name in EXPECTED_TARGETS)
+
+
+def test_a_throughput_row_is_the_median_round_with_every_rounds_rate() -> None:
+    # Given three interleaved rounds of one system, the slowest first
+    rounds = [
+        Row("throughput_50ms", "goalqueue_process", "goalqueue", rate, "goals/s", {"cpu": cpu})
+        for rate, cpu in ((1200.0, 700), (1700.0, 480), (1500.0, 560))
+    ]
+
+    # When the row is chosen
+    row = median_round(rounds)
+
+    # Then it is the median round, whole (its CPU figures with it), listing every round's rate
+    assert (row.value, row.extra["cpu"]) == (1500.0, 560)
+    assert row.extra["rounds_goals_per_s"] == [1200.0, 1700.0, 1500.0]
