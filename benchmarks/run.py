@@ -65,7 +65,8 @@ class Plan:
     @classmethod
     def for_args(cls, quick: bool, n: int | None, rounds: int | None = None) -> Plan:
         if quick:
-            base = n or 100
+            # Enough goals for the client limit to show CPU: /proc counts it in 10 ms ticks.
+            base = n or 500
             return cls(base, 3 * base, 1, 5 * base, 10, 15.0, rounds or 1)
         base = n or 10000
         return cls(base, min(base, 5000), 3, 2 * base, 200, 30.0, rounds or 3)
