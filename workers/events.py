@@ -25,6 +25,12 @@ from workers.delivery import Delivery
 
 logger = logging.getLogger(__name__)
 
+# How long the thread lets a group gather after its first delivery. Each wake-up of this thread
+# takes the GIL from the event loop; waking a few times a second instead of for nearly every
+# goal gave one worker process 5-8% more goals/s at 50 ms and 4-6% less CPU per goal (median
+# of 3 and of 5 interleaved rounds), and Flower shows a goal at most this much later.
+LINGER_SECONDS = 0.1
+
 
 class Announcer:
     """A thread that sends the task events of settled claimed goals, in groups."""
@@ -57,10 +63,12 @@ class Announcer:
             dispatcher.close()
 
     def _next_group(self) -> list[Delivery] | None:
-        """Every delivery queued, waiting for the first; None once closed and empty."""
+        """Every delivery queued by ``LINGER_SECONDS`` after the first; None once closed and
+        empty."""
         first = self._queue.get()
         if first is None:
             return None
+        time.sleep(LINGER_SECONDS)
         group = [first]
         while True:
             try:
