@@ -37,3 +37,11 @@ def template(keys: Keys) -> str:
         },
     }
     return json.dumps(envelope, separators=(",", ":"))
+
+
+def read(raw: str | bytes) -> tuple[str, int]:
+    """A queued task message's event id (its task id) and sequence (its one argument); raises
+    ``ValueError``, ``KeyError`` or ``TypeError`` for anything not shaped like one."""
+    message = json.loads(raw)
+    (seq,) = json.loads(message["body"])[0]
+    return message["headers"]["id"], int(seq)

@@ -3,7 +3,6 @@ read from Redis."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
@@ -11,6 +10,7 @@ from typing import Any
 
 import redis
 
+from goalqueue import message
 from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL, Keys
 
@@ -59,12 +59,12 @@ def dead_by_reason(client: redis.Redis, keys: Keys) -> Counter[str]:
     return reasons
 
 
-def _entry(client: redis.Redis, keys: Keys, message: str | None) -> list[str]:
-    """The ledger entry of the goal whose task message is ``message`` (none: empty)."""
-    if message is None:
+def _entry(client: redis.Redis, keys: Keys, raw: str | None) -> list[str]:
+    """The ledger entry of the goal whose task message is ``raw`` (none: empty)."""
+    if raw is None:
         return []
     try:
-        (seq,) = json.loads(json.loads(message)["body"])[0]
+        _, seq = message.read(raw)
     except (ValueError, KeyError, TypeError, IndexError):
         return []
     return [str(entry) for entry in client.zrangebyscore(keys.ledger, seq, seq)]

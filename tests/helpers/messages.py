@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import cast
 
 import redis
 
+from goalqueue import message
 from tests.helpers.settings import KEYS
 
 
@@ -15,6 +15,4 @@ def pop_message(client: redis.Redis) -> tuple[str, int]:
     delivers: its id (the event id) and its argument (the sequence)."""
     raw = client.rpop(KEYS.queue)
     assert raw is not None, "the queue is empty"
-    message = json.loads(cast(str | bytes, raw))
-    (seq,) = json.loads(message["body"])[0]
-    return message["headers"]["id"], seq
+    return message.read(cast(str | bytes, raw))
