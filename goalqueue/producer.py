@@ -127,21 +127,13 @@ class GoalQueue:
             return
         try:
             with _deadline(self.settings.enqueue_timeout_seconds):
-                if self.settings.replicas_to_wait_for:
-                    self._enqueue_replicated(pairs)
-                    return
-                if len(pairs) <= PER_CALL:
-                    self.scripts.enqueue(pairs)
-                    return
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for start in range(0, len(pairs), PER_CALL):
-                        self.scripts.enqueue(pairs[start : start + PER_CALL], pipe)
-                    pipe.execute()
+                self._enqueue(pairs)
         except redis.RedisError as exc:
             raise self._failure(exc, len(pairs)) from exc
 
-    def _enqueue_replicated(self, pairs: Sequence[tuple[str, str]]) -> None:
-        """Enqueue and WAIT for ``GOALQUEUE_MIN_REPLICAS`` replicas within the deadline.
+    def _enqueue(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Enqueue in one round trip and, with ``GOALQUEUE_MIN_REPLICAS``, WAIT for that many
+        replicas within the deadline.
 
         Redis replicates asynchronously: a master that dies right after taking a goal may not
         have passed it on, and the replica promoted in its place never saw it. Only a goal that
@@ -150,7 +142,10 @@ class GoalQueue:
         the same payload only re-scores its ledger entry, so it is still delivered once.
         """
         wanted = self.settings.replicas_to_wait_for
-        confirmed = self.scripts.enqueue_replicated(pairs, PER_CALL, wanted, _wait_ms)
+        if not wanted and len(pairs) <= PER_CALL:
+            self.scripts.enqueue(pairs)
+            return
+        confirmed = self.scripts.enqueue_chunks(pairs, PER_CALL, wanted, _wait_ms)
         if confirmed < wanted:
             raise EnqueueError(
                 f"could not enqueue {len(pairs)} goal(s): Redis at "

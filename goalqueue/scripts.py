@@ -142,20 +142,20 @@ class Scripts:
         self._reconcile = client.register_script(_source("reconcile", "push"))
         self._settle = client.register_script(_source("settle"))
 
-    def enqueue(self, goals: Sequence[tuple[str, str]], pipe: Any = None) -> None:
-        """Put (event id, payload) pairs on the queue (or queue the call in ``pipe``)."""
-        self._enqueue(keys=self._enqueue_keys(), args=self._enqueue_args(goals), client=pipe)
+    def enqueue(self, goals: Sequence[tuple[str, str]]) -> None:
+        """Put (event id, payload) pairs on the queue, in one script call."""
+        self._enqueue(keys=self._enqueue_keys(), args=self._enqueue_args(goals))
 
-    def enqueue_replicated(
+    def enqueue_chunks(
         self,
         goals: Sequence[tuple[str, str]],
         chunk: int,
-        replicas: int,
-        timeout_ms: Callable[[], int],
+        replicas: int = 0,
+        timeout_ms: Callable[[], int] | None = None,
     ) -> int:
-        """Enqueue ``goals`` (``chunk`` per script call), then WAIT until ``replicas`` replicas
-        hold them or ``timeout_ms()`` (asked as each WAIT is sent) passes, in one round trip;
-        returns how many confirmed.
+        """Enqueue ``goals``, ``chunk`` per script call, in one round trip; with ``replicas``,
+        followed by a WAIT until that many replicas hold them or ``timeout_ms()`` (asked as the
+        WAIT is sent) passes. Returns how many replicas confirmed (0 without a WAIT).
 
         EVALSHA goes out bare: redis-py's pipeline would first ask SCRIPT EXISTS, a round trip
         of its own. On NOSCRIPT (a master promoted by a failover starts with an empty script
@@ -168,8 +168,11 @@ class Scripts:
                 for start in range(0, len(goals), chunk):
                     args = self._enqueue_args(goals[start : start + chunk])
                     pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
-                pipe.wait(replicas, timeout_ms())
-                return int(pipe.execute()[-1])
+                if replicas:
+                    assert timeout_ms is not None, "a WAIT needs its timeout"
+                    pipe.wait(replicas, timeout_ms())
+                replies = pipe.execute()
+            return int(replies[-1]) if replicas else 0
 
         try:
             return send()
