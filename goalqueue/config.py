@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 from goalqueue.errors import ConfigError
 from goalqueue.keys import DEFAULT_NAMESPACE, NAMESPACE_PATTERN, Keys
 from goalqueue.sentinel import SentinelURL, is_sentinel_url
+from goalqueue.urls import redact
 
 DEFAULT_API_URL = "https://datafa.st/api/v1/goals"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -276,7 +277,7 @@ def _split(var: str, url: str) -> SplitResult:
     try:
         return urlsplit(url)
     except ValueError as exc:
-        raise ConfigError(f"{var} is not a valid URL ({exc}): {_redact_text(url)!r}") from None
+        raise ConfigError(f"{var} is not a valid URL ({exc}): {redact(url)!r}") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -286,26 +287,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for error messages (each part of a ``;``-separated list
-    of sentinel URLs)."""
-    return ";".join(_redact_one(part) for part in url.split(";"))
-
-
-def _redact_one(url: str) -> str:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return _redact_text(url)
-    return url if password is None else url.replace(f":{password}@", ":***@", 1)
-
-
-def _redact_text(url: str) -> str:
-    """Whatever sits between ``//`` and ``@`` hidden, for URLs too broken to parse."""
-    head, sep, tail = url.partition("@")
-    if not sep:
-        return url
-    scheme, slashes, _ = head.partition("//")
-    return f"{scheme}{slashes}***@{tail}"

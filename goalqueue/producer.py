@@ -37,13 +37,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from goalqueue import connections
-from goalqueue.config import Settings, get_settings, redact
+from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL
 from goalqueue.schema import validate_goal
 from goalqueue.scripts import Scripts
 from goalqueue.spool import Backlog, Spool
+from goalqueue.urls import redact
 
 
 def connect(settings: Settings) -> redis.Redis:

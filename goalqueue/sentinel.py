@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from goalqueue.errors import ConfigError
+from goalqueue.urls import redact
 
 SCHEME = "sentinel"
 DEFAULT_PORT = 26379
@@ -93,7 +94,7 @@ class _Part:
 
 
 def _one(url: str) -> _Part:
-    shown = _hide_password(url)
+    shown = redact(url)
     try:
         parts = urlsplit(url.strip())
         port = parts.port or DEFAULT_PORT
@@ -142,12 +143,3 @@ def _tls(query: str, shown: str) -> dict[str, str | bool]:
     if "ssl_check_hostname" in options:
         options["ssl_check_hostname"] = str(options["ssl_check_hostname"]).lower() != "false"
     return options
-
-
-def _hide_password(url: str) -> str:
-    head, sep, tail = url.rpartition("@")
-    if not sep:
-        return url
-    scheme, slashes, credentials = head.partition("//")
-    user = credentials.partition(":")[0]
-    return f"{scheme}{slashes}{user}:***@{tail}"

@@ -36,13 +36,14 @@ import redis
 import redis.sentinel
 
 from goalqueue import GoalQueue, connections
-from goalqueue.config import Settings, redact
+from goalqueue.config import Settings
 from goalqueue.errors import ConfigError, EnqueueError
 from goalqueue.keys import Keys
 from goalqueue.producer import connect
 from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Standing, Take, WorkerScripts
 from goalqueue.sentinel import SentinelURL
+from goalqueue.urls import redact
 from tests.helpers.messages import pop_message
 from tests.helpers.ports import free_port
 from tests.helpers.redis_server import RedisServer

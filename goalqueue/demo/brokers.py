@@ -26,11 +26,12 @@ import redis
 from packaging.version import Version
 
 from goalqueue import connections
-from goalqueue.config import ENV_NAMES, Settings, redact
+from goalqueue.config import ENV_NAMES, Settings
 from goalqueue.demo.errors import BrokerUnavailable, DemoFailed
 from goalqueue.demo.processes import POLL_SECONDS, STOP_SECONDS, free_port, stop_process
 from goalqueue.errors import ConfigError
 from goalqueue.keys import PER_CALL, Keys
+from goalqueue.urls import redact
 
 # The demo runs in goalqueue's default namespace.
 DEMO_KEYS = Keys()
