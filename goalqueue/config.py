@@ -127,9 +127,19 @@ class Settings:
         return 1 if self.sentinel is not None else 0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``environ`` (default ``os.environ``); unset variables keep defaults."""
-        env = os.environ if environ is None else environ
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        overrides: Mapping[str, object] | None = None,
+    ) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``); unset variables keep defaults.
+
+        ``overrides`` (a framework's configuration: Django's ``GOALQUEUE`` dict, Flask's
+        ``app.config``) maps variable names to values that win over the environment's; a name
+        that is not a setting, or a value that is not text, a number or a boolean, is refused.
+        """
+        env = {**(os.environ if environ is None else environ), **_as_text(overrides or {})}
         values: dict[str, object] = {}
         for spec in fields(cls):
             var = ENV_NAMES[spec.name]
@@ -201,6 +211,24 @@ ENV_NAMES: dict[str, str] = {
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return Settings.from_env()
+
+
+def _as_text(overrides: Mapping[str, object]) -> dict[str, str]:
+    """Configured values as the environment would give them; None leaves a setting alone."""
+    known = set(ENV_NAMES.values())
+    text: dict[str, str] = {}
+    for name, value in overrides.items():
+        if name not in known:
+            raise ConfigError(f"{name} is not a goalqueue setting (see the README's table)")
+        if isinstance(value, bool):
+            text[name] = "1" if value else "0"
+        elif isinstance(value, str | int | float):
+            text[name] = str(value)
+        elif value is not None:
+            raise ConfigError(
+                f"{name} must be text, a number or a boolean, not {type(value).__name__}"
+            )
+    return text
 
 
 def _parse_number(unit: str) -> Callable[[str, str], float]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.sentinel
 from redis.connection import parse_url
 
 from goalqueue.config import Settings
+from goalqueue.urls import redact
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -36,16 +38,36 @@ def client(settings: Settings, **options: Any) -> redis.Redis:
     return master
 
 
-def async_client(settings: Settings) -> redis.asyncio.Redis:
-    """A client for a worker's event loop, answers decoded."""
-    import redis.asyncio  # only workers need asyncio's client
+def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
+    """A client for an event loop (a worker's, an asyncio web app's), answers decoded;
+    ``options`` go to redis-py."""
+    import redis.asyncio  # a web app that only uses the blocking client never loads asyncio's
     import redis.asyncio.sentinel
 
     if settings.sentinel is None:
-        return redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True)
-    manager = redis.asyncio.sentinel.Sentinel(**_sentinel_kwargs(settings, {}))
-    master: redis.asyncio.Redis = manager.master_for(_master(settings), decode_responses=True)
+        return redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True, **options)
+    manager = redis.asyncio.sentinel.Sentinel(**_sentinel_kwargs(settings, options))
+    master: redis.asyncio.Redis = manager.master_for(
+        _master(settings), decode_responses=True, **options
+    )
     return master
+
+
+def explain(exc: redis.RedisError, settings: Settings) -> str:
+    """What went wrong talking to the broker, in one line that names it (never its password)
+    and, for a password problem, says what to fix."""
+    where = f"Redis at {redact(settings.broker_url)}"
+    if isinstance(exc, redis.AuthenticationError):
+        if not _has_password(settings.broker_url):
+            return (
+                f"{where} asks for a password: put it in GOALQUEUE_BROKER_URL "
+                "(redis://:PASSWORD@host:6379/0, or redis://USER:PASSWORD@... for an ACL user)"
+            )
+        return f"{where} refused the user or password in GOALQUEUE_BROKER_URL ({exc})"
+    if isinstance(exc, redis.TimeoutError):
+        return f"{where} did not answer in time ({exc})"
+    what = "unreachable" if isinstance(exc, redis.ConnectionError) else "refused the command"
+    return f"{where} {what} ({type(exc).__name__}: {exc})"
 
 
 def connection_class(settings: Settings) -> type:
@@ -57,6 +79,20 @@ def connection_class(settings: Settings) -> type:
     if sentinel.tls:
         return redis.sentinel.SentinelManagedSSLConnection
     return redis.sentinel.SentinelManagedConnection
+
+
+def async_connection_class(settings: Settings) -> type:
+    """The ``redis.asyncio`` connection class the broker URL calls for."""
+    import redis.asyncio.connection as aio
+    import redis.asyncio.sentinel as aio_sentinel
+
+    sentinel = settings.sentinel
+    if sentinel is None:
+        parsed: type = aio.parse_url(settings.broker_url).get("connection_class", aio.Connection)
+        return parsed
+    if sentinel.tls:
+        return aio_sentinel.SentinelManagedSSLConnection
+    return aio_sentinel.SentinelManagedConnection
 
 
 def sentinel_options(settings: Settings) -> dict[str, Any]:
@@ -71,6 +107,13 @@ def sentinel_options(settings: Settings) -> dict[str, Any]:
     if sentinel.tls:
         options.update(sentinel.tls, ssl=True)
     return options
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url.split(";")[0]).password)
+    except ValueError:
+        return False
 
 
 def _sentinel_kwargs(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:

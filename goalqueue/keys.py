@@ -9,6 +9,9 @@ database and never see each other's goals, pauses, counters or dead letters. For
 <ns>:seq                string  last enqueue sequence number handed out
 <ns>:ledger             zset    event JSON scored by its enqueue sequence; an entry lives from
                                 enqueue until a final outcome or a deferral
+<ns>:pending            set     event ids of the goals in the ledger or the waiting set: with
+                                the delivered markers and the dead letters, the ids an enqueue
+                                of the same event id finds known (and adds nothing)
 <ns>:taken              string  highest sequence any worker has started on
 <ns>:checkpoints        zset    taken values scored by when they were first seen
 <ns>:waiting            zset    event JSON scored by the unix time it is due again
@@ -55,6 +58,7 @@ class Keys:
     queue: str = field(init=False)
     seq: str = field(init=False)
     ledger: str = field(init=False)
+    pending: str = field(init=False)
     taken: str = field(init=False)
     checkpoints: str = field(init=False)
     waiting: str = field(init=False)
@@ -75,6 +79,7 @@ class Keys:
             "queue": ns,
             "seq": f"{ns}:seq",
             "ledger": f"{ns}:ledger",
+            "pending": f"{ns}:pending",
             "taken": f"{ns}:taken",
             "checkpoints": f"{ns}:checkpoints",
             "waiting": f"{ns}:waiting",

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from goalqueue.errors import InvalidGoal
+from goalqueue.errors import FIELDS_SHOWN, InvalidGoal, quote
 
 NAME_PATTERN = re.compile(r"[a-z0-9_:-]{1,64}")
 RESERVED_NAMES = frozenset({"identify"})
@@ -37,11 +37,11 @@ class GoalName(fields.String):
         name = super()._deserialize(value, attr, data, **kwargs).lower().replace(" ", "_")
         if not NAME_PATTERN.fullmatch(name):
             raise ValidationError(
-                f"{name!r} must be 1-64 characters of a-z, 0-9, '_', '-' or ':' "
+                f"{quote(name)} must be 1-64 characters of a-z, 0-9, '_', '-' or ':' "
                 "(after lowercasing and turning spaces into '_')"
             )
         if name in RESERVED_NAMES:
-            raise ValidationError(f"{name!r} is reserved by DataFast")
+            raise ValidationError(f"{quote(name)} is reserved by DataFast")
         return name
 
 
@@ -59,16 +59,23 @@ class Metadata(fields.Field[dict[str, str] | None]):
         clean: dict[str, str] = {}
         for key, item in value.items():
             if not isinstance(key, str) or not METADATA_KEY_PATTERN.fullmatch(key):
-                problems.append(f"key {key!r} must be 1-64 characters of a-z, 0-9, '_' or '-'")
+                problems.append(f"key {quote(key)} must be 1-64 characters of a-z, 0-9, '_' or '-'")
                 continue
             text, problem = _metadata_value(item)
             if problem:
-                problems.append(f"value of {key!r} {problem}")
+                problems.append(f"value of {quote(key)} {problem}")
             else:
                 clean[key] = text
         if problems:
-            raise ValidationError(problems)
+            raise ValidationError(_first(problems))
         return clean or None
+
+
+def _first(problems: list[str]) -> list[str]:
+    """The first few problems, and how many more there are."""
+    if len(problems) <= FIELDS_SHOWN:
+        return problems
+    return [*problems[:FIELDS_SHOWN], f"and {len(problems) - FIELDS_SHOWN} more"]
 
 
 def _metadata_value(item: object) -> tuple[str, str | None]:

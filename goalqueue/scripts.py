@@ -16,7 +16,8 @@ The scripts live in ``goalqueue/lua/``, each naming its KEYS and ARGV at the top
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -24,7 +25,6 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
-from redis.exceptions import NoScriptError
 
 from goalqueue.keys import TASK_NAME, Keys
 from goalqueue.message import template
@@ -104,8 +104,8 @@ class Settlement:
         ``tally`` field: ``transient``, ``deferred:<reason>``), none for a goal held back."""
         self.outcomes += ["park", entry, due, event.to_json(), outcome, 0]
 
-    def forget(self, entry: str) -> None:
-        self.outcomes += ["forget", entry, "", "", "", 0]
+    def forget(self, entry: str, event_id: str) -> None:
+        self.outcomes += ["forget", entry, event_id, "", "", 0]
 
     def answered(self, answer: str, seconds: float) -> None:
         """DataFast gave ``answer`` (a status class) after ``seconds``."""
@@ -128,6 +128,35 @@ class Settlement:
             self.answers[name] = self.answers.get(name, 0) + amount
 
 
+class EnqueueScript:
+    """ENQUEUE (``lua/enqueue.lua``) for one namespace, as ``EVALSHA`` arguments: the same for
+    the blocking and the asyncio producer, sent alone or in a pipeline.
+
+    ``EVALSHA`` goes out bare: redis-py's pipeline would first ask ``SCRIPT EXISTS``, a round
+    trip of its own. On ``NOSCRIPT`` (a master promoted by a failover starts with an empty
+    script cache) no call ran: load :attr:`source` and send again.
+    """
+
+    def __init__(self, keys: Keys) -> None:
+        self.source = _source("enqueue", "push")
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        keys_and_head: list[ScriptArg] = [
+            keys.seq, keys.ledger, keys.queue, keys.pending, keys.dead,
+            template(keys), keys.delivered_prefix,
+        ]  # fmt: skip
+        self.numkeys = 5
+        self._head = keys_and_head
+
+    def arguments(self, goals: Sequence[tuple[str, str]]) -> list[ScriptArg]:
+        """The keys and arguments after ``EVALSHA sha numkeys`` to enqueue ``(event id,
+        payload)`` pairs in one call; its reply is each goal's sequence number, 0 for an event
+        id already known."""
+        args = list(self._head)
+        for event_id, payload in goals:
+            args += (event_id, payload)
+        return args
+
+
 class Scripts:
     """The producer's, the CLI's and the sweeper's scripts, on a blocking client, for the
     namespace of ``keys``."""
@@ -136,65 +165,17 @@ class Scripts:
         self.keys = keys
         self._client = client
         self._template = template(keys)
-        self._enqueue = client.register_script(_source("enqueue", "push"))
         self._replay = client.register_script(_source("replay", "push"))
         self._sweep = client.register_script(_source("sweep", "push"))
         self._reconcile = client.register_script(_source("reconcile", "push"))
         self._settle = client.register_script(_source("settle"))
-
-    def enqueue(self, goals: Sequence[tuple[str, str]]) -> None:
-        """Put (event id, payload) pairs on the queue, in one script call."""
-        self._enqueue(keys=self._enqueue_keys(), args=self._enqueue_args(goals))
-
-    def enqueue_chunks(
-        self,
-        goals: Sequence[tuple[str, str]],
-        chunk: int,
-        replicas: int = 0,
-        timeout_ms: Callable[[], int] | None = None,
-    ) -> int:
-        """Enqueue ``goals``, ``chunk`` per script call, in one round trip; with ``replicas``,
-        followed by a WAIT until that many replicas hold them or ``timeout_ms()`` (asked as the
-        WAIT is sent) passes. Returns how many replicas confirmed (0 without a WAIT).
-
-        EVALSHA goes out bare: redis-py's pipeline would first ask SCRIPT EXISTS, a round trip
-        of its own. On NOSCRIPT (a master promoted by a failover starts with an empty script
-        cache) no call ran, so the script is loaded and the round trip repeated once.
-        """
-        keys = self._enqueue_keys()
-
-        def send() -> int:
-            with self._client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(goals), chunk):
-                    args = self._enqueue_args(goals[start : start + chunk])
-                    pipe.evalsha(self._enqueue.sha, len(keys), *keys, *args)
-                if replicas:
-                    assert timeout_ms is not None, "a WAIT needs its timeout"
-                    pipe.wait(replicas, timeout_ms())
-                replies = pipe.execute()
-            return int(replies[-1]) if replicas else 0
-
-        try:
-            return send()
-        except NoScriptError:
-            self._enqueue.sha = self._client.script_load(self._enqueue.script)
-            return send()
-
-    def _enqueue_keys(self) -> list[str]:
-        return [self.keys.seq, self.keys.ledger, self.keys.queue]
-
-    def _enqueue_args(self, goals: Sequence[tuple[str, str]]) -> list[ScriptArg]:
-        args: list[ScriptArg] = [self._template]
-        for event_id, payload in goals:
-            args += [event_id, payload]
-        return args
 
     def replay(self, event_id: str, payload: str) -> int:
         """A dead letter's goal back onto the queue: its new sequence, or 0 if already gone."""
         keys = self.keys
         return int(
             self._replay(
-                keys=[keys.dead, keys.seq, keys.ledger, keys.queue],
+                keys=[keys.dead, keys.seq, keys.ledger, keys.queue, keys.pending],
                 args=[self._template, event_id, payload],
             )
         )
@@ -285,7 +266,7 @@ class WorkerScripts:
 
 
 def _settle_keys(keys: Keys) -> list[str]:
-    return [keys.ledger, keys.delivered_count, keys.dead, keys.waiting, keys.metrics]
+    return [keys.ledger, keys.delivered_count, keys.dead, keys.waiting, keys.metrics, keys.pending]
 
 
 def _settle_args(keys: Keys, settlement: Settlement, marker_ttl_ms: int) -> list[ScriptArg]:

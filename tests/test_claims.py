@@ -241,7 +241,7 @@ def test_the_recorder_writes_every_record_once_in_groups() -> None:
         records = []
         for i in range(500):
             record = Record()
-            record.settlement.forget(f"entry-{i}")
+            record.settlement.forget(f"entry-{i}", f"id-{i}")
             records.append(record)
         await asyncio.gather(*(recorder.record(record) for record in records))
 
@@ -266,8 +266,8 @@ def test_a_failed_write_fails_its_group_and_the_next_write_goes_on() -> None:
     async def run() -> None:
         recorder = Recorder(write)
         first, second = Record(), Record()
-        first.settlement.forget("a")
-        second.settlement.forget("b")
+        first.settlement.forget("a", "id-a")
+        second.settlement.forget("b", "id-b")
         with pytest.raises(redis.ConnectionError):
             await recorder.record(first)
         await recorder.record(second)

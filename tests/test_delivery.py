@@ -336,7 +336,7 @@ def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
 ) -> None:
     # Given a ledger entry that is not an event (though it names its message's event id), with
     # its message on the queue
-    GoalQueue(settings=settings).scripts.enqueue([("evt-1", '{"i": "evt-1", "bogus": 1}')])
+    GoalQueue(settings=settings).enqueue_payloads([("evt-1", '{"i": "evt-1", "bogus": 1}')])
     api = FakeDataFast()
     assert run_next(deliverer(settings, api, clock), redis_client) == "poison"
     (letter,) = DeadLetters(redis_client, KEYS)

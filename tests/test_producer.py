@@ -80,12 +80,12 @@ def test_module_level_track_goal_uses_the_environment(
 ) -> None:
     monkeypatch.setenv("GOALQUEUE_BROKER_URL", redis_url)
     goalqueue.config.get_settings.cache_clear()
-    goalqueue.producer.default_queue.cache_clear()
+    goalqueue.producer.set_default_queue(None)
     try:
         event_id = goalqueue.track_goal("visitor-1", "signup")
     finally:
         goalqueue.config.get_settings.cache_clear()
-        goalqueue.producer.default_queue.cache_clear()
+        goalqueue.producer.set_default_queue(None)
     assert [event.event_id for event, _ in ledger(redis_client)] == [event_id]
 
 

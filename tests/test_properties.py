@@ -319,8 +319,10 @@ def fake_queue() -> tuple[GoalQueue, fakeredis.FakeRedis]:
 def assert_enqueued(
     client: fakeredis.FakeRedis, event_ids: list[str], goals: list[dict[str, Any]]
 ) -> None:
-    """Exactly one queue message and one ledger entry per goal, holding the validated fields."""
-    assert set(client.keys("*")) == {KEYS.queue, KEYS.ledger, KEYS.seq}
+    """Exactly one queue message, one ledger entry and one pending id per goal, holding the
+    validated fields."""
+    assert set(client.keys("*")) == {KEYS.queue, KEYS.ledger, KEYS.seq, KEYS.pending}
+    assert client.smembers(KEYS.pending) == set(event_ids)
     assert client.llen(KEYS.queue) == len(goals)
     assert client.zcard(KEYS.ledger) == len(goals)
     assert client.get(KEYS.seq) == str(len(goals))

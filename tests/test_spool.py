@@ -20,7 +20,7 @@ from goalqueue import EnqueueError, GoalQueue
 from goalqueue.cli import main
 from goalqueue.config import Settings, get_settings
 from goalqueue.event import GoalEvent
-from goalqueue.producer import new_event
+from goalqueue.goals import new_event
 from goalqueue.spool import Spool
 from tests.helpers.ports import dead_redis_url
 from tests.helpers.redis_server import RedisServer
@@ -114,7 +114,7 @@ def test_each_process_writes_its_own_file_and_any_process_reads_them_all(
     # Given a goal spooled here and one spooled by another process
     spool.add(events(1))
     code = (
-        "import sys; from goalqueue.producer import new_event; from goalqueue.spool import Spool;"
+        "import sys; from goalqueue.goals import new_event; from goalqueue.spool import Spool;"
         "Spool(sys.argv[1]).add([new_event({'visitor_id': 'p', 'name': 'signup',"
         " 'metadata': None, 'description': None})])"
     )

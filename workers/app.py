@@ -164,7 +164,20 @@ def _check_before_start(app: GoalqueueApp, worker: Any) -> None:
             "plain http to %s",
             settings.api_url,
         )
+    _refuse_bad_credentials(app)
     warn_if_lossy(app.runtime.redis)
+
+
+def _refuse_bad_credentials(app: GoalqueueApp) -> None:
+    """Exit in one line when Redis refuses the URL's credentials: no retry would fix them. (An
+    unreachable Redis is left to Celery, which keeps trying to connect.)"""
+    try:
+        app.runtime.redis.ping()
+    except redis.AuthenticationError as exc:
+        reason = connections.explain(exc, app.settings)
+        raise SystemExit(f"goalqueue worker cannot start: {reason}") from None
+    except redis.RedisError:
+        pass
 
 
 def warn_if_lossy(client: redis.Redis) -> None:

@@ -162,7 +162,7 @@ class Deliverer:
             settlement.bury(copy.entry, DeadLetter.poison(copy.entry, str(exc)))
             return "poison"
         if copy.standing is Standing.DONE:
-            settlement.forget(copy.entry)
+            settlement.forget(copy.entry, copy.event_id)
             return "already delivered"
         if now - event.enqueued_at > self.settings.max_age_seconds:
             settlement.bury(copy.entry, DeadLetter.of(event, "expired"))

@@ -9,9 +9,10 @@ import click
 import redis
 
 from goalqueue.config import get_settings
+from goalqueue.deadline import connect
 from goalqueue.errors import ConfigError
 from goalqueue.keys import Keys
-from goalqueue.producer import GoalQueue, connect
+from goalqueue.producer import GoalQueue
 
 T = TypeVar("T")
 

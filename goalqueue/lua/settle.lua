@@ -3,16 +3,18 @@
 -- A delivered goal is counted once, by whichever copy first sets its marker. The counters for
 -- monitoring (the metrics hash, see goalqueue/tally.py) move with the outcomes they count; the
 -- answers only when the call recorded something, so that a write repeated after a lost reply
--- does not count them twice. Returns how many entries this call owned.
+-- does not count them twice. A goal delivered, dead-lettered or forgotten leaves the pending set
+-- (see enqueue.lua): its marker or its dead letter now says that its event id is known. Returns
+-- how many entries this call owned.
 local ledger_key, count_key, dead_key, waiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local metrics_key = KEYS[5]
+local metrics_key, pending_key = KEYS[5], KEYS[6]
 local marker_ttl_ms, marker_prefix, answer_fields = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- ARGV[4 .. 3 + answer_fields]: field, amount pairs for the answers this call records.
 -- Then six fields per outcome:
 --   delivered, entry, event id, DataFast's event id, latency bucket, latency (us)   mark it
 --   bury,      entry, event id, dead letter JSON,    reason,         0              dead-letter it
 --   park,      entry, due time, event JSON,          counter or '',  0              wait
---   forget,    entry, '',       '',                  '',             0              drop the entry
+--   forget,    entry, event id, '',                  '',             0              drop the entry
 --                                                    (it was delivered before)
 
 local counts = {}
@@ -25,6 +27,9 @@ for i = 4 + answer_fields, #ARGV, 6 do
   local kind, entry, a, b, label = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local mine = redis.call('ZREM', ledger_key, entry)
   owned = owned + mine
+  if kind == 'delivered' or kind == 'forget' or (mine == 1 and kind == 'bury') then
+    redis.call('SREM', pending_key, a)
+  end
   if kind == 'delivered' then
     if redis.call('SET', marker_prefix .. a, b, 'PX', marker_ttl_ms, 'NX') then
       redis.call('INCR', count_key)

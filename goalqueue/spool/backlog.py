@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from goalqueue.errors import EnqueueError
+from goalqueue.errors import EnqueueError, NotEnqueued
 from goalqueue.event import GoalEvent
 from goalqueue.spool.forks import start_over_after_fork
 from goalqueue.spool.store import PayloadQueue, Spool
@@ -53,19 +53,22 @@ class Backlog:
     def keep(self, events: Sequence[GoalEvent], cause: EnqueueError | None = None) -> None:
         """Spool ``events`` (Redis failed with ``cause``, or is known to be down); never drops.
 
-        Raises :class:`EnqueueError` if the spool cannot keep them either.
+        Raises :class:`EnqueueError` (the kind of ``cause``, with its confirmed ids) if the
+        spool cannot keep them either.
         """
+        self.redis_down = True  # the process's other calls go straight to the spool from now
         try:
             self.spool.add(events)
         except (OSError, sqlite3.Error) as exc:
-            why = cause or "Redis was unreachable moments ago"
-            raise EnqueueError(
-                f"{why}; the spool at {self.spool.directory} could not keep the "
-                f"{len(events)} goal(s) either ({type(exc).__name__}: {exc}): nothing was kept"
-            ) from exc
-        self.redis_down = True
+            raise _unkept(events, cause, self.spool, exc) from exc
         self._warn_spooled(len(events), cause)
         self.wake()
+
+    def keep_unconfirmed(self, events: Sequence[GoalEvent], cause: EnqueueError) -> None:
+        """Spool those of ``events`` that Redis did not confirm in the call that failed with
+        ``cause`` (those that may be in Redis too: enqueued again, they are found known)."""
+        unconfirmed = set(cause.unconfirmed)
+        self.keep([event for event in events if event.event_id in unconfirmed], cause)
 
     def sent(self) -> None:
         """Called after each successful enqueue: a clock read, and rarely a thread start."""
@@ -156,3 +159,18 @@ class Backlog:
         self._unreported = 0
         self._next_spool_warning = 0.0
         self._next_stuck_warning = 0.0
+
+
+def _unkept(
+    events: Sequence[GoalEvent], cause: EnqueueError | None, spool: Spool, exc: Exception
+) -> EnqueueError:
+    """The error for goals that neither Redis nor the spool could keep."""
+    why = cause or "Redis was unreachable moments ago"
+    kind = type(cause) if cause is not None else NotEnqueued
+    ids = [event.event_id for event in events]
+    return kind(
+        f"{why}; the spool at {spool.directory} could not keep the {len(events)} goal(s) "
+        f"either ({type(exc).__name__}: {exc}); nothing was kept",
+        cause.event_ids if cause is not None else ids,
+        cause.enqueued if cause is not None else [],
+    )

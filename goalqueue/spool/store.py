@@ -1,19 +1,29 @@
 """The spool's directory: one SQLite database (WAL, ``synchronous=FULL``) per writing process,
 its owner lock, and the flush lock that lets one batch at a time be re-sent (see
-:mod:`goalqueue.spool` for why it is built this way)."""
+:mod:`goalqueue.spool` for why it is built this way).
+
+The spool holds visitor ids and metadata, often personal data: the directory is made (or made
+again) 0700 and every file in it 0600, whatever the umask.
+
+No wait here blocks in C. SQLite's busy handler and a blocking ``flock`` would sleep inside a
+system call, holding a gevent hub (every greenlet of the process) or an event loop for as long
+as another process holds the lock; every lock is instead tried without blocking and tried again
+after ``time.sleep``, which gevent's monkey-patching turns into a cooperative wait.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import sqlite3
+import stat
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL
@@ -21,7 +31,15 @@ from goalqueue.spool.forks import start_over_after_fork
 from goalqueue.spool.groupcommit import GroupCommit
 
 FLUSH_LOCK = "flush.lock"
+# How long adding goals may wait for a lock (another thread's write, a flusher's delete): on
+# top of the enqueue timeout, the most a request that spools can wait.
+SPOOL_WAIT_SECONDS = 0.5
+# How long a flusher may wait for the flush lock that another process's flusher holds.
+FLUSH_WAIT_SECONDS = 30.0
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
 
+T = TypeVar("T")
 # A goal as stored: event id, payload, when it was spooled.
 Row = tuple[str, str, float]
 
@@ -45,14 +63,18 @@ class PayloadQueue(Protocol):
 class Spool:
     """A directory of goals that wait for Redis; safe to share between threads and forks."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> None:
-        """Use ``directory`` (created if needed) as the spool.
+    def __init__(
+        self, directory: str | os.PathLike[str], *, lock_timeout: float = SPOOL_WAIT_SECONDS
+    ) -> None:
+        """Use ``directory`` (created if needed, made private) as the spool.
 
         ``lock_timeout`` bounds each wait for a lock: another thread's write, a flusher's delete.
         """
         self.directory = Path(directory)
         self.lock_timeout = lock_timeout
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        if stat.S_IMODE(self.directory.stat().st_mode) != DIRECTORY_MODE:
+            self.directory.chmod(DIRECTORY_MODE)
         self._own: Path | None = None
         self._claim = _Claim()
         self._commits: GroupCommit[Row] = GroupCommit(self._write, lock_timeout)
@@ -114,7 +136,7 @@ class Spool:
 
     def _write(self, rows: list[Row]) -> None:
         with self._connect(self._own or self._create_own()) as db:
-            db.execute("BEGIN IMMEDIATE")
+            _patiently(lambda: db.execute("BEGIN IMMEDIATE"), self.lock_timeout)
             db.executemany(
                 "INSERT INTO goals (event_id, payload, spooled_at) VALUES (?, ?, ?)", rows
             )
@@ -128,8 +150,10 @@ class Spool:
             queue.enqueue_payloads([(event_id, payload) for _, event_id, payload in rows])
             # AUTOINCREMENT never reuses a seq and flushers take turns: this range holds exactly
             # the rows just sent
+            span = (rows[0][0], rows[-1][0])
             with self._connect(path) as db:
-                db.execute("DELETE FROM goals WHERE seq BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+                delete = "DELETE FROM goals WHERE seq BETWEEN ? AND ?"
+                _patiently(lambda: db.execute(delete, span), FLUSH_WAIT_SECONDS)
             return len(rows)
 
     def _remove_if_abandoned(self, path: Path) -> None:
@@ -158,8 +182,9 @@ class Spool:
         token = f"goals-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._claim.take(self.directory / f"{token}.owner")
         fresh, path = self.directory / f"{token}.new", self.directory / f"{token}.sqlite3"
+        _private_file(fresh)  # SQLite gives the -wal and -shm files the database's mode
         with self._connect(fresh) as db:
-            db.execute("PRAGMA journal_mode=WAL")  # kept in the file
+            _patiently(lambda: db.execute("PRAGMA journal_mode=WAL"), self.lock_timeout)
             db.execute(_SCHEMA)
         os.rename(fresh, path)  # closed, so the WAL is checkpointed and gone: only one file moves
         _fsync_directory(self.directory)
@@ -168,9 +193,11 @@ class Spool:
 
     @contextmanager
     def _connect(self, path: Path) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None)
+        db = sqlite3.connect(path, timeout=0, isolation_level=None)
         try:
-            db.execute("PRAGMA synchronous=FULL")
+            # a first statement may find the file busy: another process closing its last
+            # connection checkpoints the WAL
+            _patiently(lambda: db.execute("PRAGMA synchronous=FULL"), self.lock_timeout)
             yield db
         finally:
             db.close()
@@ -179,9 +206,9 @@ class Spool:
     def _flush_lock(self) -> Iterator[None]:
         """An exclusive ``flock``: per open file, so it orders threads as well as processes, and
         the kernel drops it when its holder dies."""
-        fd = os.open(self.directory / FLUSH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.directory / FLUSH_LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _patiently(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), FLUSH_WAIT_SECONDS)
             yield
         finally:
             os.close(fd)
@@ -202,13 +229,13 @@ def _query(spool: Spool, path: Path, sql: str, params: tuple[Any, ...] = ()) -> 
     """Rows of ``sql`` on one of the spool's files; none if a flusher just removed it."""
     uri = f"{path.absolute().as_uri()}?mode=rw"  # never create a file that was just removed
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=spool.lock_timeout, isolation_level=None)
+        db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
     except sqlite3.OperationalError:
         if path.exists():
             raise
         return []
     try:
-        return db.execute(sql, params).fetchall()
+        return _patiently(lambda: db.execute(sql, params).fetchall(), spool.lock_timeout)
     finally:
         db.close()
 
@@ -221,14 +248,44 @@ class _Claim:
 
     def take(self, owner: Path) -> None:
         self.release()
-        fd = os.open(owner, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        fd = os.open(owner, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a new file: no other process holds it
         self.fd = fd
 
     def release(self) -> None:
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _patiently(action: Callable[[], T], timeout: float) -> T:
+    """``action()``, tried again while a lock is busy (SQLite's ``database is locked``, a
+    non-blocking ``flock``) for up to ``timeout`` seconds, waiting in ``time.sleep``."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            return action()
+        except (sqlite3.OperationalError, BlockingIOError) as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
+def _busy(exc: Exception) -> bool:
+    if isinstance(exc, BlockingIOError):
+        return True
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _private_file(path: Path) -> None:
+    """Make ``path`` empty and readable by its owner only, whatever the umask."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,0 +1,206 @@
+"""The asyncio producer: enqueue goals from an event loop without ever blocking it.
+
+    queue = goalqueue.AsyncGoalQueue()
+    event_id = await queue.track_goal(visitor_id, "signup", metadata={"plan": "pro"})
+    await queue.aclose()
+
+or, on the process-wide queue of the running loop, ``await goalqueue.atrack_goal(...)``.
+
+The same contract as :class:`goalqueue.GoalQueue` (see :mod:`goalqueue.producer`): the same
+validation and the same ENQUEUE round (:mod:`goalqueue.rounds`) on ``redis.asyncio``, the whole
+call cut by ``asyncio.timeout`` to ``GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS``, and with
+``GOALQUEUE_SPOOL_DIR`` the same spool. Writing to the spool (SQLite, an fsync) runs in a worker
+thread, never on the loop; the spool's flusher is a thread too, re-sending with a blocking client
+of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import NoScriptError
+
+from goalqueue import connections
+from goalqueue.config import Settings, get_settings
+from goalqueue.deadline import Deadline, async_connection_class, deadline
+from goalqueue.errors import EnqueueError
+from goalqueue.event import GoalEvent
+from goalqueue.goals import goal_event, goal_events
+from goalqueue.producer import GoalQueue, open_backlog
+from goalqueue.rounds import Pair, Round, pairs
+from goalqueue.scripts import EnqueueScript
+
+
+class AsyncGoalQueue:
+    """Enqueues goal events from an event loop; use it on the loop it was first used on.
+
+    ``AsyncGoalQueue()`` reads its settings from the environment; ``broker_url=`` or
+    ``settings=`` set them explicitly. Close it with ``await queue.aclose()`` (or use it as an
+    ``async with``).
+    """
+
+    def __init__(self, broker_url: str | None = None, *, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
+        if broker_url is not None:
+            settings = replace(settings, broker_url=broker_url)
+        self.settings = settings
+        self.redis = connections.async_client(
+            settings, connection_class=async_connection_class(settings)
+        )
+        self.script = EnqueueScript(settings.keys)
+        # The spool's flusher is a thread: it re-sends through a blocking queue of its own.
+        self._resender = (
+            GoalQueue(settings=replace(settings, spool_dir=None)) if settings.spool_dir else None
+        )
+        self.backlog = open_backlog(settings, self._resender)
+
+    async def track_goal(
+        self,
+        visitor_id: str,
+        name: str,
+        *,
+        metadata: Mapping[str, object] | None = None,
+        description: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Validate and enqueue one goal; returns its event id (see
+        :meth:`goalqueue.GoalQueue.track_goal`)."""
+        event = goal_event(visitor_id, name, metadata, description, event_id)
+        await self.enqueue([event])
+        return event.event_id
+
+    async def track_goals(self, goals: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Validate every goal, then enqueue them all in one round trip (see
+        :meth:`goalqueue.GoalQueue.track_goals`)."""
+        events = goal_events(goals)
+        await self.enqueue(events)
+        return [event.event_id for event in events]
+
+    async def enqueue(self, events: Sequence[GoalEvent]) -> None:
+        """Enqueue events that carry their ids: to Redis or, failing that, to the spool."""
+        backlog = self.backlog
+        if backlog is None:
+            await self.enqueue_payloads(pairs(events))
+        elif backlog.redis_down:
+            await asyncio.to_thread(backlog.keep, events)
+        else:
+            try:
+                await self.enqueue_payloads(pairs(events))
+            except EnqueueError as exc:
+                await asyncio.to_thread(backlog.keep_unconfirmed, events, exc)
+            else:
+                backlog.sent()
+
+    async def enqueue_payloads(self, pairs: Sequence[Pair]) -> None:
+        """Enqueue ``(event id, event JSON)`` pairs to Redis only; raises
+        :class:`~goalqueue.EnqueueError` when Redis does not confirm them all in time."""
+        if not pairs:
+            return
+        this = Round(pairs, self.settings)
+        timeout = self.settings.enqueue_timeout_seconds
+        with deadline(timeout) as current:
+            try:
+                async with asyncio.timeout(timeout):
+                    replies = await self._send(this, current)
+            except TimeoutError as exc:
+                error = redis.TimeoutError(f"no answer within {timeout:g} s")
+                raise this.failed(error, current.sent) from exc
+            except redis.RedisError as exc:
+                raise this.failed(exc, current.sent) from exc
+        this.check(replies)
+
+    async def _send(self, this: Round, current: Deadline) -> list[object]:
+        replies = await self._send_once(this, current)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self.redis.script_load(self.script.source)
+            replies = await self._send_once(this, current)
+        return replies
+
+    async def _send_once(self, this: Round, current: Deadline) -> list[object]:
+        sha, numkeys = self.script.sha, self.script.numkeys
+        commands = this.commands(self.script)
+        if this.single:
+            try:
+                return [await self.redis.evalsha(sha, numkeys, *commands[0])]
+            except NoScriptError as exc:
+                return [exc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.evalsha(sha, numkeys, *command)
+            if this.replicas:
+                pipe.wait(this.replicas, current.wait_ms())
+            replies: list[object] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def aclose(self) -> None:
+        """Close the Redis client, and stop the spool's flusher if one runs."""
+        await self.redis.aclose()
+        if self.backlog is not None:
+            await asyncio.to_thread(self.backlog.close)
+        if self._resender is not None:
+            self._resender.close()
+
+    async def __aenter__(self) -> AsyncGoalQueue:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+_defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGoalQueue] = (
+    weakref.WeakKeyDictionary()
+)
+_factory: Callable[[], AsyncGoalQueue] = AsyncGoalQueue
+
+
+def default_async_queue() -> AsyncGoalQueue:
+    """The running loop's process-wide queue (a ``redis.asyncio`` client belongs to one loop):
+    made by the factory :func:`set_default_async_queue` installed, else from the environment."""
+    loop = asyncio.get_running_loop()
+    queue = _defaults.get(loop)
+    if queue is None:
+        queue = _defaults[loop] = _factory()
+    return queue
+
+
+async def close_default_async_queue() -> None:
+    """Close the running loop's process-wide queue, if it has one (a lifespan's shutdown)."""
+    queue = _defaults.pop(asyncio.get_running_loop(), None)
+    if queue is not None:
+        await queue.aclose()
+
+
+def set_default_async_queue(
+    factory: Callable[[], AsyncGoalQueue] | None,
+) -> Callable[[], AsyncGoalQueue]:
+    """Make each loop's process-wide queue with ``factory`` (None: from the environment) from
+    now on, forgetting those made so far; returns the factory it replaces."""
+    global _factory
+    previous, _factory = _factory, factory or AsyncGoalQueue
+    _defaults.clear()
+    return previous
+
+
+async def atrack_goal(
+    visitor_id: str,
+    name: str,
+    *,
+    metadata: Mapping[str, object] | None = None,
+    description: str | None = None,
+    event_id: str | None = None,
+) -> str:
+    """Validate and enqueue one goal on the running loop's process-wide queue."""
+    return await default_async_queue().track_goal(
+        visitor_id, name, metadata=metadata, description=description, event_id=event_id
+    )
+
+
+async def atrack_goals(goals: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Validate and enqueue many goals on the running loop's process-wide queue."""
+    return await default_async_queue().track_goals(goals)

@@ -1,0 +1,94 @@
+"""From what a caller passes to a goal event ready to enqueue: validated, normalised, stamped.
+
+Every producer (the blocking :class:`~goalqueue.GoalQueue`, the asyncio
+:class:`~goalqueue.AsyncGoalQueue`, the web integrations, ``goalqueue send`` and the testing kit's
+recorder) makes its events here, so they all validate alike.
+
+An event id is a UUID. A caller that may retry (after an :class:`~goalqueue.EnqueueError`, or a
+job that can run twice) passes its own, for example ``uuid.uuid5(NAMESPACE, order_id)``: the same
+id enqueued again while goalqueue knows it adds nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from goalqueue.errors import QUOTE_LIMIT, InvalidGoal, quote
+from goalqueue.event import GoalEvent
+from goalqueue.schema import validate_goal
+
+FIELDS = frozenset({"visitor_id", "name", "metadata", "description", "event_id"})
+
+
+def new_event(fields: Mapping[str, Any], event_id: str | None = None) -> GoalEvent:
+    """The event for validated ``fields``: ``event_id`` (a new UUID by default) and the time."""
+    return GoalEvent(
+        event_id=event_id or str(uuid.uuid4()),
+        visitor_id=fields["visitor_id"],
+        name=fields["name"],
+        metadata=fields["metadata"],
+        description=fields["description"],
+        enqueued_at=round(time.time(), 3),
+    )
+
+
+def goal_event(
+    visitor_id: object,
+    name: object,
+    metadata: object = None,
+    description: object = None,
+    event_id: object = None,
+) -> GoalEvent:
+    """One validated event; :class:`InvalidGoal` names every bad field."""
+    errors: dict[str, list[str]] = {}
+    try:
+        fields = validate_goal(visitor_id, name, metadata, description)
+    except InvalidGoal as exc:
+        errors = exc.errors
+    try:
+        chosen = event_id_of(event_id)
+    except InvalidGoal as exc:
+        errors |= exc.errors
+    if errors:
+        raise InvalidGoal(errors)
+    return new_event(fields, chosen)
+
+
+def goal_events(goals: Iterable[Mapping[str, Any]]) -> list[GoalEvent]:
+    """Validated events for many goals, each a mapping of :data:`FIELDS` (``visitor_id`` and
+    ``name`` required); if any is bad, :class:`InvalidGoal` names each bad field as
+    ``[index].field`` and none is made."""
+    events, errors = [], {}
+    for index, goal in enumerate(goals):
+        try:
+            events.append(goal_event(**_fields(goal)))
+        except InvalidGoal as exc:
+            errors.update({f"[{index}].{field}": why for field, why in exc.errors.items()})
+    if errors:
+        raise InvalidGoal(errors)
+    return events
+
+
+def event_id_of(value: object) -> str | None:
+    """A caller's event id in canonical form (a UUID, as text or ``uuid.UUID``), or None."""
+    if value is None or isinstance(value, uuid.UUID):
+        return None if value is None else str(value)
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) else _not_a_uuid(value)
+    except ValueError:
+        return _not_a_uuid(value)
+
+
+def _not_a_uuid(value: object) -> str:
+    raise InvalidGoal({"event_id": [f"{quote(value)} must be a UUID"]})
+
+
+def _fields(goal: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(goal, Mapping):
+        raise InvalidGoal({"goal": [f"must be a mapping, not {type(goal).__name__}"]})
+    if unknown := set(goal) - FIELDS:
+        raise InvalidGoal({str(field)[:QUOTE_LIMIT]: ["unknown field"] for field in unknown})
+    return {field: goal.get(field) for field in FIELDS}

@@ -1,0 +1,119 @@
+"""One enqueue round trip: the commands that carry a call's goals, and what their replies mean.
+
+Both producers (:mod:`goalqueue.producer`, :mod:`goalqueue.asyncio`) send a round the same way:
+one ``EVALSHA`` of ENQUEUE per :data:`~goalqueue.keys.PER_CALL` goals (a call that holds Redis
+for long would hold every client) and, with ``GOALQUEUE_MIN_REPLICAS``, a ``WAIT`` for that many
+replicas, all in one round trip. A single goal without replicas is one bare ``EVALSHA``.
+
+Each ``EVALSHA`` is all or nothing (ENQUEUE reads before it writes, so even a Redis at maxmemory
+refuses it whole), but the chunks of a round are separate calls: Redis may refuse one and run the
+next. :meth:`Round.check` reads the replies chunk by chunk, so an :class:`EnqueueError` says
+exactly which goals Redis confirmed. An event id Redis already knew counts as confirmed: that goal
+is queued, waiting, delivered or dead already.
+
+Redis replicates asynchronously: a master that dies right after taking a goal may not have passed
+it on, and the replica promoted in its place never saw it. Only goals the replicas confirmed are
+reported enqueued; the others are :class:`MaybeEnqueued`, and sent again with the same ids they
+are found known and add nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from goalqueue.config import Settings
+from goalqueue.connections import explain
+from goalqueue.errors import EnqueueError, MaybeEnqueued, NotEnqueued
+from goalqueue.event import GoalEvent
+from goalqueue.keys import PER_CALL
+from goalqueue.scripts import EnqueueScript, ScriptArg
+from goalqueue.urls import redact
+
+Pair = tuple[str, str]
+"""A goal as it is enqueued: its event id and its stored JSON."""
+
+
+def pairs(events: Sequence[GoalEvent]) -> list[Pair]:
+    """Events as they are enqueued."""
+    return [(event.event_id, event.to_json()) for event in events]
+
+
+@dataclass(frozen=True)
+class Round:
+    """The goals of one enqueue call, in chunks of at most :data:`PER_CALL`."""
+
+    pairs: Sequence[Pair]
+    settings: Settings
+    chunks: list[Sequence[Pair]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        chunks = [self.pairs[i : i + PER_CALL] for i in range(0, len(self.pairs), PER_CALL)]
+        object.__setattr__(self, "chunks", chunks)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [event_id for event_id, _ in self.pairs]
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas must confirm the round (a WAIT after the scripts), or 0."""
+        return self.settings.replicas_to_wait_for
+
+    @property
+    def single(self) -> bool:
+        """One bare EVALSHA, no pipeline: one chunk and no WAIT."""
+        return len(self.chunks) == 1 and not self.replicas
+
+    def commands(self, script: EnqueueScript) -> list[list[ScriptArg]]:
+        """The keys and arguments of each chunk's ``EVALSHA``."""
+        return [script.arguments(chunk) for chunk in self.chunks]
+
+    def check(self, replies: Sequence[object]) -> None:
+        """Raise unless every goal was confirmed: ``replies`` has one per chunk (its sequence
+        numbers, or the error Redis gave it), then WAIT's count of replicas if one was sent."""
+        confirmed: list[str] = []
+        refusal: redis.RedisError | None = None
+        for chunk, reply in zip(self.chunks, replies, strict=False):
+            if isinstance(reply, redis.RedisError):
+                refusal = refusal or reply
+            else:
+                confirmed += (event_id for event_id, _ in chunk)
+        if refusal is not None:
+            raise self._error(NotEnqueued, explain(refusal, self.settings), confirmed)
+        if self.replicas:
+            self._check_replicas(replies[-1])
+
+    def _check_replicas(self, reply: object) -> None:
+        if isinstance(reply, int) and reply >= self.replicas:
+            return
+        got = f"{explain(reply, self.settings)}: " if isinstance(reply, redis.RedisError) else ""
+        raise self._error(
+            MaybeEnqueued,
+            f"{got}Redis at {redact(self.settings.broker_url)} took them, but not "
+            f"{self.replicas} replica(s) (GOALQUEUE_MIN_REPLICAS) confirmed them in time; a "
+            "failover could lose them",
+            [],
+        )
+
+    def failed(self, exc: redis.RedisError, sent: bool) -> EnqueueError:
+        """The error for a round that failed with ``exc``; ``sent``: its commands went out."""
+        if sent and isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            timeout = self.settings.enqueue_timeout_seconds
+            return self._error(
+                MaybeEnqueued, f"{explain(exc, self.settings)}, within {timeout:g} s", []
+            )
+        return self._error(NotEnqueued, explain(exc, self.settings), [])
+
+    def _error(self, kind: type[EnqueueError], why: str, confirmed: list[str]) -> EnqueueError:
+        count = len(self.pairs) - len(confirmed)
+        if kind is MaybeEnqueued:
+            outcome = "they may be enqueued: enqueueing them again with the same event ids is safe"
+        else:
+            outcome = "they were not enqueued"
+        if confirmed:
+            outcome += f" ({len(confirmed)} other goal(s) of the call were)"
+        message = f"could not enqueue {count} goal(s): {why}; {outcome}"
+        return kind(message, self.event_ids, confirmed)
