@@ -20,7 +20,7 @@ import redis
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.sandbox import Sandbox
-from tests.helpers.databases import REDIS_URL
+from tests.helpers.databases import REDIS_URL, flush
 from tests.helpers.datafast import Handler
 from tests.helpers.isolation import Isolation
 from tests.helpers.redis_server import RedisServer
@@ -60,13 +60,7 @@ def _unit_isolation(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def redis_url() -> str:
     """The test database on the real Redis, flushed before each test."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    except redis.ConnectionError:
-        pytest.fail(f"these tests need a Redis at {REDIS_URL}")
-    finally:
-        client.close()
+    flush(REDIS_URL)
     return REDIS_URL
 
 

@@ -15,13 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.keys import TASK_NAME
 from goalqueue.sandbox import Sandbox
-from tests.helpers.databases import FLOWER_REDIS_URL
+from tests.helpers.databases import FLOWER_REDIS_URL, flush
 from tests.helpers.settings import API_KEY, KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
@@ -32,9 +31,7 @@ AUTH = ("monitor", "flower-test-password")
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The quick test settings, on a database of Flower's own, flushed first."""
-    client = redis.Redis.from_url(FLOWER_REDIS_URL)
-    client.flushdb()
-    client.close()
+    flush(FLOWER_REDIS_URL)
     return replace(settings, broker_url=FLOWER_REDIS_URL)
 
 

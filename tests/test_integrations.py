@@ -22,7 +22,7 @@ import redis
 from goalqueue import EnqueueError, GoalQueue, InvalidGoal
 from goalqueue.config import get_settings
 from goalqueue.producer import set_default_queue
-from tests.helpers.databases import WEB_REDIS_URL
+from tests.helpers.databases import WEB_REDIS_URL, flush
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +34,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture
 def ledger() -> redis.Redis:
-    client = redis.Redis.from_url(WEB_REDIS_URL, decode_responses=True)
-    client.flushdb()
-    return client
+    flush(WEB_REDIS_URL)
+    return redis.Redis.from_url(WEB_REDIS_URL, decode_responses=True)
 
 
 @pytest.fixture
