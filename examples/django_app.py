@@ -3,7 +3,9 @@
     pip install 'goalqueue[django]'
     GOALQUEUE_BROKER_URL=redis://localhost:6379/0 python examples/django_app.py runserver
 
-In a real project the view goes in ``views.py`` and the settings in ``settings.py``.
+In a real project the view goes in ``views.py`` and the settings in ``settings.py``:
+``goalqueue.integrations.django`` in ``INSTALLED_APPS`` checks goalqueue's settings at start
+(``manage.py check``), and the ``GOALQUEUE`` dict configures it (it wins over the environment).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ if not settings.configured:
         ROOT_URLCONF=__name__,
         ALLOWED_HOSTS=["localhost", "127.0.0.1", "testserver"],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        INSTALLED_APPS=["goalqueue.integrations.django"],
     )
 
 import django

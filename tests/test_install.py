@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import goalqueue
+
 ROOT = Path(__file__).resolve().parent.parent
 PYPI = "https://pypi.org/simple/"
 
@@ -163,3 +165,29 @@ def test_the_core_cli_runs_and_names_the_extra_a_command_needs(
     assert worker.stdout == ""
     (line,) = worker.stderr.splitlines()
     assert "pip install 'goalqueue[worker]'" in line
+
+
+@pytest.mark.integration  # runs mypy as a process
+def test_a_typed_app_using_every_public_name_passes_mypy_strict(
+    core_venv: Path, tmp_path: Path
+) -> None:
+    # Given an app module that uses every name goalqueue exports (and its testing kit), outside
+    # the source tree (mypy would find the package there)
+    source = (ROOT / "tests" / "typing" / "user_app.py").read_text()
+    assert [name for name in goalqueue.__all__ if f"goalqueue.{name}" not in source] == []
+    module = tmp_path / "user_app.py"
+    module.write_text(source)
+    # When mypy --strict checks it against the installed package
+    checked = subprocess.run(
+        [
+            sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+            "--python-executable", str(core_venv / "bin" / "python"), str(module),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=core_venv.parent,
+        env=core_env("redis://127.0.0.1:1/0"),
+        timeout=240,
+    )  # fmt: skip
+    # Then it finds the package's types (py.typed) and nothing to object to
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -1,32 +1,22 @@
-"""A one-file Django project: ``gunicorn tests.webapps.django_site:application``.
+"""A Django project's view and URLs, and its WSGI application:
+``gunicorn tests.webapps.django_site:application`` (settings: :mod:`tests.webapps.django_settings`).
 
-The goal is tracked inside ``transaction.atomic`` and enqueued when the signup commits; goalqueue
-is an installed app, configured from the ``GOALQUEUE`` dict (here filled from the environment).
+The goal is tracked inside ``transaction.atomic`` and enqueued when the signup commits.
 """
 
 from __future__ import annotations
 
 import os
 
-from django.conf import settings
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.webapps.django_settings")
 
-settings.configure(
-    SECRET_KEY="goalqueue-webapp-tests",
-    ALLOWED_HOSTS=["*"],
-    ROOT_URLCONF=__name__,
-    INSTALLED_APPS=["goalqueue.integrations.django"],
-    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-    GOALQUEUE={"SPOOL_DIR": os.environ.get("WEBAPP_SPOOL_DIR")},
-    USE_TZ=True,
-)
+from django.core.wsgi import get_wsgi_application
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
-from django.db import transaction  # noqa: E402
-from django.http import HttpRequest, JsonResponse  # noqa: E402
-from django.urls import path  # noqa: E402
-from django.views.decorators.csrf import csrf_exempt  # noqa: E402
-
-from goalqueue.integrations.django import track_goal_from_request  # noqa: E402
+from goalqueue.integrations.django import track_goal_from_request
 
 application = get_wsgi_application()
 
