@@ -109,6 +109,10 @@ class _DeadlineMixin:
         self._cut_to = self.socket_timeout
         return sock
 
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        with _handshake():
+            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         self._cut_socket_timeout()
         super().send_packed_command(command, check_health)  # type: ignore[misc]
@@ -137,6 +141,18 @@ class _DeadlineMixin:
             self._cut_to = wanted
 
 
+@contextmanager
+def _handshake() -> Iterator[None]:
+    """A connection's handshake (HELLO, AUTH, SELECT): what it sends is not the command."""
+    current = _CURRENT.get()
+    sent = current is not None and current.sent
+    try:
+        yield
+    finally:
+        if current is not None:
+            current.sent = sent
+
+
 @cache
 def _with_deadline(base: type) -> type:
     """``base`` (plain, TLS, unix socket, or Sentinel-managed) whose every wait ends by the
@@ -147,6 +163,10 @@ def _with_deadline(base: type) -> type:
 class _SentMixin:
     """A ``redis.asyncio`` connection that marks the deadline's command as sent as soon as it
     starts writing it (its deadline is an ``asyncio.timeout`` around the whole call)."""
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        with _handshake():
+            await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
 
     async def _send_packed_command(self, command: Any) -> None:
         if (current := _CURRENT.get()) is not None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from goalqueue import GoalQueueError, InvalidGoal
+from goalqueue.goals import goal_events
 from goalqueue.schema import validate_goal
 
 VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
@@ -280,3 +281,22 @@ def test_an_int_too_long_as_text_is_refused() -> None:
 def test_a_huge_int_is_refused_with_invalid_goal() -> None:
     error = refused(metadata={"big": 10**4300})
     assert set(error.errors) == {"metadata"}
+
+
+def test_an_error_quotes_a_short_prefix_of_a_huge_bad_value() -> None:
+    # Given a 1 MB goal name and 10,000 bad metadata keys
+    with pytest.raises(InvalidGoal) as raised:
+        validate_goal("v", "N!" * 500_000, {f"Bad Key {i}": "x" for i in range(10_000)})
+    # Then the message quotes a few dozen characters of each and counts the rest
+    message = str(raised.value)
+    assert len(message) < 1_000, len(message)
+    assert "(1000002 characters)" in message
+    assert "and 9996 more" in message
+
+
+def test_a_bulk_of_bad_goals_names_a_few_fields_and_counts_the_rest() -> None:
+    with pytest.raises(InvalidGoal) as raised:
+        goal_events([{"visitor_id": "v", "name": "bad name!"}] * 1_000)
+    assert len(raised.value.errors) == 1_000
+    assert "and 995 more bad field(s)" in str(raised.value)
+    assert len(str(raised.value)) < 1_500

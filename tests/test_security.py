@@ -24,7 +24,7 @@ import pytest
 import redis
 from httpx_aiohttp import AiohttpTransport
 
-from goalqueue import GoalQueue
+from goalqueue import GoalQueue, NotEnqueued
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.sandbox import Sandbox
@@ -305,6 +305,48 @@ def test_a_worker_with_a_bad_setting_says_so_in_one_line_without_a_traceback(
     output = bad_config_runs[case].stdout + bad_config_runs[case].stderr
     assert "Traceback" not in output
     assert len([line for line in output.splitlines() if BAD_CONFIG[case][1] in line]) == 1
+
+
+# --------------------------------------------------------------------------- Redis credentials
+
+
+@pytest.fixture(scope="module")
+def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server that asks for a password."""
+    server = RedisServer(tmp_path_factory.mktemp("locked"), ("--requirepass", "right-one"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("password", "says"),
+    [
+        ("", "asks for a password: put it in GOALQUEUE_BROKER_URL"),
+        ("wrong-one", "refused the user or password"),
+    ],
+)
+def test_a_redis_password_problem_is_one_clear_line(
+    locked_redis: RedisServer, password: str, says: str
+) -> None:
+    url = locked_redis.url.replace("redis://", f"redis://:{password}@" if password else "redis://")
+    with pytest.raises(NotEnqueued) as raised:
+        GoalQueue(broker_url=url).track_goal("v", "signup")
+    assert says in str(raised.value) and "\n" not in str(raised.value)
+    assert "wrong-one" not in str(raised.value)
+
+
+@pytest.mark.integration
+def test_a_worker_whose_redis_refuses_its_password_exits_in_one_line(
+    locked_redis: RedisServer,
+) -> None:
+    url = locked_redis.url.replace("redis://", "redis://:wrong-one@")
+    result = start_worker_with({"GOALQUEUE_BROKER_URL": url, "DATAFAST_API_KEY": "df_test"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    [line] = [line for line in output.splitlines() if "cannot start" in line]
+    assert "refused the user or password in GOALQUEUE_BROKER_URL" in line
+    assert "wrong-one" not in output
 
 
 # --------------------------------------------------------------------------- untrusted input

@@ -99,6 +99,52 @@ def test_added_goals_wait_with_their_ids_and_exact_payloads(spool: Spool) -> Non
     assert spooled_rows(spool.directory)[:3] == [(e.event_id, e.to_json()) for e in batch]
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_the_spool_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    # Given a process with a permissive umask, and a spool directory made world-readable before
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    previous = os.umask(umask)
+    try:
+        # When goals are spooled (visitor ids and metadata: personal data), and spooled again
+        # while a reader keeps the WAL and its shared memory in place
+        spool = Spool(directory)
+        spool.add(events(3))
+        (database,) = spool.files()
+        reader = sqlite3.connect(database)
+        reader.execute("SELECT count(*) FROM goals").fetchall()
+        spool.add(events(3))
+        with pytest.raises(EnqueueError):
+            spool.flush(_Refusing())  # the flusher's lock file too
+        files = sorted(directory.iterdir())
+        modes = {path.name: oct(stat_mode(path)) for path in files}
+        reader.close()
+    finally:
+        os.umask(previous)
+    # Then only the owner can read the directory and each of its files, WAL and shm included
+    assert oct(stat_mode(directory)) == oct(0o700)
+    assert {path.suffix for path in files} >= {
+        ".sqlite3",
+        ".owner",
+        ".lock",
+        ".sqlite3-wal",
+        ".sqlite3-shm",
+    }
+    assert modes == {path.name: oct(0o600) for path in files}
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+class _Refusing:
+    """A queue Redis never confirms."""
+
+    def enqueue_payloads(self, pairs: object) -> None:
+        raise EnqueueError("Redis is down")
+
+
 def test_the_spool_uses_wal_with_full_sync(spool: Spool) -> None:
     spool.add(events(1))
     (path,) = spool.files()
