@@ -51,7 +51,9 @@ class AsyncGoalQueue:
             settings = replace(settings, broker_url=broker_url)
         self.settings = settings
         self.redis = connections.async_client(
-            settings, connection_class=async_connection_class(settings)
+            settings,
+            pool_wait=settings.enqueue_timeout_seconds,
+            connection_class=async_connection_class(settings),
         )
         self.script = EnqueueScript(settings.keys)
         # The spool's flusher is a thread: it re-sends through a blocking queue of its own.

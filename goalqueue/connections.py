@@ -25,12 +25,28 @@ if TYPE_CHECKING:
 
 # redis-py's URL parser, typed (redis-py's is not annotated).
 _parse_url: Callable[[str], dict[str, Any]] = parse_url
+# Connections a producer's client keeps open at most: calls beyond that many at once wait for one.
+POOL_SIZE = 64
 # Options that also apply to the client's connections to the sentinels themselves.
 _SENTINEL_SOCKET_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 
 
-def client(settings: Settings, **options: Any) -> redis.Redis:
-    """A blocking client for the broker, answers decoded; ``options`` go to redis-py."""
+def client(settings: Settings, *, pool_wait: float | None = None, **options: Any) -> redis.Redis:
+    """A blocking client for the broker, answers decoded; ``options`` go to redis-py.
+
+    With ``pool_wait``, a call that finds all :data:`POOL_SIZE` connections in use waits up to
+    that long for one (a producer's threads or greenlets), where redis-py's default pool would
+    fail it at once (behind Sentinel: its pool, failing at once).
+    """
+    if settings.sentinel is None and pool_wait is not None:
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.broker_url,
+            decode_responses=True,
+            max_connections=POOL_SIZE,
+            timeout=pool_wait,
+            **options,
+        )
+        return redis.Redis(connection_pool=pool)
     if settings.sentinel is None:
         return redis.Redis.from_url(settings.broker_url, decode_responses=True, **options)
     manager = redis.sentinel.Sentinel(**_sentinel_kwargs(settings, options))
@@ -38,12 +54,23 @@ def client(settings: Settings, **options: Any) -> redis.Redis:
     return master
 
 
-def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
+def async_client(
+    settings: Settings, *, pool_wait: float | None = None, **options: Any
+) -> redis.asyncio.Redis:
     """A client for an event loop (a worker's, an asyncio web app's), answers decoded;
-    ``options`` go to redis-py."""
+    ``options`` go to redis-py; ``pool_wait`` as for :func:`client`."""
     import redis.asyncio  # a web app that only uses the blocking client never loads asyncio's
     import redis.asyncio.sentinel
 
+    if settings.sentinel is None and pool_wait is not None:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.broker_url,
+            decode_responses=True,
+            max_connections=POOL_SIZE,
+            timeout=pool_wait,
+            **options,
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
     if settings.sentinel is None:
         return redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True, **options)
     manager = redis.asyncio.sentinel.Sentinel(**_sentinel_kwargs(settings, options))

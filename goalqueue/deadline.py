@@ -78,6 +78,7 @@ def connect(settings: Settings) -> redis.Redis:
     timeout = settings.enqueue_timeout_seconds
     return connections.client(
         settings,
+        pool_wait=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
