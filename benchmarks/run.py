@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks import scenarios
+from benchmarks import producers, scenarios
 from benchmarks.procs import exclusive
 from benchmarks.scenarios import Row
 from benchmarks.systems import System, all_systems, client_limits, goalqueue_defaults, variant
@@ -69,7 +69,7 @@ class Plan:
             base = n or 500
             return cls(base, 3 * base, 1, 5 * base, 10, 15.0, rounds or 1)
         base = n or 10000
-        return cls(base, min(base, 5000), 3, 2 * base, 200, 30.0, rounds or 3)
+        return cls(base, min(base, 5000), 5, 2 * base, 200, 30.0, rounds or 3)
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     if "memory" in sections:
         rows.extend(step("Redis memory", lambda: scenarios.memory(plan.memory_n)))
+    if "producers" in sections:
+        rows.extend(step("producers", lambda: producers.rows(plan.enqueue_n, args.quick)))
     if "throughput" in sections:
         for latency_ms in (float(ms) for ms in args.latencies.split(",")):
             measured = [
@@ -174,8 +176,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the JSON")
     parser.add_argument(
         "--sections",
-        default="enqueue,memory,throughput,latency",
-        help="comma-separated subset of enqueue,memory,throughput,latency",
+        default="enqueue,memory,producers,throughput,latency",
+        help="comma-separated subset of enqueue,memory,producers,throughput,latency",
     )
     parser.add_argument(
         "--systems",
@@ -348,6 +350,16 @@ def check_targets(rows: list[Row]) -> list[Target]:
             5,
             "x",
         ),
+        _at_most(
+            "track_goal / raw LPUSH, median of rounds",
+            _value(rows, "enqueue", "track_goal_vs_lpush"),
+            2.0,
+        ),
+        _at_least(
+            "async producer, one process (goals/s)",
+            _value(rows, "producers", "async_rate"),
+            5000,
+        ),
         _at_most("memory per ready goal (B)", _value(rows, "memory", "goalqueue_ready"), 500),
         _at_most("memory per waiting goal (B)", _value(rows, "memory", "goalqueue_waiting"), 500),
     ]
@@ -357,6 +369,7 @@ def check_targets(rows: list[Row]) -> list[Target]:
 
 _TITLES = {
     "enqueue": "1. Enqueue cost",
+    "producers": "1b. Producers: the asyncio producer, threads, a Redis hang",
     "throughput_0ms": "2a. Delivery throughput, endpoint latency 0 ms (steady state)",
     "throughput_50ms": "2b. Delivery throughput, endpoint latency 50 ms (steady state)",
     "memory": "3. Redis memory per queued goal",
@@ -400,8 +413,12 @@ def _note(row: Row) -> str:
             for p in (f"max {extra['max_ms']} ms over {extra['samples']} goals", _load(extra))
             if p
         )
+    if row.section == "enqueue" and "rounds" in extra:
+        return f"rounds {extra['rounds']}"
     if row.section == "enqueue":
         return f"n={extra['n']}, runs {extra['runs_us']}"
+    if row.section == "producers":
+        return ", ".join(f"{k}={v}" for k, v in extra.items())
     return ""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -383,7 +384,9 @@ def _wait_count(
 
 
 def enqueue_costs(n: int, repeats: int) -> list[Row]:
-    """µs per goal for each way of enqueueing, best of ``repeats`` runs of ``n`` goals."""
+    """µs per goal for each way of enqueueing, in ``repeats`` interleaved rounds of ``n`` goals
+    (every way once per round, so that a busier minute weighs on all of them): each row is the
+    best round, and ``track_goal_vs_lpush`` the median over rounds of the two side by side."""
     flush(GOALQUEUE_URL)
     flush(PLAIN_URL)
     queue = GoalQueue(broker_url=GOALQUEUE_URL)
@@ -414,31 +417,43 @@ def enqueue_costs(n: int, repeats: int) -> list[Row]:
         ("apply_async", "plain Celery apply_async (bare)", apply_async, goal_body),
         ("raw_lpush", "raw redis-py LPUSH loop, same message", lpush, goal_body),
     ]
-    rows = []
+    timings: dict[str, list[float]] = {key: [] for key, *_ in ways}
     try:
-        for key, label, run, make in ways:
+        for _, _, run, make in ways:
             run([make() for _ in range(min(50, n))])  # warm up connections and scripts
-            timings = []
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for key, _, run, make in ways:
                 goals = [make() for _ in range(n)]
                 started = time.perf_counter()
                 run(goals)
-                timings.append((time.perf_counter() - started) / n * 1e6)
-            rows.append(
-                Row(
-                    "enqueue",
-                    key,
-                    label,
-                    round(min(timings), 1),
-                    "µs/goal",
-                    {"runs_us": [round(t, 1) for t in timings], "n": n},
-                )
-            )
+                timings[key].append((time.perf_counter() - started) / n * 1e6)
     finally:
-        queue.redis.close()
+        queue.close()
         raw.close()
     flush(GOALQUEUE_URL)
     flush(PLAIN_URL)
+    rows = [
+        Row(
+            "enqueue",
+            key,
+            label,
+            round(min(timings[key]), 1),
+            "µs/goal",
+            {"runs_us": [round(t, 1) for t in timings[key]], "n": n},
+        )
+        for key, label, _, _ in ways
+    ]
+    ratios = [a / b for a, b in zip(timings["track_goal"], timings["raw_lpush"], strict=True)]
+    rows.append(
+        Row(
+            "enqueue",
+            "track_goal_vs_lpush",
+            "track_goal / raw LPUSH, median of interleaved rounds",
+            round(statistics.median(ratios), 2),
+            "x",
+            {"rounds": [round(r, 2) for r in ratios]},
+        )
+    )
     return rows
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -33,8 +33,27 @@ from goalqueue.errors import EnqueueError
 from goalqueue.event import GoalEvent
 from goalqueue.goals import goal_event, goal_events
 from goalqueue.producer import GoalQueue, open_backlog
-from goalqueue.rounds import Pair, Round, pairs
+from goalqueue.rounds import Pair, Round, Shortfall, pairs
 from goalqueue.scripts import EnqueueScript
+
+
+@dataclass(eq=False)
+class _Call:
+    """One call's goals, waiting for a round: group commit on the event loop. One round is on
+    its way at a time, and calls made meanwhile go together in the next one, so that 64
+    concurrent calls cost a few round trips rather than 64, while a lone call goes at once.
+    ``future`` gets what its round left unconfirmed; ``deadline`` is the loop time by which the
+    call must have its answer."""
+
+    pairs: Sequence[Pair]
+    future: asyncio.Future[Shortfall | None]
+    deadline: float
+
+
+def _settle(calls: list[_Call], shortfall: Shortfall | None) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_result(shortfall)
 
 
 class AsyncGoalQueue:
@@ -61,6 +80,8 @@ class AsyncGoalQueue:
             GoalQueue(settings=replace(settings, spool_dir=None)) if settings.spool_dir else None
         )
         self.backlog = open_backlog(settings, self._resender)
+        self._waiting: list[_Call] = []
+        self._round: asyncio.Task[None] | None = None
 
     async def track_goal(
         self,
@@ -101,21 +122,62 @@ class AsyncGoalQueue:
 
     async def enqueue_payloads(self, pairs: Sequence[Pair]) -> None:
         """Enqueue ``(event id, event JSON)`` pairs to Redis only; raises
-        :class:`~goalqueue.EnqueueError` when Redis does not confirm them all in time."""
+        :class:`~goalqueue.EnqueueError` when Redis does not confirm them all in time.
+
+        One round is on its way at a time; calls made meanwhile wait and go together in the
+        next one (see :class:`_Call`), and each waits at most the enqueue timeout.
+        """
         if not pairs:
             return
-        this = Round(pairs, self.settings)
+        loop = asyncio.get_running_loop()
         timeout = self.settings.enqueue_timeout_seconds
+        call = _Call(pairs, loop.create_future(), loop.time() + timeout)
+        self._waiting.append(call)
+        if self._round is None:
+            self._next_round()
+        shortfall = await call.future
+        if shortfall is not None and shortfall.leaves(pairs):
+            raise Round(pairs, self.settings).error(shortfall)
+
+    def _next_round(self) -> None:
+        """Send everything waiting as one round, in a task of its own."""
+        calls, self._waiting = self._waiting, []
+        self._round = asyncio.create_task(self._send_round(calls))
+
+    async def _send_round(self, calls: list[_Call]) -> None:
+        """One round for ``calls``, within the earliest of their deadlines (a round before it
+        ended by its own, earlier one: no call waits past its deadline); calls already past
+        theirs were never sent."""
+        now = asyncio.get_running_loop().time()
+        late = [call for call in calls if call.deadline <= now]
+        calls = [call for call in calls if call.deadline > now]
+        _settle(late, Round([], self.settings).failure(self._timed_out, sent=False))
+        try:
+            if calls:
+                _settle(calls, await self._send_before(calls, min(c.deadline for c in calls) - now))
+        except Exception as exc:  # a bug: each caller must still get an answer
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+        finally:
+            self._round = None
+            if self._waiting:
+                self._next_round()
+
+    async def _send_before(self, calls: list[_Call], timeout: float) -> Shortfall | None:
+        this = Round([pair for call in calls for pair in call.pairs], self.settings)
         with deadline(timeout) as current:
             try:
                 async with asyncio.timeout(timeout):
-                    replies = await self._send(this, current)
-            except TimeoutError as exc:
-                error = redis.TimeoutError(f"no answer within {timeout:g} s")
-                raise this.failed(error, current.sent) from exc
+                    return this.shortfall(await self._send(this, current))
+            except TimeoutError:
+                return this.failure(self._timed_out, current.sent)
             except redis.RedisError as exc:
-                raise this.failed(exc, current.sent) from exc
-        this.check(replies)
+                return this.failure(exc, current.sent)
+
+    @property
+    def _timed_out(self) -> redis.TimeoutError:
+        return redis.TimeoutError(f"no answer within {self.settings.enqueue_timeout_seconds:g} s")
 
     async def _send(self, this: Round, current: Deadline) -> list[object]:
         replies = await self._send_once(this, current)
@@ -141,7 +203,10 @@ class AsyncGoalQueue:
         return replies
 
     async def aclose(self) -> None:
-        """Close the Redis client, and stop the spool's flusher if one runs."""
+        """Let the rounds on their way finish, close the Redis client, and stop the spool's
+        flusher if one runs."""
+        while self._round is not None:
+            await asyncio.wait([self._round])
         await self.redis.aclose()
         if self.backlog is not None:
             await asyncio.to_thread(self.backlog.close)

@@ -118,10 +118,11 @@ class GoalQueue:
         this = Round(pairs, self.settings)
         with deadline(self.settings.enqueue_timeout_seconds) as current:
             try:
-                replies = self._send(this, current.wait_ms)
+                shortfall = this.shortfall(self._send(this, current.wait_ms))
             except redis.RedisError as exc:
-                raise this.failed(exc, current.sent) from exc
-        this.check(replies)
+                raise this.error(this.failure(exc, current.sent)) from exc
+        if shortfall is not None:
+            raise this.error(shortfall)
 
     def _send(self, this: Round, wait_ms: Callable[[], int]) -> list[object]:
         """Each chunk's reply (or error), then WAIT's, in one round trip; after NOSCRIPT (no

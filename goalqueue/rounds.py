@@ -71,49 +71,63 @@ class Round:
         """The keys and arguments of each chunk's ``EVALSHA``."""
         return [script.arguments(chunk) for chunk in self.chunks]
 
-    def check(self, replies: Sequence[object]) -> None:
-        """Raise unless every goal was confirmed: ``replies`` has one per chunk (its sequence
-        numbers, or the error Redis gave it), then WAIT's count of replicas if one was sent."""
-        confirmed: list[str] = []
+    def shortfall(self, replies: Sequence[object]) -> Shortfall | None:
+        """What the replies leave unconfirmed (None: every goal): ``replies`` has one per chunk
+        (its sequence numbers, or the error Redis gave it), then WAIT's count if one was sent."""
+        confirmed: set[str] = set()
         refusal: redis.RedisError | None = None
         for chunk, reply in zip(self.chunks, replies, strict=False):
             if isinstance(reply, redis.RedisError):
                 refusal = refusal or reply
             else:
-                confirmed += (event_id for event_id, _ in chunk)
+                confirmed.update(event_id for event_id, _ in chunk)
         if refusal is not None:
-            raise self._error(NotEnqueued, explain(refusal, self.settings), confirmed)
+            return Shortfall(NotEnqueued, explain(refusal, self.settings), confirmed)
         if self.replicas:
-            self._check_replicas(replies[-1])
+            return self._replicas_shortfall(replies[-1])
+        return None
 
-    def _check_replicas(self, reply: object) -> None:
+    def _replicas_shortfall(self, reply: object) -> Shortfall | None:
         if isinstance(reply, int) and reply >= self.replicas:
-            return
+            return None
         got = f"{explain(reply, self.settings)}: " if isinstance(reply, redis.RedisError) else ""
-        raise self._error(
+        return Shortfall(
             MaybeEnqueued,
             f"{got}Redis at {redact(self.settings.broker_url)} took them, but not "
             f"{self.replicas} replica(s) (GOALQUEUE_MIN_REPLICAS) confirmed them in time; a "
             "failover could lose them",
-            [],
         )
 
-    def failed(self, exc: redis.RedisError, sent: bool) -> EnqueueError:
-        """The error for a round that failed with ``exc``; ``sent``: its commands went out."""
+    def failure(self, exc: redis.RedisError, sent: bool) -> Shortfall:
+        """What a round that failed with ``exc`` leaves; ``sent``: its commands went out."""
         if sent and isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             timeout = self.settings.enqueue_timeout_seconds
-            return self._error(
-                MaybeEnqueued, f"{explain(exc, self.settings)}, within {timeout:g} s", []
-            )
-        return self._error(NotEnqueued, explain(exc, self.settings), [])
+            return Shortfall(MaybeEnqueued, f"{explain(exc, self.settings)}, within {timeout:g} s")
+        return Shortfall(NotEnqueued, explain(exc, self.settings))
 
-    def _error(self, kind: type[EnqueueError], why: str, confirmed: list[str]) -> EnqueueError:
+    def error(self, shortfall: Shortfall) -> EnqueueError:
+        """The error for this round's goals (or for a part of a round that fell short)."""
+        confirmed = [event_id for event_id, _ in self.pairs if event_id in shortfall.confirmed]
         count = len(self.pairs) - len(confirmed)
-        if kind is MaybeEnqueued:
+        if shortfall.kind is MaybeEnqueued:
             outcome = "they may be enqueued: enqueueing them again with the same event ids is safe"
         else:
             outcome = "they were not enqueued"
         if confirmed:
             outcome += f" ({len(confirmed)} other goal(s) of the call were)"
-        message = f"could not enqueue {count} goal(s): {why}; {outcome}"
-        return kind(message, self.event_ids, confirmed)
+        message = f"could not enqueue {count} goal(s): {shortfall.why}; {outcome}"
+        return shortfall.kind(message, self.event_ids, confirmed)
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Why a round's goals were not all confirmed, whether the others may be in Redis
+    (``kind``), and the event ids Redis did confirm."""
+
+    kind: type[EnqueueError]
+    why: str
+    confirmed: set[str] = field(default_factory=set)
+
+    def leaves(self, pairs: Sequence[Pair]) -> bool:
+        """Whether any of ``pairs`` is unconfirmed."""
+        return any(event_id not in self.confirmed for event_id, _ in pairs)

@@ -147,10 +147,14 @@ def test_a_bulk_error_names_the_goals_redis_confirmed() -> None:
     this = Round(pairs, Settings())
     oom = redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
     # When the replies are read
-    with pytest.raises(NotEnqueued) as raised:
-        this.check([[1] * PER_CALL, oom, [0]])
+    shortfall = this.shortfall([[1] * PER_CALL, oom, [0]])
+    assert shortfall is not None
+    error = this.error(shortfall)
     # Then the error says exactly which went in: the first and the third chunk
     confirmed = [event_id for event_id, _ in pairs[:PER_CALL]] + [pairs[-1][0]]
-    assert raised.value.enqueued == confirmed
-    assert raised.value.unconfirmed == [event_id for event_id, _ in pairs[PER_CALL:-1]]
-    assert f"could not enqueue {PER_CALL} goal(s)" in str(raised.value)
+    assert isinstance(error, NotEnqueued)
+    assert error.enqueued == confirmed
+    assert error.unconfirmed == [event_id for event_id, _ in pairs[PER_CALL:-1]]
+    assert f"could not enqueue {PER_CALL} goal(s)" in str(error)
+    # And a call whose goals were all in the first chunk was confirmed whole
+    assert not shortfall.leaves(pairs[:PER_CALL]) and shortfall.leaves(pairs[PER_CALL:])
