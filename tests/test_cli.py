@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.event import GoalEvent
 from tests.helpers.settings import KEYS
+from tests.helpers.spool import spooled_rows
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +59,28 @@ def test_send_prints_the_event_id_of_the_enqueued_goal(run, redis_client: redis.
         {"plan": "pro"},
         "first",
     )
+
+
+def test_send_with_an_event_id_enqueues_it_once(run, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    event_id = "6f1d7c42-54b5-4f5b-a0e4-0a4f3c55b9de"
+    for _ in range(2):
+        result = run("send", "visitor-1", "signup", "--event-id", event_id)
+        assert (result.exit_code, result.output.strip()) == (0, event_id)
+    assert redis_client.zcard(KEYS.ledger) == 1 == redis_client.llen(KEYS.queue)
+
+
+def test_send_with_a_spool_keeps_the_goal_while_redis_is_down(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GOALQUEUE_BROKER_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.setenv("GOALQUEUE_SPOOL_DIR", str(tmp_path / "spool"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["send", "v", "signup"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0
+    assert [event_id for event_id, _ in spooled_rows(tmp_path / "spool")] == [result.output.strip()]
 
 
 def test_send_with_invalid_fields_exits_2_with_every_error_and_no_traceback(

@@ -47,11 +47,27 @@ def main() -> None:
 @click.argument("name")
 @click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
 @click.option("--description", "-d", default=None, help="Free text stored with the goal.")
-def send(visitor_id: str, name: str, metadata: Sequence[str], description: str | None) -> None:
-    """Validate and enqueue one goal; prints its event id."""
+@click.option(
+    "--event-id",
+    default=None,
+    help="The goal's event id (a UUID): sending it again enqueues nothing more.",
+)
+def send(
+    visitor_id: str,
+    name: str,
+    metadata: Sequence[str],
+    description: str | None,
+    event_id: str | None,
+) -> None:
+    """Validate and enqueue one goal (to the spool, if one is set and Redis is down); prints its
+    event id."""
     try:
         event_id = queue().track_goal(
-            visitor_id, name, metadata=_pairs(metadata) or None, description=description
+            visitor_id,
+            name,
+            metadata=_pairs(metadata) or None,
+            description=description,
+            event_id=event_id,
         )
     except InvalidGoal as exc:
         click.echo("error: the goal was not enqueued:", err=True)
