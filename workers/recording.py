@@ -20,6 +20,7 @@ import redis.asyncio
 
 from goalqueue.config import Settings
 from goalqueue.scripts import Defer, Settlement, WorkerScripts
+from workers.outage import Outage
 from workers.policy import Verdict
 
 logger = logging.getLogger(__name__)
@@ -120,11 +121,13 @@ class Writer:
         client: redis.asyncio.Redis,
         scripts: WorkerScripts,
         clock: Callable[[], float] = time.time,
+        outage: Outage | None = None,
     ) -> None:
         self.settings = settings
         self.redis = client
         self.scripts = scripts
         self.clock = clock
+        self.outage = outage or Outage(settings.outage_reminder_seconds)
 
     async def write(self, record: Record) -> None:
         """Write ``record`` in one round trip, waiting out a short Redis outage.
@@ -140,10 +143,11 @@ class Writer:
                 slowed = await self._write_once(record)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.outage.failed("recording outcomes", exc)
                 if time.monotonic() > deadline:
                     raise
-                logger.warning("could not record goals' outcomes yet (%s): retrying", exc)
                 await asyncio.sleep(RETRY_WRITE_SECONDS)
+        self.outage.succeeded()
         _log(record, slowed)
 
     async def _write_once(self, record: Record) -> str | None:
