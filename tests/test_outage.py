@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -74,24 +75,42 @@ def test_an_outage_is_one_line_when_it_starts_a_reminder_per_interval_and_one_wh
     ]
 
 
-def test_outcomes_given_up_during_an_outage_are_counted_in_its_end_line(
-    outage: Outage, clock: Clock, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("end", "last_line"),
+    [
+        (Outage.succeeded, "Redis reachable again after 30 s unreachable"),
+        (Outage.close, "Redis still unreachable at shutdown, after 30 s"),
+    ],
+    ids=["redis-back", "shutdown"],
+)
+def test_outcomes_given_up_during_an_outage_are_counted_in_its_last_line(
+    outage: Outage,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+    end: Callable[[Outage], None],
+    last_line: str,
 ) -> None:
     # Given an outage under way
     outage.failed("recording outcomes", REFUSED)
-    # When the recorder gives up on 256 goals' outcomes, and Redis answers again
+    # When the recorder gives up on 256 goals' outcomes, and the outage ends or the process stops
     for _ in range(256):
         outage.unrecorded(REFUSED)
     clock.now += 30
-    outage.succeeded()
-    # Then one line says how many goals will be sent again
+    end(outage)
+    # Then one line gives the outage's length and how many goals will be sent again
     assert lines(caplog)[1:] == [
-        "Redis reachable again after 30 s unreachable (1 failed attempts; 256 goals' outcomes "
-        "not recorded, to be sent again once the reconciler re-queues them)"
+        f"{last_line} (1 failed attempts; 256 goals' outcomes not recorded, to be sent again "
+        "once the reconciler re-queues them)"
     ]
-    # And one given up outside an outage has a line of its own
+
+
+def test_an_outcome_given_up_outside_an_outage_has_a_line_of_its_own(
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
     outage.unrecorded(REFUSED)
-    assert lines(caplog)[2].startswith("a goal's outcome was not recorded")
+    assert lines(caplog) == [
+        f"a goal's outcome was not recorded (the reconciler re-queues it): {REFUSED}"
+    ]
 
 
 def test_a_worker_logs_a_redis_outage_once_with_bounded_reminders_and_once_when_it_ends(

@@ -1,11 +1,12 @@
 """A Redis outage in a worker's log: one line when it starts, a reminder at most every
-``GOALQUEUE_OUTAGE_REMINDER_SECONDS`` (60) with its length, one line when it ends.
+``GOALQUEUE_OUTAGE_REMINDER_SECONDS`` (60) with its length, one line when it ends (or when the
+process stops during it).
 
 While Redis is down a worker process keeps trying it: the sweeper every round, each outcome
 write every quarter second. Logging every failed attempt flooded the log (1,449 lines in 12
 minutes from one node). Instead each part of the process reports its failures and successes
 to the process's one :class:`Outage`, which decides what is worth a line. Celery's consumer
-logs its own reconnect attempts, on kombu's back-off (see ``GOALQUEUE_BROKER_RETRY_MAX_SECONDS``).
+logs its own reconnect attempts, on kombu's back-off (see ``GOALQUEUE_RECONNECT_MAX_SECONDS``).
 """
 
 from __future__ import annotations
@@ -73,14 +74,18 @@ class Outage:
         if self._since is None:  # the common case, without the lock
             return
         with self._lock:
-            if self._since is None:
-                return
-            logger.warning(
-                "Redis reachable again after %.0f s unreachable (%s)",
-                self._clock() - self._since,
-                self._tally(),
-            )
-            self._since, self._failures, self._unrecorded = None, 0, 0
+            if (since := self._since) is not None:
+                self._last_line("Redis reachable again after %.0f s unreachable (%s)", since)
+                self._since, self._failures, self._unrecorded = None, 0, 0
+
+    def close(self) -> None:
+        """The process is stopping: a last line for an outage still under way."""
+        with self._lock:
+            if (since := self._since) is not None:
+                self._last_line("Redis still unreachable at shutdown, after %.0f s (%s)", since)
+
+    def _last_line(self, message: str, since: float) -> None:
+        logger.warning(message, self._clock() - since, self._tally())
 
     def _tally(self) -> str:
         tally = f"{self._failures} failed attempts"

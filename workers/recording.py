@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 RETRY_WRITE_SECONDS = 0.25
 WRITES_AT_ONCE = 8
+# Once a shutdown has begun, how much longer a write Redis does not take is retried: its goals
+# stay in the ledger, to be sent again, rather than hold the shutdown for the length of an outage.
+STOPPING_RETRY_SECONDS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +132,21 @@ class Writer:
         self.scripts = scripts
         self.clock = clock
         self.outage = outage or Outage(settings.outage_reminder_seconds)
+        self._give_up_at = math.inf
+
+    def stop(self) -> None:
+        """A shutdown has begun: retry a failed write for at most ``STOPPING_RETRY_SECONDS``
+        more."""
+        self._give_up_at = min(self._give_up_at, time.monotonic() + STOPPING_RETRY_SECONDS)
 
     async def write(self, record: Record) -> None:
         """Write ``record`` in one round trip, waiting out a short Redis outage.
 
         DataFast may already have answered: giving up here means the goal is sent again, so
-        keep trying for half the visibility timeout (after that the reconciler re-queues it).
-        Every part is safe to repeat: a copy that no longer owns its entry changes nothing, and a
-        pause already on is not slowed again.
+        keep trying for half the visibility timeout (after that the reconciler re-queues it), or
+        during a shutdown for ``STOPPING_RETRY_SECONDS``. Every part is safe to repeat: a copy
+        that no longer owns its entry changes nothing, and a pause already on is not slowed
+        again.
         """
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
         while True:
@@ -144,7 +155,7 @@ class Writer:
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.outage.failed("recording outcomes", exc)
-                if time.monotonic() > deadline:
+                if time.monotonic() > min(deadline, self._give_up_at):
                     raise
                 await asyncio.sleep(RETRY_WRITE_SECONDS)
         self.outage.succeeded()

@@ -67,6 +67,7 @@ class Runtime:
                 for closing in (self._engine, self._announcer, self._redis):
                     if closing is not None:
                         closing.close()
+                self.outage.close()
             self._engine = self._announcer = self._redis = None
 
     def _start(self) -> None:
