@@ -47,6 +47,8 @@ class Settings:
     http_timeout_seconds: float = 10.0
     visibility_timeout_seconds: float = 60.0
     sweep_interval_seconds: float = 1.0
+    outage_reminder_seconds: float = 60.0
+    reconnect_max_seconds: float = 30.0
     delivered_ttl_seconds: float = 24 * 3600.0
     enqueue_timeout_seconds: float = 2.0
     spool_dir: str | None = None
@@ -63,6 +65,8 @@ class Settings:
             "http_timeout_seconds",
             "visibility_timeout_seconds",
             "sweep_interval_seconds",
+            "outage_reminder_seconds",
+            "reconnect_max_seconds",
             "delivered_ttl_seconds",
             "enqueue_timeout_seconds",
         ):
@@ -197,6 +201,8 @@ ENV_NAMES: dict[str, str] = {
     "http_timeout_seconds": "GOALQUEUE_HTTP_TIMEOUT_SECONDS",
     "visibility_timeout_seconds": "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS",
     "sweep_interval_seconds": "GOALQUEUE_SWEEP_INTERVAL_SECONDS",
+    "outage_reminder_seconds": "GOALQUEUE_OUTAGE_REMINDER_SECONDS",
+    "reconnect_max_seconds": "GOALQUEUE_RECONNECT_MAX_SECONDS",
     "delivered_ttl_seconds": "GOALQUEUE_DELIVERED_TTL_SECONDS",
     "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
     "spool_dir": "GOALQUEUE_SPOOL_DIR",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -134,3 +135,21 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in servers:
             server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def private_redis(redis_server: Callable[..., RedisServer]) -> RedisServer:
+    """A private ``redis-server`` (AOF on) that a test may stop and start again."""
+    return redis_server()
+
+
+@pytest.fixture
+def private_workers(
+    tmp_path: Path, settings: Settings, sandbox: Sandbox, private_redis: RedisServer
+) -> Iterator[Workers]:
+    """Real worker processes (or nodes) delivering to the sandbox through ``private_redis``."""
+    pool = Workers(
+        tmp_path, worker_env(replace(settings, broker_url=private_redis.url), sandbox.url)
+    )
+    yield pool
+    pool.stop_all()

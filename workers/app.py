@@ -218,7 +218,8 @@ class SweeperStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, worker: Any) -> None:
         runtime: Runtime = worker.app.runtime
         runtime.engine()
-        self.sweeper = Sweeper(worker.app.settings, connections.client(worker.app.settings))
+        settings = worker.app.settings
+        self.sweeper = Sweeper(settings, connections.client(settings), runtime.outage)
         self.sweeper.start()
 
     def stop(self, worker: Any) -> None:

@@ -11,10 +11,15 @@ and is taken off the queue for good (see :mod:`workers.transport` for the layers
   restore that follows would bring the message back forever);
 * undecodable bodies, unknown task names and messages that are not task messages are buried
   as well as rejected with Celery's own log line.
+
+It also caps the pause between its attempts to reconnect to Redis at
+``GOALQUEUE_RECONNECT_MAX_SECONDS``: Celery retries with kombu's ``ensure_connection``, whose
+back-off grows by 2 s an attempt up to a cap Celery leaves at kombu's 30 s.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +38,13 @@ _dumps: Callable[[Any], str] = kombu_json.dumps
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """The consumer ``worker_consumer`` names in workers/app.py."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Celery's, with the reconnect back-off capped at ``GOALQUEUE_RECONNECT_MAX_SECONDS``."""
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection, interval_max=self.app.settings.reconnect_max_seconds
+        )
+        return super().ensure_connected(conn)
 
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
         """The broker connection tasks are read from, with the hardened transport."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+import redis
 import redis.asyncio
 
 from goalqueue.config import Settings
@@ -29,6 +30,7 @@ from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.scripts import Defer, Standing, Take, Taken, WorkerScripts
 from workers.client import answer_class, post_goal
+from workers.outage import Outage
 from workers.policy import (
     RETRY_AFTER_MAX_SECONDS,
     Outcome,
@@ -66,12 +68,14 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         announce: Callable[[Delivery], None] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.settings = settings
         self.redis = client
         self.http = http
         self.scripts = WorkerScripts(client, settings.keys)
-        self.recorder = Recorder(Writer(settings, client, self.scripts, clock).write)
+        self.writer = Writer(settings, client, self.scripts, clock, outage)
+        self.recorder = Recorder(self.writer.write)
         self.clock = clock
         self.rand = rand
         self.announce = announce
@@ -131,7 +135,9 @@ class Deliverer:
         self._claimed.discard(task)
         if task.cancelled():
             return
-        if (exc := task.exception()) is not None:
+        if isinstance(exc := task.exception(), (redis.ConnectionError, redis.TimeoutError)):
+            self.writer.outage.unrecorded(exc)
+        elif exc is not None:
             logger.error("a claimed goal was not recorded (the reconciler re-queues it): %s", exc)
         elif self.announce is not None:
             self.announce(task.result())

@@ -68,9 +68,14 @@ class Engine:
         self._run(self.deliverer.settled())
 
     def stop_waiting(self) -> None:
-        """A shutdown has begun: claim nothing more, and hold goals rather than wait for the
-        pace. Safe from a signal handler's thread."""
-        self._loop.call_soon_threadsafe(setattr, self.deliverer, "stopping", True)
+        """A shutdown has begun: claim nothing more, hold goals rather than wait for the pace,
+        and give up soon on outcomes Redis does not take (they stay in the ledger). Safe from a
+        signal handler's thread."""
+        self._loop.call_soon_threadsafe(self._stopping)
+
+    def _stopping(self) -> None:
+        self.deliverer.stopping = True
+        self.deliverer.writer.stop()
 
     def close(self) -> None:
         """Finish every goal in flight and record it, then close the clients and the loop."""
@@ -82,7 +87,7 @@ class Engine:
         self._loop.close()
 
     async def _close(self) -> None:
-        self.deliverer.stopping = True
+        self._stopping()
         await self.deliverer.settled()
         await self.deliverer.http.aclose()
         await self.deliverer.redis.aclose()

@@ -1,8 +1,9 @@
 """One worker node: ``goalqueue worker`` runs a Celery worker process per core and minds them.
 
 A worker process delivers on one event loop, so it uses one core; a node of N cores runs N of
-them. Each is a plain ``celery -A workers worker`` (hostname ``worker<i>@<host>``), in its own
-process group, so that signals reach it only through this supervisor:
+them, and a node of one core runs one, supervised all the same. Each is a plain
+``celery -A workers worker`` (hostname ``worker<i>@<host>``, ``worker1@<host>`` for the only one),
+in its own process group, so that signals reach it only through this supervisor:
 
 * SIGTERM or SIGINT (Ctrl-C, ``docker stop``) is passed on to every process: a warm shutdown,
   in which each finishes and records the goals it has in flight. A second one makes it cold.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,12 +21,16 @@ import redis.asyncio
 
 from goalqueue.config import Settings
 from goalqueue.scripts import Defer, Settlement, WorkerScripts
+from workers.outage import Outage
 from workers.policy import Verdict
 
 logger = logging.getLogger(__name__)
 
 RETRY_WRITE_SECONDS = 0.25
 WRITES_AT_ONCE = 8
+# Once a shutdown has begun, how much longer a write Redis does not take is retried: its goals
+# stay in the ledger, to be sent again, rather than hold the shutdown for the length of an outage.
+STOPPING_RETRY_SECONDS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,19 +125,28 @@ class Writer:
         client: redis.asyncio.Redis,
         scripts: WorkerScripts,
         clock: Callable[[], float] = time.time,
+        outage: Outage | None = None,
     ) -> None:
         self.settings = settings
         self.redis = client
         self.scripts = scripts
         self.clock = clock
+        self.outage = outage or Outage(settings.outage_reminder_seconds)
+        self._give_up_at = math.inf
+
+    def stop(self) -> None:
+        """A shutdown has begun: retry a failed write for at most ``STOPPING_RETRY_SECONDS``
+        more."""
+        self._give_up_at = min(self._give_up_at, time.monotonic() + STOPPING_RETRY_SECONDS)
 
     async def write(self, record: Record) -> None:
         """Write ``record`` in one round trip, waiting out a short Redis outage.
 
         DataFast may already have answered: giving up here means the goal is sent again, so
-        keep trying for half the visibility timeout (after that the reconciler re-queues it).
-        Every part is safe to repeat: a copy that no longer owns its entry changes nothing, and a
-        pause already on is not slowed again.
+        keep trying for half the visibility timeout (after that the reconciler re-queues it), or
+        during a shutdown for ``STOPPING_RETRY_SECONDS``. Every part is safe to repeat: a copy
+        that no longer owns its entry changes nothing, and a pause already on is not slowed
+        again.
         """
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
         while True:
@@ -140,10 +154,11 @@ class Writer:
                 slowed = await self._write_once(record)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() > deadline:
+                self.outage.failed("recording outcomes", exc)
+                if time.monotonic() > min(deadline, self._give_up_at):
                     raise
-                logger.warning("could not record goals' outcomes yet (%s): retrying", exc)
                 await asyncio.sleep(RETRY_WRITE_SECONDS)
+        self.outage.succeeded()
         _log(record, slowed)
 
     async def _write_once(self, record: Record) -> str | None:

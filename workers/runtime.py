@@ -15,6 +15,7 @@ from goalqueue import connections
 from goalqueue.config import Settings
 from workers.engine import Engine
 from workers.events import Announcer
+from workers.outage import Outage
 
 
 class Runtime:
@@ -23,6 +24,7 @@ class Runtime:
     def __init__(self, settings: Settings, dispatcher: Callable[[str | None], Any] | None) -> None:
         self.settings = settings
         self.hostname: str | None = None
+        self.outage = Outage(settings.outage_reminder_seconds)
         self._dispatcher = dispatcher
         self._lock = threading.Lock()
         self._pid = 0
@@ -65,6 +67,7 @@ class Runtime:
                 for closing in (self._engine, self._announcer, self._redis):
                     if closing is not None:
                         closing.close()
+                self.outage.close()
             self._engine = self._announcer = self._redis = None
 
     def _start(self) -> None:
@@ -73,5 +76,5 @@ class Runtime:
             make = self._dispatcher
             self._announcer = Announcer(lambda: make(self.hostname))
             announce = self._announcer.announce
-        self._engine = Engine(self.settings, announce=announce)
+        self._engine = Engine(self.settings, announce=announce, outage=self.outage)
         self._pid = os.getpid()

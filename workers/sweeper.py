@@ -7,7 +7,9 @@ Each round it
 * re-queues ledger entries that a worker took off the queue but never settled, older than the
   visibility timeout: the goals a worker killed right after kombu's BRPOP would otherwise lose.
 
-Both steps are single Lua calls, so any number of workers can sweep at once.
+Both steps are single Lua calls, so any number of workers can sweep at once. A round that cannot
+reach Redis is reported to the process's :class:`~workers.outage.Outage`, which logs the outage
+once rather than every round.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import redis
 from goalqueue.config import Settings
 from goalqueue.keys import PER_CALL
 from goalqueue.scripts import Scripts
+from workers.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +32,11 @@ logger = logging.getLogger(__name__)
 class Sweeper:
     """Runs :meth:`sweep_once` every ``sweep_interval_seconds`` (jittered) until stopped."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, outage: Outage | None = None
+    ) -> None:
         self.settings = settings
+        self.outage = outage or Outage(settings.outage_reminder_seconds)
         self.scripts = Scripts(client, settings.keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
@@ -65,5 +71,9 @@ class Sweeper:
         while not self._stop.wait(interval * (0.75 + random.random() / 2)):
             try:
                 self.sweep_once()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.outage.failed("sweep", exc)
             except redis.RedisError as exc:
-                logger.warning("sweeper could not reach Redis: %s", exc)
+                logger.warning("sweep failed: %s", exc)
+            else:
+                self.outage.succeeded()

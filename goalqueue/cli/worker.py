@@ -32,10 +32,4 @@ def worker(processes: int | None, celery_args: Sequence[str]) -> None:
         get_settings().require_credentials()
     except ConfigError as exc:
         raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
-    count = processes or default_processes()
-    if count == 1:
-        from workers import app
-
-        app.worker_main(["worker", "--loglevel=INFO", *celery_args])
-        return
-    sys.exit(Node(count, celery_args).run())
+    sys.exit(Node(processes or default_processes(), celery_args).run())

@@ -1,7 +1,9 @@
-"""Real ``celery -A workers worker`` processes, started and stopped by the tests."""
+"""Real ``celery -A workers worker`` processes and ``goalqueue worker`` nodes, started and stopped
+by the tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,10 +26,25 @@ class WorkerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def children(self) -> list[int]:
+        """The pids of this process's children: a node's Celery worker processes."""
+        pid = self.process.pid
+        try:
+            return [
+                int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            ]
+        except FileNotFoundError:
+            return []
+
     def kill(self) -> None:
+        """SIGKILL the process and then, so that none is left behind, a node's children."""
         if self.process.poll() is None:
+            children = self.children()
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is None:
@@ -49,29 +66,40 @@ class Workers:
     def start(
         self, *args: str, env: dict[str, str] | None = None, ready: bool = True
     ) -> WorkerProcess:
+        """A ``celery -A workers worker`` process."""
+        command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO"]
+        return self._start(command, args, env, 1 if ready else 0)
+
+    def start_node(
+        self, processes: int, *args: str, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        """A ``goalqueue worker --processes N`` node, once each of its processes is ready."""
+        command = [
+            str(Path(sys.executable).parent / "goalqueue"),
+            "worker",
+            f"--processes={processes}",
+        ]
+        return self._start(command, args, env, processes)
+
+    def _start(
+        self, command: list[str], args: tuple[str, ...], env: dict[str, str] | None, ready: int
+    ) -> WorkerProcess:
         index = len(self.started)
         log = self.tmp_path / f"worker-{index}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "--loglevel=INFO",
-            f"--hostname=test{index}@%h",
-            "--without-mingle",
-            "--without-gossip",
-            *args,
-        ]
+        options = [f"--hostname=test{index}@%h", "--without-mingle", "--without-gossip", *args]
         with log.open("wb") as out:
             process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env={**self.env, **(env or {})}
+                [*command, *options],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **(env or {})},
             )
         worker = WorkerProcess(process, log)
         self.started.append(worker)
         if ready:
-            wait_for(lambda: "ready." in worker.output() or process.poll() is not None, 60)
+            wait_for(
+                lambda: worker.output().count("ready.") >= ready or process.poll() is not None, 60
+            )
             assert process.poll() is None, worker.output()
         return worker
 
