@@ -27,7 +27,8 @@ THROUGHPUT_ROWS = {
     "client_limit_node",
 }
 EXPECTED_ROWS = {
-    "enqueue": {"track_goal", "track_goals", "apply_async", "raw_lpush"},
+    "enqueue": {"track_goal", "track_goals", "apply_async", "raw_lpush", "track_goal_vs_lpush"},
+    "producers": {"async_rate", "threads_p50", "threads_p99", "hang_worst"},
     "throughput_0ms": THROUGHPUT_ROWS,
     "throughput_50ms": THROUGHPUT_ROWS,
     "memory": {"goalqueue_ready", "goalqueue_waiting", "goalqueue_ready_single", "plain_ready"},
@@ -47,6 +48,8 @@ EXPECTED_TARGETS = [
     "worker CPU/goal / client limit CPU/request @50ms",
     "track_goal / bare apply_async (time)",
     "track_goal / track_goals per goal (time)",
+    "track_goal / raw LPUSH, median of rounds",
+    "async producer, one process (goals/s)",
     "memory per ready goal (B)",
     "memory per waiting goal (B)",
 ]

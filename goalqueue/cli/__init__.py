@@ -61,8 +61,9 @@ def send(
 ) -> None:
     """Validate and enqueue one goal (to the spool, if one is set and Redis is down); prints its
     event id."""
+    producer = queue()
     try:
-        event_id = queue().track_goal(
+        event_id = producer.track_goal(
             visitor_id,
             name,
             metadata=_pairs(metadata) or None,
@@ -77,6 +78,8 @@ def send(
         sys.exit(2)
     except EnqueueError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        producer.close()  # a spooled goal waits for a web process's flusher or `spool flush`
     click.echo(event_id)
 
 
