@@ -85,7 +85,6 @@ def test_every_signup_answered_is_delivered_through_a_redis_outage_and_hang(
     assert {a.status for a in answers} == {201}, app.output()[-3000:]
     slowest = max(a.seconds for a in answers)
     assert slowest <= ENQUEUE_TIMEOUT + MARGIN, _latencies(answers)
-    print(kind, len(answers), _latencies(answers))
     # And a worker delivers every goal those answers named, once
     goals = goals_of(answers)
     assert len(goals) == len(answers) == len(set(goals))

@@ -28,10 +28,12 @@ DJANGO, FLASK, FASTAPI = (
     "tests.webapps.fastapi_site:app",
 )
 SERVERS: dict[str, list[str]] = {
-    # gunicorn: a sync, a preloaded sync and a gevent server, each of two worker processes
+    # gunicorn: a sync, a preloaded sync and a gevent server, each of two worker processes;
+    # eventlet's own server (monkey-patched); uvicorn
     "django-sync": ["gunicorn", "-k", "sync", "-w", "2", DJANGO],
     "django-gevent": ["gunicorn", "-k", "gevent", "-w", "2", DJANGO],
     "flask-preload": ["gunicorn", "-k", "sync", "-w", "2", "--preload", FLASK],
+    "flask-eventlet": ["tests.webapps.eventlet_serve"],
     "fastapi-uvicorn": ["uvicorn", "--workers", "1", FASTAPI],
 }
 
@@ -69,6 +71,8 @@ class WebServer:
         return self.log.read_text(errors="replace")
 
     def _bind(self) -> list[str]:
+        if self.kind.endswith("eventlet"):
+            return [str(self.port)]
         if self.kind.startswith("fastapi"):
             return ["--host", "127.0.0.1", "--port", str(self.port)]
         return ["--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5"]
