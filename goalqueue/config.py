@@ -168,8 +168,11 @@ class Settings:
 
     @property
     def key_fingerprint(self) -> str:
-        """A short, one-way tag of the API key, so a pause for a bad key can tell keys apart."""
-        return hashlib.sha256((self.api_key or "").encode()).hexdigest()[:16]
+        """A short, one-way tag of the API key and the URL it is sent to, so that a pause for
+        a configuration problem (a bad key, a redirect, a TLS failure) can tell a worker
+        configured otherwise, which drops it."""
+        configured = f"{self.api_key or ''}\n{self.api_url}"
+        return hashlib.sha256(configured.encode()).hexdigest()[:16]
 
 
 ENV_NAMES: dict[str, str] = {

@@ -138,7 +138,7 @@ class Scripts:
         self._template = template(keys)
         self._enqueue = client.register_script(_source("enqueue", "push"))
         self._replay = client.register_script(_source("replay", "push"))
-        self._sweep = client.register_script(_source("sweep", "push"))
+        self._sweep = client.register_script(_source("sweep", "pause", "push"))
         self._reconcile = client.register_script(_source("reconcile", "push"))
         self._settle = client.register_script(_source("settle"))
 
@@ -231,7 +231,7 @@ class WorkerScripts:
 
     def __init__(self, client: AsyncRedis, keys: Keys) -> None:
         self.keys = keys
-        self._take = client.register_script(_source("take", "pace", "push"))
+        self._take = client.register_script(_source("take", "pace", "pause", "push"))
         self._defer = client.register_script(_source("defer", "pace"))
         self._settle = client.register_script(_source("settle"))
 

@@ -10,10 +10,14 @@ adds up one write's answers in Python and SETTLE adds each non-zero field once. 
     dead:<reason>               goals dead-lettered: bad_request, unknown_visitor, client_error,
                                 expired, poison
     deferred:<reason>           goals set aside by a pause for everyone: rate_limited (429),
-                                suspended (403), auth (401)
-    transient                   goals set aside for a retry: 5xx, timeout, connection error
-    answers:<class>             DataFast's answers: 2xx, 3xx, 4xx, 5xx, timeout,
-                                connection_error (counted with the outcome a write records)
+                                suspended (403), auth (401), redirect (3xx), tls (a TLS
+                                failure)
+    transient                   goals set aside for a retry: 5xx, a timeout, a network error
+    answers:<class>             DataFast's answers: 2xx, 3xx, 4xx, 5xx; and requests that got
+                                none: timeout_before_send, timeout_after_send,
+                                connection_refused, connection_reset, tls_error,
+                                connection_error (anything else); counted with the outcome a
+                                write records
     request:<i>                 requests to DataFast that took at most REQUEST_BOUNDS[i] seconds
                                 (and more than the bound before); i = len(bounds): longer
     request:sum_us              their total duration, in microseconds
@@ -39,8 +43,10 @@ LATENCY_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 3
                   3600.0, 21600.0, 86400.0)  # fmt: skip
 
 DEAD_REASONS = ("bad_request", "unknown_visitor", "client_error", "expired", "poison")
-DEFER_REASONS = ("rate_limited", "suspended", "auth")
-ANSWER_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection_error")
+DEFER_REASONS = ("rate_limited", "suspended", "auth", "redirect", "tls")
+ANSWER_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout_before_send",
+                  "timeout_after_send", "connection_refused", "connection_reset", "tls_error",
+                  "connection_error")  # fmt: skip
 
 
 def bucket(bounds: tuple[float, ...], seconds: float) -> int:

@@ -349,3 +349,11 @@ def test_key_fingerprint_tells_keys_apart_without_showing_them() -> None:
 
 def test_no_key_has_a_fingerprint_too() -> None:
     assert Settings().key_fingerprint != Settings(api_key=API_KEY).key_fingerprint
+
+
+def test_the_fingerprint_tells_api_urls_apart() -> None:
+    # Given the same key sent to two URLs (one redirects or fails TLS, one is fixed)
+    wrong = Settings(api_key=API_KEY, api_url="https://datafast.example/api/v1/goals")
+    fixed = Settings(api_key=API_KEY)
+    # Then their fingerprints differ, so a worker with the fixed URL drops the old pause
+    assert wrong.key_fingerprint != fixed.key_fingerprint

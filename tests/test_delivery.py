@@ -155,13 +155,13 @@ def test_a_server_error_waits_with_backoff_then_is_delivered(
     sweeper = Sweeper(settings, redis_client)
 
     # First attempt: 503, waits base * 2**0 (rand pinned to 1.0)
-    assert run_next(worker, redis_client) == "transient"
+    assert run_next(worker, redis_client) == "transient (server_error)"
     ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due == pytest.approx(clock.now + settings.retry_base_seconds)
     assert sweeper.sweep_once(due - 0.01) == (0, 0)
     assert sweeper.sweep_once(due) == (1, 0)
     # Second attempt: 502, waits twice as long
-    assert run_next(worker, redis_client) == "transient"
+    assert run_next(worker, redis_client) == "transient (server_error)"
     ((raw, due2),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due2 == pytest.approx(clock.now + 2 * settings.retry_base_seconds)
     assert GoalEvent.from_json(raw).attempts == 2
@@ -172,7 +172,31 @@ def test_a_server_error_waits_with_backoff_then_is_delivered(
     assert len(api.requests) == 3
 
 
-def test_a_timeout_is_transient(
+def test_a_refused_connection_is_transient_and_named(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given DataFast refusing connections (httpx's own error, as from any transport)
+    enqueue(queue, clock)
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    # When a worker tries the goal, it waits for a retry, named for what went wrong
+    result = run_next(deliverer(settings, refuse, clock), redis_client)
+    assert result == "transient (connection_refused)"
+    (raw,) = redis_client.zrange(KEYS.waiting, 0, -1)
+    event = GoalEvent.from_json(raw)
+    assert (event.last_error or "").startswith("connection_refused: ConnectError")
+    # And nobody pauses for it
+    assert not redis_client.exists(KEYS.pause)
+    assert redis_client.hget(KEYS.metrics, "answers:connection_refused") == "1"
+
+
+def test_a_timeout_after_sending_is_transient_and_named(
     settings: Settings,
     queue: GoalQueue,
     redis_client: redis.Redis,
@@ -184,9 +208,11 @@ def test_a_timeout_is_transient(
     def hang(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
-    assert run_next(deliverer(settings, hang, clock), redis_client) == "transient"
+    assert (
+        run_next(deliverer(settings, hang, clock), redis_client) == "transient (timeout_after_send)"
+    )
     (raw,) = redis_client.zrange(KEYS.waiting, 0, -1)
-    assert "ReadTimeout" in (GoalEvent.from_json(raw).last_error or "")
+    assert (GoalEvent.from_json(raw).last_error or "").startswith("timeout_after_send: ReadTimeout")
 
 
 def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
@@ -274,6 +300,34 @@ def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
     # Then the goal goes out at once, with the new key
     assert run_next(deliverer(fixed, api, clock), redis_client) == "delivered"
     assert api.requests[-1].headers["authorization"] == "Bearer df_fixed"
+
+
+def test_a_redirect_pauses_loudly_and_a_worker_with_another_url_resumes_at_once(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a worker whose DATAFAST_API_URL answers with a redirect
+    event_id = enqueue(queue, clock)
+    moved = httpx.Response(301, headers={"Location": "https://datafa.st/api/v1/goals"})
+    api = FakeDataFast(moved)
+    with caplog.at_level(logging.ERROR):
+        result = run_next(deliverer(settings, api, clock), redis_client)
+    # Then delivery pauses for everyone with an operator-facing error, and keeps the goal
+    assert result == "deferred (redirect)"
+    assert "DATAFAST_API_URL" in caplog.text and "datafa.st" in caplog.text
+    assert redis_client.hget(KEYS.pause, "reason") == "redirect"
+    assert DeadLetters(redis_client, KEYS).get(event_id) is None
+    # When a worker with another URL starts sweeping, the pause is dropped
+    fixed = replace(settings, api_url="http://127.0.0.1:9/fixed")
+    assert Sweeper(fixed, redis_client).sweep_once(clock.now) == (1, 0)
+    assert not redis_client.exists(KEYS.pause)
+    # Then the goal goes out at once, to the new URL
+    assert run_next(deliverer(fixed, api, clock), redis_client) == "delivered"
+    assert api.requests[-1].url.path == "/fixed"
 
 
 def test_a_goal_older_than_the_maximum_age_is_dead_lettered_as_expired(

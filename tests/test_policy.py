@@ -1,7 +1,7 @@
 """Table tests for the outcome policy: what one answer from DataFast means for a goal.
 
-Every row is a real ``httpx.Response`` (or httpx error) as the client would see it, and the
-verdict the worker must act on.
+Every row is a real ``httpx.Response`` (or the :class:`Failure` the client makes of a request
+that got no answer) as the client would see it, and the verdict the worker must act on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import pytest
 
 from workers.policy import (
     ERROR_LIMIT,
+    Failed,
+    Failure,
     Outcome,
     Verdict,
     backoff,
@@ -26,7 +28,7 @@ MAX_WAIT = 60.0
 EVENT_ID = "65f1c0ffee0ddba11deadbee"
 
 
-def classified(result: httpx.Response | httpx.HTTPError) -> Verdict:
+def classified(result: httpx.Response | Failure) -> Verdict:
     return classify(result, now=NOW, max_wait=MAX_WAIT)
 
 
@@ -87,7 +89,8 @@ def test_2xx_is_delivered_and_the_remote_id_is_read_defensively(
     # When it is classified
     verdict = classified(response)
     # Then the goal is delivered, with DataFast's event id when the body carries one
-    assert verdict == Verdict(Outcome.DELIVERED, response.status_code, remote_id=remote_id)
+    expected = Verdict(Outcome.DELIVERED, response.status_code, remote_id=remote_id, answer="2xx")
+    assert verdict == expected
 
 
 # --------------------------------------------------------------------- permanent and deferred
@@ -119,34 +122,62 @@ def test_4xx_outcomes_and_reasons(status: int, outcome: Outcome, reason: str) ->
     assert verdict.error == f"refused with {status}"
     assert verdict.remote_id is None
     assert verdict.retry_after is None
+    assert verdict.answer == "4xx"
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
+def test_a_redirect_pauses_everyone_as_a_configuration_error(status: int) -> None:
+    # Given DATAFAST_API_URL answering with a redirect (never followed)
+    location = "https://datafa.st/api/v1/goals"
+    response = httpx.Response(status, headers={"Location": location})
+    # When it is classified
+    verdict = classified(response)
+    # Then delivery pauses for everyone, the error naming where it pointed
+    assert verdict == Verdict(
+        Outcome.DEFERRED, status, f"redirect to {location!r}", "redirect", answer="3xx"
+    )
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
 def test_5xx_is_transient(status: int) -> None:
     verdict = classified(datafast_error(status, "upstream trouble"))
-    assert verdict == Verdict(Outcome.TRANSIENT, status, "upstream trouble")
+    expected = Verdict(Outcome.TRANSIENT, status, "upstream trouble", "server_error", answer="5xx")
+    assert verdict == expected
+
+
+# ----------------------------------------------------------------------- requests unanswered
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("failed", "outcome", "reason"),
     [
-        httpx.ReadTimeout("x"),
-        httpx.ConnectTimeout("x"),
-        httpx.WriteTimeout("x"),
-        httpx.PoolTimeout("x"),
-        httpx.ConnectError("x"),
-        httpx.ReadError("x"),
-        httpx.RemoteProtocolError("x"),
+        (Failed.REFUSED, Outcome.TRANSIENT, "connection_refused"),
+        (Failed.RESET, Outcome.TRANSIENT, "connection_reset"),
+        (Failed.TIMEOUT_BEFORE_SEND, Outcome.TRANSIENT, "timeout_before_send"),
+        (Failed.TIMEOUT_AFTER_SEND, Outcome.TRANSIENT, "timeout_after_send"),
+        (Failed.OTHER, Outcome.TRANSIENT, "connection_error"),
+        (Failed.TLS, Outcome.DEFERRED, "tls"),
     ],
-    ids=lambda error: type(error).__name__,
+    ids=lambda value: str(value),
 )
-def test_timeouts_and_network_errors_are_transient(error: httpx.HTTPError) -> None:
-    verdict = classified(error)
-    assert verdict == Verdict(Outcome.TRANSIENT, error=f"{type(error).__name__}: x")
+def test_each_kind_of_unanswered_request_has_its_outcome_and_reason(
+    failed: Failed, outcome: Outcome, reason: str
+) -> None:
+    # Given a request that got no answer, for one of the reasons the client tells apart
+    # When it is classified
+    verdict = classified(Failure(failed, "SomeError: what happened"))
+    # Then it is retried (or pauses everyone), named for what went wrong in the reason, the
+    # error and the answer class
+    assert verdict == Verdict(
+        outcome,
+        error=f"{failed.value}: SomeError: what happened",
+        reason=reason,
+        answer=failed.value,
+    )
 
 
 def test_a_long_network_error_is_cut_to_the_limit() -> None:
-    verdict = classified(httpx.ConnectError("e" * 5000))
+    verdict = classified(Failure(Failed.REFUSED, "e" * 5000))
     assert verdict.error is not None
     assert len(verdict.error) == ERROR_LIMIT
 
@@ -228,7 +259,8 @@ def test_429_honours_retry_after(header: str, expected: float | None) -> None:
 
 def test_429_without_retry_after_has_no_hint() -> None:
     verdict = classified(httpx.Response(429))
-    assert verdict == Verdict(Outcome.DEFERRED, 429, "Too Many Requests", "rate_limited", None)
+    expected = Verdict(Outcome.DEFERRED, 429, "Too Many Requests", "rate_limited", answer="4xx")
+    assert verdict == expected
 
 
 @pytest.mark.parametrize("status", [401, 403])

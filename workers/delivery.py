@@ -28,7 +28,7 @@ from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.scripts import Defer, Standing, Take, Taken, WorkerScripts
-from workers.client import answer_class, post_goal
+from workers.client import post_goal
 from workers.policy import (
     RETRY_AFTER_MAX_SECONDS,
     Outcome,
@@ -176,9 +176,10 @@ class Deliverer:
         """POST the goal and put its outcome in ``record``."""
         sent = time.monotonic()
         answer = await post_goal(self.http, self.settings.api_url, event)
-        record.settlement.answered(answer_class(answer), time.monotonic() - sent)
+        took = time.monotonic() - sent
         answered = self.clock()
         verdict = classify(answer, now=answered, max_wait=RETRY_AFTER_MAX_SECONDS)
+        record.settlement.answered(verdict.answer, took)
         probe = copy.standing is Standing.PROBE
         record.resume = probe and verdict.outcome is not Outcome.DEFERRED
         if verdict.outcome is Outcome.DELIVERED:
@@ -207,6 +208,7 @@ class Deliverer:
                 rand=self.rand,
             )
             settlement.park(copy.entry, event, due=now + delay, outcome="transient")
+            return f"transient ({verdict.reason})"
         return verdict.outcome.value
 
     def _pause(self, verdict: Verdict, copy: Taken, now: float) -> Pause:

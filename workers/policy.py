@@ -1,12 +1,18 @@
 """The outcome policy: what one answer from DataFast means for the goal, as a pure function.
 
-2xx                         DELIVERED
-400, 404, other 4xx         PERMANENT  dead letter at once, never retried
-401                         DEFERRED   pause everyone: the key is wrong, not the goal
-403                         DEFERRED   pause everyone: tracking suspended or no permission
-429                         DEFERRED   pause everyone for Retry-After (seconds or HTTP date)
-5xx, anything else,
-timeouts, network errors    TRANSIENT  retry this goal after backoff with full jitter
+2xx                       DELIVERED
+3xx                       DEFERRED   pause everyone: the URL is wrong (``redirect``)
+400, 404, other 4xx       PERMANENT  dead letter at once, never retried
+401                       DEFERRED   pause everyone: the key is wrong, not the goal
+403                       DEFERRED   pause everyone: tracking suspended or no permission
+429                       DEFERRED   pause everyone for Retry-After (seconds or HTTP date)
+5xx, anything else        TRANSIENT  retry this goal after backoff with full jitter
+TLS failure               DEFERRED   pause everyone: the URL or the certificates are wrong
+refused, reset, timeouts, TRANSIENT  retry this goal after backoff with full jitter
+other network errors
+
+A request that got no answer comes here as a :class:`Failure`: the HTTP client
+(:mod:`workers.client`) names what went wrong, once, at the edge.
 """
 
 from __future__ import annotations
@@ -33,13 +39,33 @@ class Outcome(StrEnum):
     TRANSIENT = "transient"
 
 
+class Failed(StrEnum):
+    """Why a request got no answer; each is also its answer class in the counters."""
+
+    REFUSED = "connection_refused"  # no connection: refused, unreachable, unknown host
+    RESET = "connection_reset"  # the connection was reset or closed before the answer
+    TLS = "tls_error"  # the TLS handshake failed: certificate, protocol
+    TIMEOUT_BEFORE_SEND = "timeout_before_send"  # no connection in time: DataFast has nothing
+    TIMEOUT_AFTER_SEND = "timeout_after_send"  # sent, no answer in time: DataFast may have it
+    OTHER = "connection_error"  # anything else (a broken HTTP answer, a proxy error)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request that got no answer: what went wrong, and the error's text."""
+
+    failed: Failed
+    detail: str
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What to do with a goal after one attempt.
 
-    ``reason`` names the dead-letter reason (PERMANENT) or the pause reason (DEFERRED);
-    ``retry_after`` is the server's hint in seconds, already clamped; ``remote_id`` is the
-    event id DataFast gave a delivered goal.
+    ``reason`` names the dead-letter reason (PERMANENT), the pause reason (DEFERRED) or what
+    went wrong (TRANSIENT); ``retry_after`` is the server's hint in seconds, already clamped;
+    ``remote_id`` is the event id DataFast gave a delivered goal; ``answer`` is the answer's
+    class in the counters.
     """
 
     outcome: Outcome
@@ -48,28 +74,42 @@ class Verdict:
     reason: str | None = None
     retry_after: float | None = None
     remote_id: str | None = None
+    answer: str = ""
 
 
 _PERMANENT_REASONS = {400: "bad_request", 404: "unknown_visitor"}
 _PAUSE_REASONS = {401: "auth", 403: "suspended", 429: "rate_limited"}
+_FAILURE_PAUSES = {Failed.TLS: "tls"}
 
 
-def classify(result: httpx.Response | httpx.HTTPError, *, now: float, max_wait: float) -> Verdict:
+def classify(result: httpx.Response | Failure, *, now: float, max_wait: float) -> Verdict:
     """Decide what one attempt's result means; ``max_wait`` bounds a Retry-After hint."""
-    if isinstance(result, httpx.HTTPError):
-        return Verdict(Outcome.TRANSIENT, error=f"{type(result).__name__}: {result}"[:ERROR_LIMIT])
+    if isinstance(result, Failure):
+        return _failure_verdict(result)
     status = result.status_code
+    answer = f"{status // 100}xx"
     if 200 <= status < 300:
-        return Verdict(Outcome.DELIVERED, status, remote_id=_remote_id(result))
+        return Verdict(Outcome.DELIVERED, status, remote_id=_remote_id(result), answer=answer)
     error = _error_message(result)
+    if 300 <= status < 400:
+        location = result.headers.get("location", "")
+        return Verdict(Outcome.DEFERRED, status, f"redirect to {location!r}"[:ERROR_LIMIT],
+                       "redirect", answer=answer)  # fmt: skip
     if status in _PAUSE_REASONS:
         hint = retry_after(result.headers.get("retry-after"), now=now, max_wait=max_wait)
-        return Verdict(Outcome.DEFERRED, status, error, _PAUSE_REASONS[status], hint)
+        return Verdict(Outcome.DEFERRED, status, error, _PAUSE_REASONS[status], hint,
+                       answer=answer)  # fmt: skip
     if 400 <= status < 500:
-        return Verdict(
-            Outcome.PERMANENT, status, error, _PERMANENT_REASONS.get(status, "client_error")
-        )
-    return Verdict(Outcome.TRANSIENT, status, error)
+        reason = _PERMANENT_REASONS.get(status, "client_error")
+        return Verdict(Outcome.PERMANENT, status, error, reason, answer=answer)
+    return Verdict(Outcome.TRANSIENT, status, error, "server_error", answer=answer)
+
+
+def _failure_verdict(failure: Failure) -> Verdict:
+    error = f"{failure.failed.value}: {failure.detail}"[:ERROR_LIMIT]
+    if (pause := _FAILURE_PAUSES.get(failure.failed)) is not None:
+        return Verdict(Outcome.DEFERRED, None, error, pause, answer=failure.failed)
+    return Verdict(Outcome.TRANSIENT, None, error, failure.failed.value, answer=failure.failed)
 
 
 def retry_after(value: str | None, *, now: float, max_wait: float) -> float | None:

@@ -194,17 +194,29 @@ def _log(record: Record, slowed: str | None) -> None:
 
 def _log_pause(pause: Pause, slowed: str | None) -> None:
     verdict = pause.verdict
-    if verdict.reason == "auth":
-        logger.error(
-            "DataFast rejected the API key (401: %s). Delivery is paused and no goal is "
-            "dropped; set a valid DATAFAST_API_KEY and restart the workers to resume.",
-            verdict.error,
-        )
+    answer = verdict.status_code or verdict.answer
+    if (message := _OPERATOR_ERRORS.get(verdict.reason or "")) is not None:
+        logger.error(message + _KEPT, answer, verdict.error)
         return
     logger.warning(
         "DataFast answered %s (%s): delivery paused for %.1f s%s",
-        verdict.status_code,
+        answer,
         verdict.reason,
         pause.seconds,
         f"; sending resumes at {float(slowed):g} goals/s and speeds up" if slowed else "",
     )
+
+
+# Pauses only an operator can end for good: a probe retries them, ever less often.
+_OPERATOR_ERRORS = {
+    "auth": "DataFast rejected the API key (%s: %s). Set a valid DATAFAST_API_KEY",
+    "redirect": (
+        "DATAFAST_API_URL answered with a redirect (%s: %s), which goalqueue never follows. "
+        "Set DATAFAST_API_URL to DataFast's goals endpoint"
+    ),
+    "tls": (
+        "TLS failed with DATAFAST_API_URL (%s: %s). Check the URL, the CA certificates "
+        "(SSL_CERT_FILE) and any proxy in between"
+    ),
+}
+_KEPT = " and restart the workers to resume at once. Delivery is paused and no goal is dropped."
