@@ -73,7 +73,8 @@ class Take:
 
 @dataclass(frozen=True, slots=True)
 class Defer:
-    """A pause for everyone until ``until``; ``halve`` for a 429, which also slows the pace."""
+    """A pause for everyone until ``until``; ``halve`` for a 429 or a timeout after sending,
+    which also slow the pace."""
 
     until: float
     reason: str

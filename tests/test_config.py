@@ -357,3 +357,17 @@ def test_the_fingerprint_tells_api_urls_apart() -> None:
     fixed = Settings(api_key=API_KEY)
     # Then their fingerprints differ, so a worker with the fixed URL drops the old pause
     assert wrong.key_fingerprint != fixed.key_fingerprint
+
+
+# ------------------------------------------------------------------------- unknown attempts
+
+
+def test_unknown_attempts_default_to_three_and_are_read() -> None:
+    assert Settings().max_unknown_attempts == 3
+    env = {"GOALQUEUE_MAX_UNKNOWN_ATTEMPTS": " 5 "}
+    assert Settings.from_env(env).max_unknown_attempts == 5
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "101", "two", "1.5"])
+def test_bad_unknown_attempts_are_refused_naming_the_variable(raw: str) -> None:
+    assert "GOALQUEUE_MAX_UNKNOWN_ATTEMPTS" in config_error({"GOALQUEUE_MAX_UNKNOWN_ATTEMPTS": raw})

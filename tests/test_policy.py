@@ -6,11 +6,13 @@ that got no answer) as the client would see it, and the verdict the worker must 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from email.utils import formatdate
 
 import httpx
 import pytest
 
+from goalqueue.event import GoalEvent
 from workers.policy import (
     ERROR_LIMIT,
     Failed,
@@ -19,6 +21,7 @@ from workers.policy import (
     Verdict,
     backoff,
     classify,
+    give_up_reason,
     pause_length,
     retry_after,
 )
@@ -123,6 +126,7 @@ def test_4xx_outcomes_and_reasons(status: int, outcome: Outcome, reason: str) ->
     assert verdict.remote_id is None
     assert verdict.retry_after is None
     assert verdict.answer == "4xx"
+    assert verdict.unknown is False
 
 
 @pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
@@ -136,6 +140,7 @@ def test_a_redirect_pauses_everyone_as_a_configuration_error(status: int) -> Non
     assert verdict == Verdict(
         Outcome.DEFERRED, status, f"redirect to {location!r}", "redirect", answer="3xx"
     )
+    assert not verdict.slows_down
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
@@ -149,29 +154,30 @@ def test_5xx_is_transient(status: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("failed", "outcome", "reason"),
+    ("failed", "outcome", "reason", "unknown"),
     [
-        (Failed.REFUSED, Outcome.TRANSIENT, "connection_refused"),
-        (Failed.RESET, Outcome.TRANSIENT, "connection_reset"),
-        (Failed.TIMEOUT_BEFORE_SEND, Outcome.TRANSIENT, "timeout_before_send"),
-        (Failed.TIMEOUT_AFTER_SEND, Outcome.TRANSIENT, "timeout_after_send"),
-        (Failed.OTHER, Outcome.TRANSIENT, "connection_error"),
-        (Failed.TLS, Outcome.DEFERRED, "tls"),
+        (Failed.REFUSED, Outcome.TRANSIENT, "connection_refused", False),
+        (Failed.RESET, Outcome.TRANSIENT, "connection_reset", False),
+        (Failed.TIMEOUT_BEFORE_SEND, Outcome.TRANSIENT, "timeout_before_send", False),
+        (Failed.OTHER, Outcome.TRANSIENT, "connection_error", False),
+        (Failed.TLS, Outcome.DEFERRED, "tls", False),
+        (Failed.TIMEOUT_AFTER_SEND, Outcome.DEFERRED, "slow", True),
     ],
     ids=lambda value: str(value),
 )
 def test_each_kind_of_unanswered_request_has_its_outcome_and_reason(
-    failed: Failed, outcome: Outcome, reason: str
+    failed: Failed, outcome: Outcome, reason: str, unknown: bool
 ) -> None:
     # Given a request that got no answer, for one of the reasons the client tells apart
     # When it is classified
     verdict = classified(Failure(failed, "SomeError: what happened"))
     # Then it is retried (or pauses everyone), named for what went wrong in the reason, the
-    # error and the answer class
+    # error and the answer class, and only a timeout after sending leaves the outcome unknown
     assert verdict == Verdict(
         outcome,
         error=f"{failed.value}: SomeError: what happened",
         reason=reason,
+        unknown=unknown,
         answer=failed.value,
     )
 
@@ -180,6 +186,49 @@ def test_a_long_network_error_is_cut_to_the_limit() -> None:
     verdict = classified(Failure(Failed.REFUSED, "e" * 5000))
     assert verdict.error is not None
     assert len(verdict.error) == ERROR_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("result", "slows"),
+    [
+        pytest.param(httpx.Response(429), True, id="429"),
+        pytest.param(Failure(Failed.TIMEOUT_AFTER_SEND, "x"), True, id="timeout-after-send"),
+        pytest.param(httpx.Response(403), False, id="403"),
+        pytest.param(httpx.Response(401), False, id="401"),
+        pytest.param(httpx.Response(301), False, id="301"),
+        pytest.param(Failure(Failed.TLS, "x"), False, id="tls"),
+        pytest.param(httpx.Response(503), False, id="503"),
+    ],
+)
+def test_a_429_and_a_timeout_after_sending_slow_the_shared_pace(
+    result: httpx.Response | Failure, slows: bool
+) -> None:
+    assert classified(result).slows_down is slows
+
+
+# --------------------------------------------------------------------------------- giving up
+
+
+def given_up(unknown: int, last_status: int | None) -> str:
+    event = GoalEvent("e", "v", "signup", NOW, attempts=5, last_status=last_status)
+    return give_up_reason(replace(event, unknown_attempts=unknown))
+
+
+@pytest.mark.parametrize(
+    ("unknown", "last_status", "reason"),
+    [
+        (0, None, "expired"),
+        (0, 503, "expired"),
+        (1, None, "maybe_delivered"),
+        (3, 503, "maybe_delivered"),
+    ],
+)
+def test_a_goal_given_up_on_says_whether_datafast_may_have_it(
+    unknown: int, last_status: int | None, reason: str
+) -> None:
+    # Given a goal out of time or of unknown attempts, after some unknown outcomes
+    # Then its dead letter says whether a replay may send DataFast a goal it already has
+    assert given_up(unknown, last_status) == reason
 
 
 # ------------------------------------------------------------------------------ error message

@@ -35,6 +35,7 @@ from workers.policy import (
     Verdict,
     backoff,
     classify,
+    give_up_reason,
     pause_length,
 )
 from workers.recording import Pause, Record, Recorder, Writer
@@ -144,6 +145,7 @@ class Deliverer:
                 result = await self._send(copy, prepared, now, record)
             else:
                 result = prepared
+                record.release = copy.standing is Standing.PROBE
             if record.settlement.outcomes:
                 await self.recorder.record(record)
         finally:
@@ -165,8 +167,9 @@ class Deliverer:
             settlement.forget(copy.entry)
             return "already delivered"
         if now - event.enqueued_at > self.settings.max_age_seconds:
-            settlement.bury(copy.entry, DeadLetter.of(event, "expired"))
-            return "expired"
+            reason = give_up_reason(event)
+            settlement.bury(copy.entry, DeadLetter.of(event, reason))
+            return reason
         if copy.standing is Standing.HOLD:
             settlement.park(copy.entry, event, due=now + wait)
             return "held while paused" if wait == 0 else "held for the pace"
@@ -187,17 +190,23 @@ class Deliverer:
                 copy.entry, event.event_id, verdict.remote_id or "", answered - event.enqueued_at
             )
             return verdict.outcome.value
-        event = event.attempted(now, verdict.status_code, verdict.error)
+        event = event.attempted(now, verdict.status_code, verdict.error, unknown=verdict.unknown)
         return self._settle(record, copy, event, verdict)
 
     def _settle(self, record: Record, copy: Taken, event: GoalEvent, verdict: Verdict) -> str:
-        """Put the outcome of a goal DataFast did not take into ``record``."""
+        """Put the outcome of a goal DataFast did not take (or did not say it took) into
+        ``record``."""
         now = self.clock()
         settlement = record.settlement
+        if verdict.outcome is Outcome.DEFERRED:
+            record.pause = self._pause(verdict, copy, now)
+        if verdict.unknown and event.unknown_attempts >= self.settings.max_unknown_attempts:
+            reason = give_up_reason(event)
+            settlement.bury(copy.entry, DeadLetter.of(event, reason))
+            return reason
         if verdict.outcome is Outcome.PERMANENT:
             settlement.bury(copy.entry, DeadLetter.of(event, verdict.reason or "client_error"))
         elif verdict.outcome is Outcome.DEFERRED:
-            record.pause = self._pause(verdict, copy, now)
             settlement.park(copy.entry, event, due=now, outcome=f"deferred:{verdict.reason}")
             return f"deferred ({verdict.reason})"
         else:
@@ -220,5 +229,5 @@ class Deliverer:
             seconds = pause_length(
                 streak, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
             )
-        halve = verdict.status_code == 429
-        return Pause(verdict, Defer(now + seconds, verdict.reason or "", streak, halve), seconds)
+        defer = Defer(now + seconds, verdict.reason or "", streak, verdict.slows_down)
+        return Pause(verdict, defer, seconds)

@@ -8,11 +8,16 @@
 429                       DEFERRED   pause everyone for Retry-After (seconds or HTTP date)
 5xx, anything else        TRANSIENT  retry this goal after backoff with full jitter
 TLS failure               DEFERRED   pause everyone: the URL or the certificates are wrong
-refused, reset, timeouts, TRANSIENT  retry this goal after backoff with full jitter
-other network errors
+timeout after sending     DEFERRED   outcome unknown: pause everyone, DataFast is ``slow``
+refused, reset, timeout   TRANSIENT  retry this goal after backoff with full jitter
+before sending, others
+
+A goal whose outcome stays unknown (DataFast may have it) is tried at most
+``GOALQUEUE_MAX_UNKNOWN_ATTEMPTS`` times, then dead-lettered: see :func:`give_up_reason`.
 
 A request that got no answer comes here as a :class:`Failure`: the HTTP client
-(:mod:`workers.client`) names what went wrong, once, at the edge.
+(:mod:`workers.client`) names what went wrong, once, at the edge. A 429 and a timeout after
+sending also slow the shared pace: DataFast is struggling.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 import httpx
+
+from goalqueue.event import GoalEvent
 
 ERROR_LIMIT = 500
 # A Retry-After hint is honoured up to this long; a longer one is most likely a mistake, and the
@@ -64,8 +71,9 @@ class Verdict:
 
     ``reason`` names the dead-letter reason (PERMANENT), the pause reason (DEFERRED) or what
     went wrong (TRANSIENT); ``retry_after`` is the server's hint in seconds, already clamped;
-    ``remote_id`` is the event id DataFast gave a delivered goal; ``answer`` is the answer's
-    class in the counters.
+    ``remote_id`` is the event id DataFast gave a delivered goal; ``unknown`` says DataFast may
+    have taken the goal though it did not say so; ``answer`` is the answer's class in the
+    counters.
     """
 
     outcome: Outcome
@@ -74,12 +82,19 @@ class Verdict:
     reason: str | None = None
     retry_after: float | None = None
     remote_id: str | None = None
+    unknown: bool = False
     answer: str = ""
+
+    @property
+    def slows_down(self) -> bool:
+        """Whether the pause this calls for also halves the shared pace."""
+        return self.reason in _SLOWING_REASONS
 
 
 _PERMANENT_REASONS = {400: "bad_request", 404: "unknown_visitor"}
 _PAUSE_REASONS = {401: "auth", 403: "suspended", 429: "rate_limited"}
-_FAILURE_PAUSES = {Failed.TLS: "tls"}
+_SLOWING_REASONS = {"rate_limited", "slow"}
+_FAILURE_PAUSES = {Failed.TLS: "tls", Failed.TIMEOUT_AFTER_SEND: "slow"}
 
 
 def classify(result: httpx.Response | Failure, *, now: float, max_wait: float) -> Verdict:
@@ -107,9 +122,17 @@ def classify(result: httpx.Response | Failure, *, now: float, max_wait: float) -
 
 def _failure_verdict(failure: Failure) -> Verdict:
     error = f"{failure.failed.value}: {failure.detail}"[:ERROR_LIMIT]
+    unknown = failure.failed is Failed.TIMEOUT_AFTER_SEND
     if (pause := _FAILURE_PAUSES.get(failure.failed)) is not None:
-        return Verdict(Outcome.DEFERRED, None, error, pause, answer=failure.failed)
+        return Verdict(Outcome.DEFERRED, None, error, pause, unknown=unknown, answer=failure.failed)
     return Verdict(Outcome.TRANSIENT, None, error, failure.failed.value, answer=failure.failed)
+
+
+def give_up_reason(event: GoalEvent) -> str:
+    """The dead-letter reason of a goal given up on for its age or its unknown outcomes:
+    ``expired`` when DataFast cannot have it, ``maybe_delivered`` after an unknown outcome (a
+    timeout after sending): a replay of it may send DataFast a goal it has."""
+    return "maybe_delivered" if event.unknown_attempts else "expired"
 
 
 def retry_after(value: str | None, *, now: float, max_wait: float) -> float | None:

@@ -39,11 +39,13 @@ class Pause:
 
 @dataclass(slots=True)
 class Record:
-    """What one write records: SETTLE's outcomes, a pause, whether a pause is over."""
+    """What one write records: SETTLE's outcomes, a pause, whether a pause is over, whether the
+    probe went unsent (expired, say) so that another goal may probe."""
 
     settlement: Settlement = field(default_factory=Settlement)
     pause: Pause | None = None
     resume: bool = False
+    release: bool = False
 
     @classmethod
     def merge(cls, records: Iterable[Record]) -> Record:
@@ -53,6 +55,7 @@ class Record:
             merged.settlement.extend(record.settlement)
             merged.pause = record.pause or merged.pause
             merged.resume |= record.resume
+            merged.release |= record.release
         return merged
 
 
@@ -152,6 +155,8 @@ class Writer:
         async with self.redis.pipeline(transaction=False) as pipe:
             if record.resume:
                 pipe.delete(settings.keys.pause, settings.keys.probe)
+            elif record.release:
+                pipe.delete(settings.keys.probe)
             if (pause := record.pause) is not None:
                 await self.scripts.defer(
                     pause.defer,
@@ -164,7 +169,7 @@ class Writer:
                 ttl_ms = int(settings.delivered_ttl_seconds * 1000)
                 await self.scripts.settle(record.settlement, ttl_ms, pipe)
             replies = await pipe.execute()
-        return replies[int(record.resume)] if pause is not None else None
+        return replies[int(record.resume or record.release)] if pause is not None else None
 
 
 def _resolve(futures: list[asyncio.Future[None]], exc: Exception | None) -> None:

@@ -1,7 +1,7 @@
--- DEFER: pause delivery for everyone until `until`; the next probe tests the API. A 429
--- (`halve` = 1) that finds delivery running also halves the shared pace, or starts one at half
--- the rate the workers were sending at (at least 10 goals/s): the 429s that come back while a
--- pause is on are answers to the same rush. Returns the new rate (goals/s, as text), or nil
+-- DEFER: pause delivery for everyone until `until`; the next probe tests the API. A 429 or a
+-- timeout after sending (`halve` = 1) that finds delivery running also halves the shared pace,
+-- or starts one at half the rate the workers were sending at (at least 10 goals/s): the ones
+-- that come back while a pause is on are answers to the same rush. Returns the new rate (goals/s, as text), or nil
 -- when the pace was left alone.
 local pause_key, probe_key, pace_key, sent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local until_, reason, streak, fingerprint = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
