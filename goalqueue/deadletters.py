@@ -10,6 +10,9 @@ Reasons:
 * ``maybe_delivered`` a request timed out after it was sent (DataFast may have the goal), and
                       then the goal expired or used up ``GOALQUEUE_MAX_UNKNOWN_ATTEMPTS``: a
                       replay may send DataFast a goal it has
+* ``unexpected_response`` DataFast's URL answered 2xx with something else than DataFast's
+                      success body (a proxy, a captive portal, a wrong URL, a cut answer)
+                      ``GOALQUEUE_MAX_UNKNOWN_ATTEMPTS`` times; ``error`` starts with the body
 * ``poison``          the stored message could not be read; ``raw`` keeps what was there
 """
 

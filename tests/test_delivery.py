@@ -296,6 +296,36 @@ def test_a_replayed_letter_gets_its_unknown_attempts_back(
     assert GoalEvent.from_json(raw).unknown_attempts == 0
 
 
+def test_an_unexpected_2xx_is_retried_then_dead_lettered_with_the_body(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a URL that answers 200 with an HTML page, and a cap of two unknown attempts
+    capped = replace(settings, max_unknown_attempts=2)
+    event_id = enqueue(queue, clock)
+    page = httpx.Response(200, text="<html><body>Log in to the network</body></html>")
+    api = FakeDataFast(page, page)
+    worker = deliverer(capped, api, clock)
+    # When it is tried, it is not delivered but retried after backoff
+    assert run_next(worker, redis_client) == "transient (unexpected_response)"
+    assert not redis_client.exists(KEYS.delivered(event_id))
+    ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
+    Sweeper(capped, redis_client).sweep_once(due)
+    # Then the second such answer dead-letters it, with what the body began with
+    assert run_next(worker, redis_client) == "unexpected_response"
+    letter = DeadLetters(redis_client, KEYS).get(event_id)
+    assert letter is not None
+    assert (letter.reason, letter.status_code, letter.attempts) == ("unexpected_response", 200, 2)
+    assert "<html><body>Log in" in (letter.error or "")
+    counted = redis_client.hgetall(KEYS.metrics)
+    assert counted["answers:unexpected_2xx"] == "2"
+    assert counted["dead:unexpected_response"] == "1"
+    assert redis_client.get(KEYS.delivered_count) is None
+
+
 def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
     settings: Settings,
     queue: GoalQueue,

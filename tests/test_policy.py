@@ -49,51 +49,84 @@ def http_date(at: float) -> str:
 # ------------------------------------------------------------------------------------ delivered
 
 
+def success(data: object, status: int = 200) -> httpx.Response:
+    """DataFast's success body around ``data``."""
+    return httpx.Response(status, json={"status": "success", "data": data})
+
+
 @pytest.mark.parametrize(
     ("response", "remote_id"),
     [
-        pytest.param(
-            httpx.Response(
-                200,
-                json={"status": "success", "data": [{"message": "ok", "eventId": EVENT_ID}]},
-            ),
-            EVENT_ID,
-            id="200-data-list",
-        ),
-        pytest.param(
-            httpx.Response(201, json={"status": "success", "data": [{"eventId": EVENT_ID}]}),
-            EVENT_ID,
-            id="201-data-list",
-        ),
-        pytest.param(
-            httpx.Response(200, json={"status": "success", "data": {"eventId": EVENT_ID}}),
-            EVENT_ID,
-            id="200-data-object",
-        ),
-        pytest.param(
-            httpx.Response(200, json={"data": [{"eventId": 12345}]}), "12345", id="int-id"
-        ),
-        pytest.param(httpx.Response(200, json={"data": []}), None, id="empty-list"),
-        pytest.param(httpx.Response(200, json={"data": [{"message": "ok"}]}), None, id="no-id"),
-        pytest.param(httpx.Response(200, json={"data": "ok"}), None, id="data-string"),
-        pytest.param(httpx.Response(200, json={"status": "success"}), None, id="no-data"),
-        pytest.param(httpx.Response(200, json=[{"eventId": EVENT_ID}]), None, id="body-list"),
-        pytest.param(httpx.Response(200, json="ok"), None, id="body-string"),
-        pytest.param(httpx.Response(200, text="<html>OK</html>"), None, id="html"),
-        pytest.param(httpx.Response(200, content=b"\xff\xfe\x00garbage"), None, id="bytes"),
-        pytest.param(httpx.Response(200), None, id="empty-body"),
-        pytest.param(httpx.Response(204), None, id="204"),
+        pytest.param(success([{"message": "ok", "eventId": EVENT_ID}]), EVENT_ID, id="data-list"),
+        pytest.param(success([{"eventId": EVENT_ID}], 201), EVENT_ID, id="201-data-list"),
+        pytest.param(success({"eventId": EVENT_ID}), EVENT_ID, id="data-object"),
+        pytest.param(success([{"eventId": 12345}]), "12345", id="int-id"),
+        pytest.param(success([]), None, id="empty-list"),
+        pytest.param(success([{"message": "ok"}]), None, id="no-id"),
+        pytest.param(success("ok"), None, id="data-string"),
+        pytest.param(success(None), None, id="data-null"),
     ],
 )
-def test_2xx_is_delivered_and_the_remote_id_is_read_defensively(
+def test_datafasts_success_body_is_delivered_and_the_remote_id_is_read_defensively(
     response: httpx.Response, remote_id: str | None
 ) -> None:
-    # Given a success answer in any of the shapes DataFast (or a proxy) may send
+    # Given DataFast's success body, its data in any of the shapes seen
     # When it is classified
     verdict = classified(response)
     # Then the goal is delivered, with DataFast's event id when the body carries one
     expected = Verdict(Outcome.DELIVERED, response.status_code, remote_id=remote_id, answer="2xx")
     assert verdict == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "body_start"),
+    [
+        pytest.param(
+            httpx.Response(200, text="<html><title>Portal</title></html>"), "<html>", id="html"
+        ),
+        pytest.param(
+            httpx.Response(200, content=b'{"status":"success","da'),
+            '{"status":"success","da',
+            id="truncated-json",
+        ),
+        pytest.param(httpx.Response(204), "an empty body", id="204"),
+        pytest.param(httpx.Response(200), "an empty body", id="empty-body"),
+        pytest.param(
+            httpx.Response(200, json={"data": [{"eventId": EVENT_ID}]}), '{"data"', id="no-status"
+        ),
+        pytest.param(httpx.Response(200, json={"status": "success"}), '{"status"', id="no-data"),
+        pytest.param(
+            httpx.Response(200, json={"status": "error", "error": {"message": "x"}}),
+            '{"status":"error"',
+            id="error-body",
+        ),
+        pytest.param(httpx.Response(200, json=[{"eventId": EVENT_ID}]), "[{", id="body-list"),
+        pytest.param(httpx.Response(200, json="success"), '"success"', id="body-string"),
+        pytest.param(httpx.Response(202, content=b"\xff\xfe\x00garbage"), "garbage", id="bytes"),
+        pytest.param(httpx.Response(200, json=[[[]]] * 1), "[[[]]]", id="nested"),
+    ],
+)
+def test_any_other_2xx_is_not_delivered_but_an_unknown_outcome(
+    response: httpx.Response, body_start: str
+) -> None:
+    # Given a 2xx that is not DataFast's success body (a proxy, a portal, a cut answer)
+    # When it is classified
+    verdict = classified(response)
+    # Then the goal is not delivered: its outcome is unknown, it is retried (a bounded number
+    # of times), and the error keeps what the body began with
+    assert verdict.outcome is Outcome.TRANSIENT
+    assert verdict.reason == "unexpected_response"
+    assert verdict.unknown is True
+    assert verdict.answer == "unexpected_2xx"
+    assert verdict.status_code == response.status_code
+    assert verdict.remote_id is None
+    assert verdict.error is not None and body_start in verdict.error
+
+
+def test_the_start_of_a_long_unexpected_body_is_kept_within_the_limit() -> None:
+    verdict = classified(httpx.Response(200, text="<p>" + "x" * 5000))
+    assert verdict.error is not None
+    assert "<p>xxx" in verdict.error and len(verdict.error) <= ERROR_LIMIT
 
 
 # --------------------------------------------------------------------- permanent and deferred
@@ -221,6 +254,8 @@ def given_up(unknown: int, last_status: int | None) -> str:
         (0, 503, "expired"),
         (1, None, "maybe_delivered"),
         (3, 503, "maybe_delivered"),
+        (2, 200, "unexpected_response"),
+        (1, 204, "unexpected_response"),
     ],
 )
 def test_a_goal_given_up_on_says_whether_datafast_may_have_it(

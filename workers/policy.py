@@ -1,6 +1,7 @@
 """The outcome policy: what one answer from DataFast means for the goal, as a pure function.
 
-2xx                       DELIVERED
+DataFast's success body   DELIVERED
+any other 2xx             TRANSIENT  outcome unknown: retried (see below), ``unexpected_response``
 3xx                       DEFERRED   pause everyone: the URL is wrong (``redirect``)
 400, 404, other 4xx       PERMANENT  dead letter at once, never retried
 401                       DEFERRED   pause everyone: the key is wrong, not the goal
@@ -104,7 +105,7 @@ def classify(result: httpx.Response | Failure, *, now: float, max_wait: float) -
     status = result.status_code
     answer = f"{status // 100}xx"
     if 200 <= status < 300:
-        return Verdict(Outcome.DELIVERED, status, remote_id=_remote_id(result), answer=answer)
+        return _success_verdict(result)
     error = _error_message(result)
     if 300 <= status < 400:
         location = result.headers.get("location", "")
@@ -128,11 +129,27 @@ def _failure_verdict(failure: Failure) -> Verdict:
     return Verdict(Outcome.TRANSIENT, None, error, failure.failed.value, answer=failure.failed)
 
 
+def _success_verdict(response: httpx.Response) -> Verdict:
+    """DELIVERED for DataFast's success body; anything else is not proof of delivery."""
+    status = response.status_code
+    body = _json(response)
+    if isinstance(body, dict) and body.get("status") == "success" and "data" in body:
+        return Verdict(Outcome.DELIVERED, status, remote_id=_remote_id(body["data"]), answer="2xx")
+    error = f"not DataFast's success body: {_first_bytes(response)}"[:ERROR_LIMIT]
+    return Verdict(Outcome.TRANSIENT, status, error, "unexpected_response", unknown=True,
+                   answer="unexpected_2xx")  # fmt: skip
+
+
 def give_up_reason(event: GoalEvent) -> str:
     """The dead-letter reason of a goal given up on for its age or its unknown outcomes:
-    ``expired`` when DataFast cannot have it, ``maybe_delivered`` after an unknown outcome (a
-    timeout after sending): a replay of it may send DataFast a goal it has."""
-    return "maybe_delivered" if event.unknown_attempts else "expired"
+    ``expired`` when DataFast cannot have it, ``unexpected_response`` when its last answer was
+    a 2xx that was not DataFast's, ``maybe_delivered`` after any other unknown outcome (a
+    timeout after sending). A replay of the last two may send DataFast a goal it has."""
+    if event.unknown_attempts == 0:
+        return "expired"
+    if event.last_status is not None and 200 <= event.last_status < 300:
+        return "unexpected_response"
+    return "maybe_delivered"
 
 
 def retry_after(value: str | None, *, now: float, max_wait: float) -> float | None:
@@ -165,16 +182,26 @@ def pause_length(streak: int, *, base: float, cap: float) -> float:
     return min(cap, base * 2.0 ** min(max(streak, 0), 62))
 
 
-def _remote_id(response: httpx.Response) -> str | None:
-    """DataFast's event id from ``{"data": [{"eventId": ...}]}`` or ``{"data": {...}}``."""
+def _json(response: httpx.Response) -> object:
+    """The body as JSON, or None when it is not JSON."""
     try:  # json.loads on the bytes: response.json() first decodes them to text, at twice the cost
-        data = json.loads(response.content).get("data")
-    except (ValueError, AttributeError):
+        return json.loads(response.content)
+    except (ValueError, RecursionError):
         return None
+
+
+def _remote_id(data: object) -> str | None:
+    """DataFast's event id from ``data``: ``[{"eventId": ...}]`` or ``{"eventId": ...}``."""
     if isinstance(data, list):
         data = data[0] if data else None
     event_id = data.get("eventId") if isinstance(data, dict) else None
     return str(event_id) if event_id is not None else None
+
+
+def _first_bytes(response: httpx.Response) -> str:
+    """What the body began with, as text (an empty body says so)."""
+    head = response.content[:200].decode("utf-8", "replace")
+    return repr(head) if head else "an empty body"
 
 
 def _error_message(response: httpx.Response) -> str:
