@@ -24,6 +24,7 @@ DEFAULT_API_URL = "https://datafa.st/api/v1/goals"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 BROKER_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MAX_REPLICAS = 100
+MAX_UNKNOWN_ATTEMPTS = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Settings:
     spool_dir: str | None = None
     max_in_flight: int = 256
     max_rate: float | None = field(default=None, metadata={"parse": "rate"})
+    max_unknown_attempts: int = 3
     allow_insecure_api_url: bool = False
     metrics_basic_auth: str | None = field(default=None, repr=False)
 
@@ -75,6 +77,11 @@ class Settings:
                 raise ConfigError(f"{ENV_NAMES[name]} must be a positive, finite number of seconds")
         if not 1 <= self.max_in_flight <= 10_000:
             raise ConfigError("GOALQUEUE_MAX_IN_FLIGHT must be a whole number from 1 to 10000")
+        if not 1 <= self.max_unknown_attempts <= MAX_UNKNOWN_ATTEMPTS:
+            raise ConfigError(
+                "GOALQUEUE_MAX_UNKNOWN_ATTEMPTS must be a whole number from 1 to "
+                f"{MAX_UNKNOWN_ATTEMPTS}"
+            )
         if self.max_rate is not None and not (self.max_rate > 0 and math.isfinite(self.max_rate)):
             raise ConfigError("GOALQUEUE_MAX_RATE must be a positive number of goals per second")
         if self.retry_max_seconds < self.retry_base_seconds:
@@ -182,8 +189,11 @@ class Settings:
 
     @property
     def key_fingerprint(self) -> str:
-        """A short, one-way tag of the API key, so a pause for a bad key can tell keys apart."""
-        return hashlib.sha256((self.api_key or "").encode()).hexdigest()[:16]
+        """A short, one-way tag of the API key and the URL it is sent to, so that a pause for
+        a configuration problem (a bad key, a redirect, a TLS failure) can tell a worker
+        configured otherwise, which drops it."""
+        configured = f"{self.api_key or ''}\n{self.api_url}"
+        return hashlib.sha256(configured.encode()).hexdigest()[:16]
 
 
 ENV_NAMES: dict[str, str] = {
@@ -208,6 +218,7 @@ ENV_NAMES: dict[str, str] = {
     "spool_dir": "GOALQUEUE_SPOOL_DIR",
     "max_in_flight": "GOALQUEUE_MAX_IN_FLIGHT",
     "max_rate": "GOALQUEUE_MAX_RATE",
+    "max_unknown_attempts": "GOALQUEUE_MAX_UNKNOWN_ATTEMPTS",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
     "metrics_basic_auth": "GOALQUEUE_METRICS_BASIC_AUTH",
 }

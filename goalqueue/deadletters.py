@@ -5,7 +5,14 @@ Reasons:
 * ``bad_request``     DataFast answered 400 (bad field, reserved name, bot visitor)
 * ``unknown_visitor`` DataFast answered 404 (the visitor has no pageview on the website)
 * ``client_error``    any other 4xx that no retry can fix
-* ``expired``         still undelivered after ``GOALQUEUE_MAX_AGE_SECONDS``
+* ``expired``         still undelivered after ``GOALQUEUE_MAX_AGE_SECONDS``, never sent or always
+                      refused, so DataFast does not have it
+* ``maybe_delivered`` a request timed out after it was sent (DataFast may have the goal), and
+                      then the goal expired or used up ``GOALQUEUE_MAX_UNKNOWN_ATTEMPTS``: a
+                      replay may send DataFast a goal it has
+* ``unexpected_response`` DataFast's URL answered 2xx with something else than DataFast's
+                      success body (a proxy, a captive portal, a wrong URL, a cut answer)
+                      ``GOALQUEUE_MAX_UNKNOWN_ATTEMPTS`` times; ``error`` starts with the body
 * ``poison``          the stored message could not be read; ``raw`` keeps what was there
 """
 
@@ -140,6 +147,7 @@ class DeadLetters:
                 last_attempt_at=None,
                 last_status=None,
                 last_error=None,
+                unknown_attempts=0,
             )
             if self.scripts.replay(event_id, fresh.to_json()):
                 replayed.append(event_id)

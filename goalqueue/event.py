@@ -24,6 +24,7 @@ _WIRE = {
     "last_attempt_at": "l",
     "last_status": "s",
     "last_error": "e",
+    "unknown_attempts": "u",
 }
 _FIELD = {wire: name for name, wire in _WIRE.items()}
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -44,17 +45,19 @@ class GoalEvent:
     last_attempt_at: float | None = None
     last_status: int | None = None
     last_error: str | None = None
+    unknown_attempts: int = 0  # attempts whose outcome is unknown: DataFast may have the goal
 
     def to_json(self) -> str:
-        """The compact stored form."""
+        """The compact stored form (no unknown attempts: no ``u``, as most goals have none)."""
         # getattr, not dataclasses.asdict: asdict deep-copies every field and costs 4x the time.
-        return _dumps(
-            {
-                wire: value
-                for name, wire in _WIRE.items()
-                if (value := getattr(self, name)) is not None
-            }
-        )
+        stored = {
+            wire: value
+            for name, wire in _WIRE.items()
+            if (value := getattr(self, name)) is not None
+        }
+        if not self.unknown_attempts:
+            del stored["u"]
+        return _dumps(stored)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> GoalEvent:
@@ -72,8 +75,11 @@ class GoalEvent:
         event._check_types()
         return event
 
-    def attempted(self, at: float, status: int | None, error: str | None) -> GoalEvent:
-        """This event after one more delivery attempt at ``at``."""
+    def attempted(
+        self, at: float, status: int | None, error: str | None, *, unknown: bool = False
+    ) -> GoalEvent:
+        """This event after one more delivery attempt at ``at``; ``unknown`` when DataFast may
+        have taken the goal without saying so."""
         return replace(
             self,
             attempts=self.attempts + 1,
@@ -81,6 +87,7 @@ class GoalEvent:
             last_attempt_at=at,
             last_status=status,
             last_error=error,
+            unknown_attempts=self.unknown_attempts + int(unknown),
         )
 
     def api_body(self) -> dict[str, Any]:
@@ -105,6 +112,8 @@ class GoalEvent:
             raise ValueError("description must be a string")
         if not _finite(self.enqueued_at) or not isinstance(self.attempts, int):
             raise ValueError("enqueued_at and attempts must be numbers")
+        if not isinstance(self.unknown_attempts, int):
+            raise ValueError("unknown_attempts must be an integer")
         if not all(t is None or _finite(t) for t in (self.first_attempt_at, self.last_attempt_at)):
             raise ValueError("attempt times must be numbers")
         if self.last_status is not None and not isinstance(self.last_status, int):

@@ -26,7 +26,8 @@ database and never see each other's goals, pauses, counters or dead letters. For
 <ns>:pause              hash    until, reason, streak, key: delivery paused for everyone
 <ns>:probe              string  id of the one event allowed through when a pause ends
 <ns>:pace               hash    rate, tokens, at, ceiling, grown, dry: the shared send rate (a
-                                token bucket) after a 429, or under GOALQUEUE_MAX_RATE
+                                token bucket) after a 429 or a timeout after sending, or
+                                under GOALQUEUE_MAX_RATE
 <ns>:sent               hash    since, count, recent: goals sent by all workers, counted a
                                 second at a time (a first 429's rate to start from)
 <ns>:unacked            hash    kombu's unacknowledged messages (and <ns>:unacked_index,

@@ -73,7 +73,8 @@ class Take:
 
 @dataclass(frozen=True, slots=True)
 class Defer:
-    """A pause for everyone until ``until``; ``halve`` for a 429, which also slows the pace."""
+    """A pause for everyone until ``until``; ``halve`` for a 429 or a timeout after sending,
+    which also slow the pace."""
 
     until: float
     reason: str
@@ -166,7 +167,7 @@ class Scripts:
         self._client = client
         self._template = template(keys)
         self._replay = client.register_script(_source("replay", "push"))
-        self._sweep = client.register_script(_source("sweep", "push"))
+        self._sweep = client.register_script(_source("sweep", "pause", "push"))
         self._reconcile = client.register_script(_source("reconcile", "push"))
         self._settle = client.register_script(_source("settle"))
 
@@ -212,7 +213,7 @@ class WorkerScripts:
 
     def __init__(self, client: AsyncRedis, keys: Keys) -> None:
         self.keys = keys
-        self._take = client.register_script(_source("take", "pace", "push"))
+        self._take = client.register_script(_source("take", "pace", "pause", "push"))
         self._defer = client.register_script(_source("defer", "pace"))
         self._settle = client.register_script(_source("settle"))
 

@@ -8,12 +8,17 @@ goal that owns its ledger entry (a delivered goal, by the copy that sets its mar
 adds up one write's answers in Python and SETTLE adds each non-zero field once. Fields:
 
     dead:<reason>               goals dead-lettered: bad_request, unknown_visitor, client_error,
-                                expired, poison
+                                expired, maybe_delivered, unexpected_response, poison
     deferred:<reason>           goals set aside by a pause for everyone: rate_limited (429),
-                                suspended (403), auth (401)
-    transient                   goals set aside for a retry: 5xx, timeout, connection error
-    answers:<class>             DataFast's answers: 2xx, 3xx, 4xx, 5xx, timeout,
-                                connection_error (counted with the outcome a write records)
+                                suspended (403), auth (401), redirect (3xx), tls (a TLS
+                                failure), slow (a timeout after sending)
+    transient                   goals set aside for a retry: 5xx, a 2xx that was not
+                                DataFast's, a network error or timeout before sending
+    answers:<class>             DataFast's answers: 2xx (its success body), unexpected_2xx
+                                (any other 2xx), 3xx, 4xx, 5xx; and requests that got none:
+                                timeout_before_send, timeout_after_send, connection_refused,
+                                connection_reset, tls_error, connection_error (anything else);
+                                counted with the outcome a write records
     request:<i>                 requests to DataFast that took at most REQUEST_BOUNDS[i] seconds
                                 (and more than the bound before); i = len(bounds): longer
     request:sum_us              their total duration, in microseconds
@@ -38,9 +43,12 @@ REQUEST_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
                   3600.0, 21600.0, 86400.0)  # fmt: skip
 
-DEAD_REASONS = ("bad_request", "unknown_visitor", "client_error", "expired", "poison")
-DEFER_REASONS = ("rate_limited", "suspended", "auth")
-ANSWER_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection_error")
+DEAD_REASONS = ("bad_request", "unknown_visitor", "client_error", "expired", "maybe_delivered",
+                "unexpected_response", "poison")  # fmt: skip
+DEFER_REASONS = ("rate_limited", "suspended", "auth", "redirect", "tls", "slow")
+ANSWER_CLASSES = ("2xx", "unexpected_2xx", "3xx", "4xx", "5xx", "timeout_before_send",
+                  "timeout_after_send", "connection_refused", "connection_reset", "tls_error",
+                  "connection_error")  # fmt: skip
 
 
 def bucket(bounds: tuple[float, ...], seconds: float) -> int:

@@ -467,7 +467,7 @@ def test_delivered_counter_counts_a_goal_whose_delivering_copy_lost_the_ledger_r
         sweeper.sweep_once(now)
         assert sweeper.sweep_once(now + settings.visibility_timeout_seconds + 1) == (0, 1)
         # ...and a second worker takes the re-queued copy, gets a 503 and parks the goal
-        assert second_worker.deliver(*pop_message(client)).result == "transient"
+        assert second_worker.deliver(*pop_message(client)).result == "transient (server_error)"
         # Then DataFast accepts the first copy
         return httpx.Response(200, json={"status": "success", "data": [{"eventId": "e" * 24}]})
 

@@ -351,3 +351,25 @@ def test_key_fingerprint_tells_keys_apart_without_showing_them() -> None:
 
 def test_no_key_has_a_fingerprint_too() -> None:
     assert Settings().key_fingerprint != Settings(api_key=API_KEY).key_fingerprint
+
+
+def test_the_fingerprint_tells_api_urls_apart() -> None:
+    # Given the same key sent to two URLs (one redirects or fails TLS, one is fixed)
+    wrong = Settings(api_key=API_KEY, api_url="https://datafast.example/api/v1/goals")
+    fixed = Settings(api_key=API_KEY)
+    # Then their fingerprints differ, so a worker with the fixed URL drops the old pause
+    assert wrong.key_fingerprint != fixed.key_fingerprint
+
+
+# ------------------------------------------------------------------------- unknown attempts
+
+
+def test_unknown_attempts_default_to_three_and_are_read() -> None:
+    assert Settings().max_unknown_attempts == 3
+    env = {"GOALQUEUE_MAX_UNKNOWN_ATTEMPTS": " 5 "}
+    assert Settings.from_env(env).max_unknown_attempts == 5
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "101", "two", "1.5"])
+def test_bad_unknown_attempts_are_refused_naming_the_variable(raw: str) -> None:
+    assert "GOALQUEUE_MAX_UNKNOWN_ATTEMPTS" in config_error({"GOALQUEUE_MAX_UNKNOWN_ATTEMPTS": raw})

@@ -155,13 +155,13 @@ def test_a_server_error_waits_with_backoff_then_is_delivered(
     sweeper = Sweeper(settings, redis_client)
 
     # First attempt: 503, waits base * 2**0 (rand pinned to 1.0)
-    assert run_next(worker, redis_client) == "transient"
+    assert run_next(worker, redis_client) == "transient (server_error)"
     ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due == pytest.approx(clock.now + settings.retry_base_seconds)
     assert sweeper.sweep_once(due - 0.01) == (0, 0)
     assert sweeper.sweep_once(due) == (1, 0)
     # Second attempt: 502, waits twice as long
-    assert run_next(worker, redis_client) == "transient"
+    assert run_next(worker, redis_client) == "transient (server_error)"
     ((raw, due2),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due2 == pytest.approx(clock.now + 2 * settings.retry_base_seconds)
     assert GoalEvent.from_json(raw).attempts == 2
@@ -172,21 +172,158 @@ def test_a_server_error_waits_with_backoff_then_is_delivered(
     assert len(api.requests) == 3
 
 
-def test_a_timeout_is_transient(
+def test_a_refused_connection_is_transient_and_named(
     settings: Settings,
     queue: GoalQueue,
     redis_client: redis.Redis,
     clock: Clock,
     deliverer: Callable[..., Engine],
 ) -> None:
+    # Given DataFast refusing connections (httpx's own error, as from any transport)
     enqueue(queue, clock)
 
-    def hang(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    assert run_next(deliverer(settings, hang, clock), redis_client) == "transient"
+    # When a worker tries the goal, it waits for a retry, named for what went wrong
+    result = run_next(deliverer(settings, refuse, clock), redis_client)
+    assert result == "transient (connection_refused)"
     (raw,) = redis_client.zrange(KEYS.waiting, 0, -1)
-    assert "ReadTimeout" in (GoalEvent.from_json(raw).last_error or "")
+    event = GoalEvent.from_json(raw)
+    assert (event.last_error or "").startswith("connection_refused: ConnectError")
+    # And DataFast cannot have it: no unknown attempt, no pause
+    assert event.unknown_attempts == 0
+    assert not redis_client.exists(KEYS.pause)
+    assert redis_client.hget(KEYS.metrics, "answers:connection_refused") == "1"
+
+
+def timeout_after_send(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+def test_a_timeout_after_sending_pauses_everyone_and_slows_the_pace(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a goal whose request times out after it was sent
+    enqueue(queue, clock)
+    # When a worker tries it
+    result = run_next(deliverer(settings, timeout_after_send, clock), redis_client)
+    # Then DataFast is taken to be slow: delivery pauses for everyone, the shared pace starts
+    assert result == "deferred (slow)"
+    assert redis_client.hget(KEYS.pause, "reason") == "slow"
+    assert redis_client.exists(KEYS.pace)
+    # And the goal waits with one unknown attempt (DataFast may have it)
+    (raw,) = redis_client.zrange(KEYS.waiting, 0, -1)
+    event = GoalEvent.from_json(raw)
+    assert (event.attempts, event.unknown_attempts) == (1, 1)
+    assert (event.last_error or "").startswith("timeout_after_send: ReadTimeout")
+    counted = redis_client.hgetall(KEYS.metrics)
+    assert counted["answers:timeout_after_send"] == counted["deferred:slow"] == "1"
+
+
+def test_unknown_outcomes_are_capped_then_dead_lettered_as_maybe_delivered(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a cap of two attempts whose outcome is unknown, and a DataFast that never answers
+    capped = replace(settings, max_unknown_attempts=2)
+    event_id = enqueue(queue, clock)
+    worker = deliverer(capped, timeout_after_send, clock)
+    sweeper = Sweeper(capped, redis_client)
+    # When the goal times out after sending once, it waits for the pause to end
+    assert run_next(worker, redis_client) == "deferred (slow)"
+    clock.now = float(redis_client.hget(KEYS.pause, "until") or 0)
+    assert sweeper.sweep_once(clock.now) == (1, 0)
+    # Then after the second, it is given up on as maybe delivered, not sent a third time
+    assert run_next(worker, redis_client) == "maybe_delivered"
+    letter = DeadLetters(redis_client, KEYS).get(event_id)
+    assert letter is not None and letter.event is not None
+    assert (letter.reason, letter.attempts, letter.event.unknown_attempts) == (
+        "maybe_delivered",
+        2,
+        2,
+    )
+    assert redis_client.zcard(KEYS.waiting) + redis_client.zcard(KEYS.ledger) == 0
+    assert redis_client.hget(KEYS.metrics, "dead:maybe_delivered") == "1"
+
+
+def test_a_probe_that_expired_lets_the_next_goal_probe_at_once(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given two goals waiting out a pause (DataFast slow), both past their maximum age by then
+    first, second = enqueue(queue, clock), enqueue(queue, clock)
+    worker = deliverer(settings, timeout_after_send, clock)
+    sweeper = Sweeper(settings, redis_client)
+    assert run_next(worker, redis_client) == "deferred (slow)"
+    assert run_next(worker, redis_client) == "held while paused"
+    clock.now += settings.max_age_seconds + 1
+    # When the first is taken as the probe, it is dead-lettered without a request
+    assert sweeper.sweep_once(clock.now) == (1, 0)
+    assert run_next(worker, redis_client) in ("maybe_delivered", "expired")
+    # Then the next goal may probe at once, not after the probe's lease
+    assert sweeper.sweep_once(clock.now) == (1, 0)
+    assert run_next(worker, redis_client) in ("maybe_delivered", "expired")
+    reasons = {letter.event_id: letter.reason for letter in DeadLetters(redis_client, KEYS)}
+    assert reasons == {first: "maybe_delivered", second: "expired"}
+
+
+def test_a_replayed_letter_gets_its_unknown_attempts_back(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a goal dead-lettered after its one allowed unknown attempt
+    event_id = enqueue(queue, clock)
+    once = replace(settings, max_unknown_attempts=1)
+    assert run_next(deliverer(once, timeout_after_send, clock), redis_client) == "maybe_delivered"
+    # When the operator replays it
+    assert DeadLetters(redis_client, KEYS).replay([event_id]) == [event_id]
+    # Then it starts again with no unknown attempt
+    (raw,) = redis_client.zrange(KEYS.ledger, 0, -1)
+    assert GoalEvent.from_json(raw).unknown_attempts == 0
+
+
+def test_an_unexpected_2xx_is_retried_then_dead_lettered_with_the_body(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a URL that answers 200 with an HTML page, and a cap of two unknown attempts
+    capped = replace(settings, max_unknown_attempts=2)
+    event_id = enqueue(queue, clock)
+    page = httpx.Response(200, text="<html><body>Log in to the network</body></html>")
+    api = FakeDataFast(page, page)
+    worker = deliverer(capped, api, clock)
+    # When it is tried, it is not delivered but retried after backoff
+    assert run_next(worker, redis_client) == "transient (unexpected_response)"
+    assert not redis_client.exists(KEYS.delivered(event_id))
+    ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
+    Sweeper(capped, redis_client).sweep_once(due)
+    # Then the second such answer dead-letters it, with what the body began with
+    assert run_next(worker, redis_client) == "unexpected_response"
+    letter = DeadLetters(redis_client, KEYS).get(event_id)
+    assert letter is not None
+    assert (letter.reason, letter.status_code, letter.attempts) == ("unexpected_response", 200, 2)
+    assert "<html><body>Log in" in (letter.error or "")
+    counted = redis_client.hgetall(KEYS.metrics)
+    assert counted["answers:unexpected_2xx"] == "2"
+    assert counted["dead:unexpected_response"] == "1"
+    assert redis_client.get(KEYS.delivered_count) is None
 
 
 def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
@@ -276,20 +413,60 @@ def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
     assert api.requests[-1].headers["authorization"] == "Bearer df_fixed"
 
 
-def test_a_goal_older_than_the_maximum_age_is_dead_lettered_as_expired(
+def test_a_redirect_pauses_loudly_and_a_worker_with_another_url_resumes_at_once(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a worker whose DATAFAST_API_URL answers with a redirect
+    event_id = enqueue(queue, clock)
+    moved = httpx.Response(301, headers={"Location": "https://datafa.st/api/v1/goals"})
+    api = FakeDataFast(moved)
+    with caplog.at_level(logging.ERROR):
+        result = run_next(deliverer(settings, api, clock), redis_client)
+    # Then delivery pauses for everyone with an operator-facing error, and keeps the goal
+    assert result == "deferred (redirect)"
+    assert "DATAFAST_API_URL" in caplog.text and "datafa.st" in caplog.text
+    assert redis_client.hget(KEYS.pause, "reason") == "redirect"
+    assert DeadLetters(redis_client, KEYS).get(event_id) is None
+    # When a worker with another URL starts sweeping, the pause is dropped
+    fixed = replace(settings, api_url="http://127.0.0.1:9/fixed")
+    assert Sweeper(fixed, redis_client).sweep_once(clock.now) == (1, 0)
+    assert not redis_client.exists(KEYS.pause)
+    # Then the goal goes out at once, to the new URL
+    assert run_next(deliverer(fixed, api, clock), redis_client) == "delivered"
+    assert api.requests[-1].url.path == "/fixed"
+
+
+@pytest.mark.parametrize(
+    ("timed_out_before", "reason"), [(False, "expired"), (True, "maybe_delivered")]
+)
+def test_a_goal_older_than_the_maximum_age_is_dead_lettered_without_a_request(
     settings: Settings,
     queue: GoalQueue,
     redis_client: redis.Redis,
     clock: Clock,
     deliverer: Callable[..., Engine],
+    timed_out_before: bool,
+    reason: str,
 ) -> None:
+    # Given a goal, maybe with an attempt that timed out after sending (DataFast may have it)
     event_id = enqueue(queue, clock)
+    if timed_out_before:
+        run_next(deliverer(settings, timeout_after_send, clock), redis_client)
+    # When it is next taken after its maximum age
     clock.now += settings.max_age_seconds + 1
+    Sweeper(settings, redis_client).sweep_once(clock.now)
     api = FakeDataFast()
-    assert run_next(deliverer(settings, api, clock), redis_client) == "expired"
+    assert run_next(deliverer(settings, api, clock), redis_client) == reason
+    # Then it is dead-lettered without a request: expired, or maybe delivered (not expired) if
+    # DataFast may have it, so that a replay is a visible choice
     assert api.requests == []
     letter = DeadLetters(redis_client, KEYS).get(event_id)
-    assert letter is not None and letter.reason == "expired"
+    assert letter is not None and letter.reason == reason
 
 
 def test_a_redelivered_copy_of_a_delivered_goal_is_not_posted_again(

@@ -146,6 +146,8 @@ def test_a_missing_required_field_is_a_value_error(missing: str) -> None:
         pytest.param({"t": [1.5]}, id="enqueued-at-list"),
         pytest.param({"a": "3"}, id="attempts-string"),
         pytest.param({"a": 1.5}, id="attempts-float"),
+        pytest.param({"u": "1"}, id="unknown-attempts-string"),
+        pytest.param({"u": 0.5}, id="unknown-attempts-float"),
         pytest.param({"m": ["plan", "pro"]}, id="metadata-list"),
         pytest.param({"m": "plan=pro"}, id="metadata-string"),
         pytest.param({"m": {"seats": 3}}, id="metadata-int-value"),
@@ -211,6 +213,18 @@ def test_later_attempts_keep_the_first_attempt_time() -> None:
     assert after.last_attempt_at == 190.0
     assert after.last_status == 429
     assert after.last_error is None
+
+
+def test_unknown_attempts_are_counted_and_stored_only_once_there_are_some() -> None:
+    # Given a goal attempted three times, two of them with an unknown outcome
+    after = MINIMAL.attempted(1.0, None, "timeout_after_send: x", unknown=True)
+    after = after.attempted(2.0, 503, "busy").attempted(3.0, 200, "html", unknown=True)
+    # Then it counts them apart, and keeps the count through its stored form
+    assert (after.attempts, after.unknown_attempts) == (3, 2)
+    assert json.loads(after.to_json())["u"] == 2
+    assert GoalEvent.from_json(after.to_json()) == after
+    # And a goal without any stores no "u" at all
+    assert "u" not in json.loads(MINIMAL.attempted(1.0, 503, "busy").to_json())
 
 
 def test_attempted_keeps_the_goal_itself() -> None:

@@ -1,5 +1,6 @@
-"""The shared pace: a token bucket in Redis that TAKE draws from, started by a 429 or by
-GOALQUEUE_MAX_RATE, halved by a 429 (DEFER) and grown while it holds delivery back.
+"""The shared pace: a token bucket in Redis that TAKE draws from, started by a 429, a timeout
+after sending or GOALQUEUE_MAX_RATE, halved by either (DEFER) and grown while it holds delivery
+back.
 
 The scripts run on the real Redis with a clock the test moves.
 """
@@ -68,12 +69,16 @@ class Pace:
 
     def rate_limited(self, now: float) -> str | None:
         """A 429 answer's DEFER, as the worker records it: the new rate, if it changed."""
-        return self.loop.run_until_complete(self._defer(now))
+        return self.loop.run_until_complete(self._defer(now, "rate_limited"))
 
-    async def _defer(self, now: float) -> str | None:
+    def slow(self, now: float) -> str | None:
+        """A timeout after sending's DEFER, as the worker records it."""
+        return self.loop.run_until_complete(self._defer(now, "slow"))
+
+    async def _defer(self, now: float, reason: str) -> str | None:
         async with self.worker_client.pipeline(transaction=False) as pipe:
             await self.scripts.defer(
-                Defer(now + 1, "rate_limited", 0, halve=True),
+                Defer(now + 1, reason, 0, halve=True),
                 fingerprint=self.settings.key_fingerprint,
                 now=now,
                 max_rate=self.max_rate,
@@ -184,6 +189,39 @@ def test_another_429_halves_the_pace_and_growth_slows_near_that_limit(
     # Then the pace restarts at half, and grows by a tenth a second from there
     rates = [round(rate, 2) for rate in pace.busy(range(5, 8))]
     assert rates == [20, 22, 24.2]
+
+
+def test_a_timeout_after_sending_halves_the_pace_without_marking_a_limit(
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
+) -> None:
+    # Given a pace that a 429 at 40 goals/s halved, growing by a tenth a second near that limit
+    pace = make_pace()
+    pace.rate_limited(NOW)
+    pace.resume()
+    pace.busy(range(1, 4))
+    assert pace.rate_limited(NOW + 4) == "20"
+    pace.resume()
+    assert [round(rate, 2) for rate in pace.busy(range(5, 7))] == [20, 22]
+    # When a request times out after sending (DataFast is slow)
+    assert pace.slow(NOW + 7) == "11"
+    pace.resume()
+    # Then the pace restarts at half, and grows back doubling up to half the 429's rate, then
+    # by a tenth: a timeout says nothing about the rate that drew it, the 429's limit stands
+    assert [round(rate, 2) for rate in pace.busy(range(8, 11))] == [11, 22, 24.2]
+
+
+def test_a_first_timeout_after_sending_starts_a_pace_that_grows_from_a_start(
+    redis_client: redis.Redis, backlog: list[str], make_pace: Callable[..., Pace]
+) -> None:
+    # Given workers sending about 200 goals/s, and no pace yet
+    pace = make_pace()
+    assert pace.sends(NOW - 0.5) == 101
+    # When a request times out after sending, the pace starts at half that rate
+    assert pace.slow(NOW) == "101"
+    pace.resume()
+    # Then it doubles every second while it holds goals back: the rate the workers sent at
+    # while their requests hung is no limit to stay under
+    assert pace.busy(range(1, 4)) == [101, 202, 404]
 
 
 def test_a_pace_that_holds_nothing_back_does_not_grow(

@@ -1,22 +1,27 @@
 """Table tests for the outcome policy: what one answer from DataFast means for a goal.
 
-Every row is a real ``httpx.Response`` (or httpx error) as the client would see it, and the
-verdict the worker must act on.
+Every row is a real ``httpx.Response`` (or the :class:`Failure` the client makes of a request
+that got no answer) as the client would see it, and the verdict the worker must act on.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from email.utils import formatdate
 
 import httpx
 import pytest
 
+from goalqueue.event import GoalEvent
 from workers.policy import (
     ERROR_LIMIT,
+    Failed,
+    Failure,
     Outcome,
     Verdict,
     backoff,
     classify,
+    give_up_reason,
     pause_length,
     retry_after,
 )
@@ -26,7 +31,7 @@ MAX_WAIT = 60.0
 EVENT_ID = "65f1c0ffee0ddba11deadbee"
 
 
-def classified(result: httpx.Response | httpx.HTTPError) -> Verdict:
+def classified(result: httpx.Response | Failure) -> Verdict:
     return classify(result, now=NOW, max_wait=MAX_WAIT)
 
 
@@ -44,50 +49,84 @@ def http_date(at: float) -> str:
 # ------------------------------------------------------------------------------------ delivered
 
 
+def success(data: object, status: int = 200) -> httpx.Response:
+    """DataFast's success body around ``data``."""
+    return httpx.Response(status, json={"status": "success", "data": data})
+
+
 @pytest.mark.parametrize(
     ("response", "remote_id"),
     [
-        pytest.param(
-            httpx.Response(
-                200,
-                json={"status": "success", "data": [{"message": "ok", "eventId": EVENT_ID}]},
-            ),
-            EVENT_ID,
-            id="200-data-list",
-        ),
-        pytest.param(
-            httpx.Response(201, json={"status": "success", "data": [{"eventId": EVENT_ID}]}),
-            EVENT_ID,
-            id="201-data-list",
-        ),
-        pytest.param(
-            httpx.Response(200, json={"status": "success", "data": {"eventId": EVENT_ID}}),
-            EVENT_ID,
-            id="200-data-object",
-        ),
-        pytest.param(
-            httpx.Response(200, json={"data": [{"eventId": 12345}]}), "12345", id="int-id"
-        ),
-        pytest.param(httpx.Response(200, json={"data": []}), None, id="empty-list"),
-        pytest.param(httpx.Response(200, json={"data": [{"message": "ok"}]}), None, id="no-id"),
-        pytest.param(httpx.Response(200, json={"data": "ok"}), None, id="data-string"),
-        pytest.param(httpx.Response(200, json={"status": "success"}), None, id="no-data"),
-        pytest.param(httpx.Response(200, json=[{"eventId": EVENT_ID}]), None, id="body-list"),
-        pytest.param(httpx.Response(200, json="ok"), None, id="body-string"),
-        pytest.param(httpx.Response(200, text="<html>OK</html>"), None, id="html"),
-        pytest.param(httpx.Response(200, content=b"\xff\xfe\x00garbage"), None, id="bytes"),
-        pytest.param(httpx.Response(200), None, id="empty-body"),
-        pytest.param(httpx.Response(204), None, id="204"),
+        pytest.param(success([{"message": "ok", "eventId": EVENT_ID}]), EVENT_ID, id="data-list"),
+        pytest.param(success([{"eventId": EVENT_ID}], 201), EVENT_ID, id="201-data-list"),
+        pytest.param(success({"eventId": EVENT_ID}), EVENT_ID, id="data-object"),
+        pytest.param(success([{"eventId": 12345}]), "12345", id="int-id"),
+        pytest.param(success([]), None, id="empty-list"),
+        pytest.param(success([{"message": "ok"}]), None, id="no-id"),
+        pytest.param(success("ok"), None, id="data-string"),
+        pytest.param(success(None), None, id="data-null"),
     ],
 )
-def test_2xx_is_delivered_and_the_remote_id_is_read_defensively(
+def test_datafasts_success_body_is_delivered_and_the_remote_id_is_read_defensively(
     response: httpx.Response, remote_id: str | None
 ) -> None:
-    # Given a success answer in any of the shapes DataFast (or a proxy) may send
+    # Given DataFast's success body, its data in any of the shapes seen
     # When it is classified
     verdict = classified(response)
     # Then the goal is delivered, with DataFast's event id when the body carries one
-    assert verdict == Verdict(Outcome.DELIVERED, response.status_code, remote_id=remote_id)
+    expected = Verdict(Outcome.DELIVERED, response.status_code, remote_id=remote_id, answer="2xx")
+    assert verdict == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "body_start"),
+    [
+        pytest.param(
+            httpx.Response(200, text="<html><title>Portal</title></html>"), "<html>", id="html"
+        ),
+        pytest.param(
+            httpx.Response(200, content=b'{"status":"success","da'),
+            '{"status":"success","da',
+            id="truncated-json",
+        ),
+        pytest.param(httpx.Response(204), "an empty body", id="204"),
+        pytest.param(httpx.Response(200), "an empty body", id="empty-body"),
+        pytest.param(
+            httpx.Response(200, json={"data": [{"eventId": EVENT_ID}]}), '{"data"', id="no-status"
+        ),
+        pytest.param(httpx.Response(200, json={"status": "success"}), '{"status"', id="no-data"),
+        pytest.param(
+            httpx.Response(200, json={"status": "error", "error": {"message": "x"}}),
+            '{"status":"error"',
+            id="error-body",
+        ),
+        pytest.param(httpx.Response(200, json=[{"eventId": EVENT_ID}]), "[{", id="body-list"),
+        pytest.param(httpx.Response(200, json="success"), '"success"', id="body-string"),
+        pytest.param(httpx.Response(202, content=b"\xff\xfe\x00garbage"), "garbage", id="bytes"),
+        pytest.param(httpx.Response(200, json=[[[]]] * 1), "[[[]]]", id="nested"),
+    ],
+)
+def test_any_other_2xx_is_not_delivered_but_an_unknown_outcome(
+    response: httpx.Response, body_start: str
+) -> None:
+    # Given a 2xx that is not DataFast's success body (a proxy, a portal, a cut answer)
+    # When it is classified
+    verdict = classified(response)
+    # Then the goal is not delivered: its outcome is unknown, it is retried (a bounded number
+    # of times), and the error keeps what the body began with
+    assert verdict.outcome is Outcome.TRANSIENT
+    assert verdict.reason == "unexpected_response"
+    assert verdict.unknown is True
+    assert verdict.answer == "unexpected_2xx"
+    assert verdict.status_code == response.status_code
+    assert verdict.remote_id is None
+    assert verdict.error is not None and body_start in verdict.error
+
+
+def test_the_start_of_a_long_unexpected_body_is_kept_within_the_limit() -> None:
+    verdict = classified(httpx.Response(200, text="<p>" + "x" * 5000))
+    assert verdict.error is not None
+    assert "<p>xxx" in verdict.error and len(verdict.error) <= ERROR_LIMIT
 
 
 # --------------------------------------------------------------------- permanent and deferred
@@ -119,36 +158,112 @@ def test_4xx_outcomes_and_reasons(status: int, outcome: Outcome, reason: str) ->
     assert verdict.error == f"refused with {status}"
     assert verdict.remote_id is None
     assert verdict.retry_after is None
+    assert verdict.answer == "4xx"
+    assert verdict.unknown is False
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
+def test_a_redirect_pauses_everyone_as_a_configuration_error(status: int) -> None:
+    # Given DATAFAST_API_URL answering with a redirect (never followed)
+    location = "https://datafa.st/api/v1/goals"
+    response = httpx.Response(status, headers={"Location": location})
+    # When it is classified
+    verdict = classified(response)
+    # Then delivery pauses for everyone, the error naming where it pointed
+    assert verdict == Verdict(
+        Outcome.DEFERRED, status, f"redirect to {location!r}", "redirect", answer="3xx"
+    )
+    assert not verdict.slows_down
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
 def test_5xx_is_transient(status: int) -> None:
     verdict = classified(datafast_error(status, "upstream trouble"))
-    assert verdict == Verdict(Outcome.TRANSIENT, status, "upstream trouble")
+    expected = Verdict(Outcome.TRANSIENT, status, "upstream trouble", "server_error", answer="5xx")
+    assert verdict == expected
+
+
+# ----------------------------------------------------------------------- requests unanswered
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("failed", "outcome", "reason", "unknown"),
     [
-        httpx.ReadTimeout("x"),
-        httpx.ConnectTimeout("x"),
-        httpx.WriteTimeout("x"),
-        httpx.PoolTimeout("x"),
-        httpx.ConnectError("x"),
-        httpx.ReadError("x"),
-        httpx.RemoteProtocolError("x"),
+        (Failed.REFUSED, Outcome.TRANSIENT, "connection_refused", False),
+        (Failed.RESET, Outcome.TRANSIENT, "connection_reset", False),
+        (Failed.TIMEOUT_BEFORE_SEND, Outcome.TRANSIENT, "timeout_before_send", False),
+        (Failed.OTHER, Outcome.TRANSIENT, "connection_error", False),
+        (Failed.TLS, Outcome.DEFERRED, "tls", False),
+        (Failed.TIMEOUT_AFTER_SEND, Outcome.DEFERRED, "slow", True),
     ],
-    ids=lambda error: type(error).__name__,
+    ids=lambda value: str(value),
 )
-def test_timeouts_and_network_errors_are_transient(error: httpx.HTTPError) -> None:
-    verdict = classified(error)
-    assert verdict == Verdict(Outcome.TRANSIENT, error=f"{type(error).__name__}: x")
+def test_each_kind_of_unanswered_request_has_its_outcome_and_reason(
+    failed: Failed, outcome: Outcome, reason: str, unknown: bool
+) -> None:
+    # Given a request that got no answer, for one of the reasons the client tells apart
+    # When it is classified
+    verdict = classified(Failure(failed, "SomeError: what happened"))
+    # Then it is retried (or pauses everyone), named for what went wrong in the reason, the
+    # error and the answer class, and only a timeout after sending leaves the outcome unknown
+    assert verdict == Verdict(
+        outcome,
+        error=f"{failed.value}: SomeError: what happened",
+        reason=reason,
+        unknown=unknown,
+        answer=failed.value,
+    )
 
 
 def test_a_long_network_error_is_cut_to_the_limit() -> None:
-    verdict = classified(httpx.ConnectError("e" * 5000))
+    verdict = classified(Failure(Failed.REFUSED, "e" * 5000))
     assert verdict.error is not None
     assert len(verdict.error) == ERROR_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("result", "slows"),
+    [
+        pytest.param(httpx.Response(429), True, id="429"),
+        pytest.param(Failure(Failed.TIMEOUT_AFTER_SEND, "x"), True, id="timeout-after-send"),
+        pytest.param(httpx.Response(403), False, id="403"),
+        pytest.param(httpx.Response(401), False, id="401"),
+        pytest.param(httpx.Response(301), False, id="301"),
+        pytest.param(Failure(Failed.TLS, "x"), False, id="tls"),
+        pytest.param(httpx.Response(503), False, id="503"),
+    ],
+)
+def test_a_429_and_a_timeout_after_sending_slow_the_shared_pace(
+    result: httpx.Response | Failure, slows: bool
+) -> None:
+    assert classified(result).slows_down is slows
+
+
+# --------------------------------------------------------------------------------- giving up
+
+
+def given_up(unknown: int, last_status: int | None) -> str:
+    event = GoalEvent("e", "v", "signup", NOW, attempts=5, last_status=last_status)
+    return give_up_reason(replace(event, unknown_attempts=unknown))
+
+
+@pytest.mark.parametrize(
+    ("unknown", "last_status", "reason"),
+    [
+        (0, None, "expired"),
+        (0, 503, "expired"),
+        (1, None, "maybe_delivered"),
+        (3, 503, "maybe_delivered"),
+        (2, 200, "unexpected_response"),
+        (1, 204, "unexpected_response"),
+    ],
+)
+def test_a_goal_given_up_on_says_whether_datafast_may_have_it(
+    unknown: int, last_status: int | None, reason: str
+) -> None:
+    # Given a goal out of time or of unknown attempts, after some unknown outcomes
+    # Then its dead letter says whether a replay may send DataFast a goal it already has
+    assert given_up(unknown, last_status) == reason
 
 
 # ------------------------------------------------------------------------------ error message
@@ -228,7 +343,8 @@ def test_429_honours_retry_after(header: str, expected: float | None) -> None:
 
 def test_429_without_retry_after_has_no_hint() -> None:
     verdict = classified(httpx.Response(429))
-    assert verdict == Verdict(Outcome.DEFERRED, 429, "Too Many Requests", "rate_limited", None)
+    expected = Verdict(Outcome.DEFERRED, 429, "Too Many Requests", "rate_limited", answer="4xx")
+    assert verdict == expected
 
 
 @pytest.mark.parametrize("status", [401, 403])

@@ -436,7 +436,14 @@ def test_in_flight_counts_hung_requests_and_refusals_until_the_hang_is_released(
 
 @pytest.mark.parametrize(
     "fault",
-    [{"nope": 1}, {"error_rate": 2}, {"fail_next": {"status": 200}}, {"hang": "yes"}],
+    [
+        {"nope": 1},
+        {"error_rate": 2},
+        {"fail_next": {"status": 200}},
+        {"hang": "yes"},
+        {"odd_answer": "xml"},
+        {"odd_answer": ["html"]},
+    ],
 )
 def test_admin_refuses_bad_faults(client: httpx.Client, fault: dict[str, Any]) -> None:
     assert_error(client.post("/_sandbox/faults", json=fault), 400)
@@ -460,6 +467,56 @@ def test_admin_events_filter_and_duplicate_stats(sandbox: Sandbox, client: httpx
         "accepted_without_key": 1,
         "in_flight": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "content_type", "taken"),
+    [
+        ("html", 200, "text/html", False),
+        ("no_content", 204, None, False),
+        ("redirect", 301, None, False),
+        ("truncated", 200, "application/json", True),
+    ],
+)
+def test_odd_answers_are_not_datafasts_and_only_a_truncated_one_took_the_goal(
+    sandbox: Sandbox,
+    client: httpx.Client,
+    kind: str,
+    status: int,
+    content_type: str | None,
+    taken: bool,
+) -> None:
+    # Given the odd_answer fault, set over HTTP
+    faults = client.post("/_sandbox/faults", json={"odd_answer": kind}).json()["faults"]
+    assert faults["odd_answer"] == kind
+    # When a goal is posted
+    response = post_goal(client, headers={**AUTH, "Idempotency-Key": "k1"})
+    # Then the answer is not DataFast's success body
+    assert response.status_code == status
+    if content_type is not None:
+        assert response.headers["content-type"].startswith(content_type)
+    with pytest.raises(ValueError):
+        response.json()
+    if status == 301:
+        assert response.headers["location"].startswith("https://")
+    # And the goal was taken only when DataFast answered (its answer cut short)
+    [event] = sandbox.events()
+    assert event.status == status
+    assert (event.event_id is not None) is taken
+    assert sandbox.stats().accepted == sandbox.stats().distinct_keys == int(taken)
+    if taken:
+        assert response.content.startswith(b'{"status":"success"')
+
+
+def test_odd_answers_come_after_the_latency_and_are_cleared_like_other_faults(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    sandbox.set_faults(odd_answer="html", latency_ms=100)
+    started = time.monotonic()
+    assert post_goal(client).headers["content-type"].startswith("text/html")
+    assert time.monotonic() - started >= 0.1
+    sandbox.clear_faults()
+    assert post_goal(client).json()["status"] == "success"
 
 
 def test_admin_reset_forgets_events_and_faults(sandbox: Sandbox, client: httpx.Client) -> None:
@@ -497,8 +554,9 @@ def test_cli_help_lists_the_options() -> None:
     assert result.exit_code == 0
     for option in ["--host", "--port", "--key", "--latency-ms", "--error-rate", "--rate-limit"]:
         assert option in result.output
-    for option in ["--registered-only", "--bot", "--visitor"]:
+    for option in ["--registered-only", "--bot", "--visitor", "--odd-answer"]:
         assert option in result.output
+    assert "html|no_content|redirect|truncated" in result.output
 
 
 @pytest.mark.integration

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -30,9 +29,11 @@ from goalqueue.event import GoalEvent
 from goalqueue.sandbox import Sandbox
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.settings import KEYS, quick_settings
+from tests.helpers.tls import self_signed_certificate
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers, worker_env
 from workers.client import Answer, build_client, post_goal
+from workers.policy import Failed, Failure
 
 CANARY = "df_SECRET_canary_123"
 
@@ -193,15 +194,7 @@ def test_the_worker_http_client_verifies_tls_and_follows_no_redirect() -> None:
 def self_signed_https(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     """An HTTPS server on 127.0.0.1 with a self-signed certificate; yields its URL, the
     certificate, and the Authorization headers it received."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     received: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -245,9 +238,8 @@ def test_the_worker_refuses_a_certificate_it_cannot_verify_before_sending_the_ke
 
     result = asyncio.run(post())
     # Then the TLS handshake fails, and the key never left the process
-    # (httpx-aiohttp reports it as a ConnectTimeout, a TransportError like ConnectError)
-    assert isinstance(result, httpx.TransportError)
-    assert "CERTIFICATE_VERIFY_FAILED" in str(result)
+    assert isinstance(result, Failure) and result.failed is Failed.TLS
+    assert "CERTIFICATE_VERIFY_FAILED" in result.detail
     assert received == ["Bearer x"]
 
 

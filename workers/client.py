@@ -4,19 +4,51 @@ The client runs on aiohttp (``httpx_aiohttp.AiohttpTransport``) rather than http
 transport: httpcore's connection pool collapses under hundreds of concurrent requests
 (encode/httpx#3215), while aiohttp keeps a request's CPU cost flat. httpx's API stays: its
 requests, responses and exceptions, and ``httpx.MockTransport`` in tests.
+
+A request that gets no answer becomes a :class:`workers.policy.Failure` here, named from the
+error that caused it. httpx-aiohttp's own translation cannot be trusted for that: it turns every
+``aiohttp.ClientConnectionError`` (a refused port, a reset, a TLS failure) into
+``httpx.ConnectTimeout``, and leaves some aiohttp errors (a malformed answer) untranslated. The
+aiohttp error it translated stays on the chain (``raise ... from``), so :func:`failure` names a
+failure by the innermost error that says what happened.
 """
 
 from __future__ import annotations
 
+import ssl
+
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
+from workers.policy import Failed, Failure
 
 USER_AGENT = "goalqueue/0.1 (+https://pypi.org/project/goalqueue/)"
 
-Answer = httpx.Response | httpx.HTTPError
+Answer = httpx.Response | Failure
+
+# What a request's failure is, by the errors in its chain, most specific first: aiohttp's, then
+# httpx's (for httpx's own transports and ``MockTransport``). A bare ``ssl.SSLError`` says
+# nothing alone (an established connection's abrupt end raises one): only a connection that
+# could not be made because of it is a TLS failure.
+_FAILURES: tuple[tuple[type[BaseException], Failed], ...] = (
+    (aiohttp.ClientSSLError, Failed.TLS),
+    (aiohttp.ServerFingerprintMismatch, Failed.TLS),
+    (aiohttp.ConnectionTimeoutError, Failed.TIMEOUT_BEFORE_SEND),
+    (aiohttp.ServerTimeoutError, Failed.TIMEOUT_AFTER_SEND),
+    (aiohttp.ClientConnectorError, Failed.REFUSED),
+    (aiohttp.ClientConnectionError, Failed.RESET),
+    (aiohttp.ClientPayloadError, Failed.RESET),
+    (httpx.ConnectTimeout, Failed.TIMEOUT_BEFORE_SEND),
+    (httpx.PoolTimeout, Failed.TIMEOUT_BEFORE_SEND),
+    (httpx.WriteTimeout, Failed.TIMEOUT_BEFORE_SEND),
+    (httpx.TimeoutException, Failed.TIMEOUT_AFTER_SEND),
+    (httpx.ConnectError, Failed.REFUSED),
+    (httpx.ReadError, Failed.RESET),
+    (httpx.WriteError, Failed.RESET),
+)
 
 
 def build_client(
@@ -41,20 +73,38 @@ def build_client(
 
 
 async def post_goal(client: httpx.AsyncClient, url: str, event: GoalEvent) -> Answer:
-    """POST the goal once; an HTTP-level failure comes back as the error, not raised."""
+    """POST the goal once; a request that got no answer comes back as its failure."""
     try:
         return await client.post(
             url, json=event.api_body(), headers={"Idempotency-Key": event.event_id}
         )
-    except httpx.HTTPError as exc:
-        return exc
+    except (httpx.HTTPError, aiohttp.ClientError) as exc:
+        return failure(exc)
 
 
-def answer_class(answer: Answer) -> str:
-    """What kind of answer it was, for the counters: ``2xx`` .. ``5xx``, ``timeout`` or
-    ``connection_error`` (any other failure to get an answer)."""
-    if isinstance(answer, httpx.Response):
-        return f"{answer.status_code // 100}xx"
-    if isinstance(answer, httpx.TimeoutException):
-        return "timeout"
-    return "connection_error"
+def failure(exc: BaseException) -> Failure:
+    """What went wrong with a request that got no answer: named by the innermost error of its
+    chain that says (httpx-aiohttp's translation wraps aiohttp's error, which may wrap TLS's)."""
+    chain = _chain(exc)
+    for cause in reversed(chain):
+        named = next((failed for cls, failed in _FAILURES if isinstance(cause, cls)), None)
+        if named is Failed.REFUSED and any(isinstance(error, ssl.SSLError) for error in chain):
+            named = Failed.TLS
+        if named is not None:
+            return Failure(named, _describe(cause))
+    origin = next((cause for cause in chain if not isinstance(cause, httpx.HTTPError)), exc)
+    return Failure(Failed.OTHER, _describe(origin))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors that caused it, outermost first."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -29,7 +29,7 @@ from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.scripts import Defer, Standing, Take, Taken, WorkerScripts
-from workers.client import answer_class, post_goal
+from workers.client import post_goal
 from workers.outage import Outage
 from workers.policy import (
     RETRY_AFTER_MAX_SECONDS,
@@ -37,6 +37,7 @@ from workers.policy import (
     Verdict,
     backoff,
     classify,
+    give_up_reason,
     pause_length,
 )
 from workers.recording import Pause, Record, Recorder, Writer
@@ -150,6 +151,7 @@ class Deliverer:
                 result = await self._send(copy, prepared, now, record)
             else:
                 result = prepared
+                record.release = copy.standing is Standing.PROBE
             if record.settlement.outcomes:
                 await self.recorder.record(record)
         finally:
@@ -171,8 +173,9 @@ class Deliverer:
             settlement.forget(copy.entry, copy.event_id)
             return "already delivered"
         if now - event.enqueued_at > self.settings.max_age_seconds:
-            settlement.bury(copy.entry, DeadLetter.of(event, "expired"))
-            return "expired"
+            reason = give_up_reason(event)
+            settlement.bury(copy.entry, DeadLetter.of(event, reason))
+            return reason
         if copy.standing is Standing.HOLD:
             settlement.park(copy.entry, event, due=now + wait)
             return "held while paused" if wait == 0 else "held for the pace"
@@ -182,9 +185,10 @@ class Deliverer:
         """POST the goal and put its outcome in ``record``."""
         sent = time.monotonic()
         answer = await post_goal(self.http, self.settings.api_url, event)
-        record.settlement.answered(answer_class(answer), time.monotonic() - sent)
+        took = time.monotonic() - sent
         answered = self.clock()
         verdict = classify(answer, now=answered, max_wait=RETRY_AFTER_MAX_SECONDS)
+        record.settlement.answered(verdict.answer, took)
         probe = copy.standing is Standing.PROBE
         record.resume = probe and verdict.outcome is not Outcome.DEFERRED
         if verdict.outcome is Outcome.DELIVERED:
@@ -192,17 +196,23 @@ class Deliverer:
                 copy.entry, event.event_id, verdict.remote_id or "", answered - event.enqueued_at
             )
             return verdict.outcome.value
-        event = event.attempted(now, verdict.status_code, verdict.error)
+        event = event.attempted(now, verdict.status_code, verdict.error, unknown=verdict.unknown)
         return self._settle(record, copy, event, verdict)
 
     def _settle(self, record: Record, copy: Taken, event: GoalEvent, verdict: Verdict) -> str:
-        """Put the outcome of a goal DataFast did not take into ``record``."""
+        """Put the outcome of a goal DataFast did not take (or did not say it took) into
+        ``record``."""
         now = self.clock()
         settlement = record.settlement
+        if verdict.outcome is Outcome.DEFERRED:
+            record.pause = self._pause(verdict, copy, now)
+        if verdict.unknown and event.unknown_attempts >= self.settings.max_unknown_attempts:
+            reason = give_up_reason(event)
+            settlement.bury(copy.entry, DeadLetter.of(event, reason))
+            return reason
         if verdict.outcome is Outcome.PERMANENT:
             settlement.bury(copy.entry, DeadLetter.of(event, verdict.reason or "client_error"))
         elif verdict.outcome is Outcome.DEFERRED:
-            record.pause = self._pause(verdict, copy, now)
             settlement.park(copy.entry, event, due=now, outcome=f"deferred:{verdict.reason}")
             return f"deferred ({verdict.reason})"
         else:
@@ -213,6 +223,7 @@ class Deliverer:
                 rand=self.rand,
             )
             settlement.park(copy.entry, event, due=now + delay, outcome="transient")
+            return f"transient ({verdict.reason})"
         return verdict.outcome.value
 
     def _pause(self, verdict: Verdict, copy: Taken, now: float) -> Pause:
@@ -224,5 +235,5 @@ class Deliverer:
             seconds = pause_length(
                 streak, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
             )
-        halve = verdict.status_code == 429
-        return Pause(verdict, Defer(now + seconds, verdict.reason or "", streak, halve), seconds)
+        defer = Defer(now + seconds, verdict.reason or "", streak, verdict.slows_down)
+        return Pause(verdict, defer, seconds)

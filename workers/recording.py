@@ -44,11 +44,13 @@ class Pause:
 
 @dataclass(slots=True)
 class Record:
-    """What one write records: SETTLE's outcomes, a pause, whether a pause is over."""
+    """What one write records: SETTLE's outcomes, a pause, whether a pause is over, whether the
+    probe went unsent (expired, say) so that another goal may probe."""
 
     settlement: Settlement = field(default_factory=Settlement)
     pause: Pause | None = None
     resume: bool = False
+    release: bool = False
 
     @classmethod
     def merge(cls, records: Iterable[Record]) -> Record:
@@ -58,6 +60,7 @@ class Record:
             merged.settlement.extend(record.settlement)
             merged.pause = record.pause or merged.pause
             merged.resume |= record.resume
+            merged.release |= record.release
         return merged
 
 
@@ -167,6 +170,8 @@ class Writer:
         async with self.redis.pipeline(transaction=False) as pipe:
             if record.resume:
                 pipe.delete(settings.keys.pause, settings.keys.probe)
+            elif record.release:
+                pipe.delete(settings.keys.probe)
             if (pause := record.pause) is not None:
                 await self.scripts.defer(
                     pause.defer,
@@ -179,7 +184,7 @@ class Writer:
                 ttl_ms = int(settings.delivered_ttl_seconds * 1000)
                 await self.scripts.settle(record.settlement, ttl_ms, pipe)
             replies = await pipe.execute()
-        return replies[int(record.resume)] if pause is not None else None
+        return replies[int(record.resume or record.release)] if pause is not None else None
 
 
 def _resolve(futures: list[asyncio.Future[None]], exc: Exception | None) -> None:
@@ -209,17 +214,29 @@ def _log(record: Record, slowed: str | None) -> None:
 
 def _log_pause(pause: Pause, slowed: str | None) -> None:
     verdict = pause.verdict
-    if verdict.reason == "auth":
-        logger.error(
-            "DataFast rejected the API key (401: %s). Delivery is paused and no goal is "
-            "dropped; set a valid DATAFAST_API_KEY and restart the workers to resume.",
-            verdict.error,
-        )
+    answer = verdict.status_code or verdict.answer
+    if (message := _OPERATOR_ERRORS.get(verdict.reason or "")) is not None:
+        logger.error(message + _KEPT, answer, verdict.error)
         return
     logger.warning(
         "DataFast answered %s (%s): delivery paused for %.1f s%s",
-        verdict.status_code,
+        answer,
         verdict.reason,
         pause.seconds,
         f"; sending resumes at {float(slowed):g} goals/s and speeds up" if slowed else "",
     )
+
+
+# Pauses only an operator can end for good: a probe retries them, ever less often.
+_OPERATOR_ERRORS = {
+    "auth": "DataFast rejected the API key (%s: %s). Set a valid DATAFAST_API_KEY",
+    "redirect": (
+        "DATAFAST_API_URL answered with a redirect (%s: %s), which goalqueue never follows. "
+        "Set DATAFAST_API_URL to DataFast's goals endpoint"
+    ),
+    "tls": (
+        "TLS failed with DATAFAST_API_URL (%s: %s). Check the URL, the CA certificates "
+        "(SSL_CERT_FILE) and any proxy in between"
+    ),
+}
+_KEPT = " and restart the workers to resume at once. Delivery is paused and no goal is dropped."

@@ -1,7 +1,8 @@
 -- The shared send rate: a token bucket in Redis that every worker draws from. There is none
--- until DataFast answers 429 (or GOALQUEUE_MAX_RATE caps the rate from the start). A 429 halves
--- the rate (defer.lua); while the bucket runs dry and no 429 comes, the rate doubles every
--- second up to half the rate of the last 429, and grows by a tenth a second above that.
+-- until DataFast answers 429 or a request times out after sending (or GOALQUEUE_MAX_RATE caps
+-- the rate from the start). Either halves the rate (defer.lua); while the bucket runs dry and
+-- no 429 comes, the rate doubles every second up to half the rate of the last 429, and grows by
+-- a tenth a second above that.
 local PACE_START, PACE_MIN, PACE_BURST_SECONDS, PACE_TTL_MS = 10, 1, 0.1, 3600000
 local PACE_EPSILON = 1e-6  -- float error in refills: a token short by less than this is whole
 

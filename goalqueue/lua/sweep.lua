@@ -1,6 +1,7 @@
 -- SWEEP: due goals from the waiting set back onto the queue; while delivery is paused, only the
--- one probe once the pause is over. A pause for a key other than `fingerprint` (401: a key that
--- has since been fixed) is dropped. Returns how many goals were moved.
+-- one probe once the pause is over. A pause for a configuration other than `fingerprint` (a 401,
+-- a redirect or a TLS failure, since fixed: see pause.lua) is dropped. Returns how many goals
+-- were moved.
 local pause_key, probe_key, waiting_key = KEYS[1], KEYS[2], KEYS[3]
 local seq_key, ledger_key, queue_key = KEYS[4], KEYS[5], KEYS[6]
 local template, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -8,7 +9,7 @@ local fingerprint, probe_lease_ms = ARGV[4], ARGV[5]
 
 local pause = redis.call('HMGET', pause_key, 'until', 'reason', 'key')
 local probing = false
-if pause[1] and pause[2] == 'auth' and pause[3] ~= fingerprint then
+if pause[1] and outdated_pause(pause[2], pause[3], fingerprint) then
   redis.call('DEL', pause_key, probe_key)
 elseif pause[1] then
   if now < tonumber(pause[1]) or redis.call('EXISTS', probe_key) == 1 then return 0 end

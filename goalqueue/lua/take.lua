@@ -67,7 +67,7 @@ local function standing(event_id, pause, pace)
 end
 
 local pause = redis.call('HMGET', pause_key, 'until', 'reason', 'key', 'streak')
-if pause[1] and pause[2] == 'auth' and pause[3] ~= fingerprint then
+if pause[1] and outdated_pause(pause[2], pause[3], fingerprint) then
   redis.call('DEL', pause_key, probe_key)
   pause = {}
 end

@@ -8,7 +8,7 @@ import click
 
 from goalqueue.listening import listen_options
 from goalqueue.sandbox.admin import ADMIN_PREFIX
-from goalqueue.sandbox.faults import Faults, RateLimit
+from goalqueue.sandbox.faults import Faults, OddAnswer, RateLimit
 from goalqueue.sandbox.goals import GOALS_PATH
 from goalqueue.sandbox.server import DEFAULT_HOST, DEFAULT_PORT, serve
 from goalqueue.sandbox.state import DEFAULT_KEY, SandboxState
@@ -41,6 +41,11 @@ def _announce(key: str) -> Callable[[str], None]:
     help="Answer 429 (Retry-After: 1) beyond this many goals per second.",
 )
 @click.option(
+    "--odd-answer",
+    type=click.Choice([kind.value for kind in OddAnswer]),
+    help="Answer every goal with something other than DataFast's answer (see the README).",
+)
+@click.option(
     "--registered-only", is_flag=True, help="Refuse (404) visitors not registered with --visitor."
 )
 @click.option("--bot", "bots", multiple=True, metavar="VISITOR", help="A bot visitor (400).")
@@ -52,6 +57,7 @@ def sandbox_command(
     latency_ms: float,
     error_rate: float,
     rate_limit: float | None,
+    odd_answer: str | None,
     registered_only: bool,
     bots: tuple[str, ...],
     visitors: tuple[str, ...],
@@ -66,6 +72,7 @@ def sandbox_command(
             latency_ms=latency_ms,
             error_rate=error_rate,
             rate_limit=None if rate_limit is None else RateLimit(per_second=rate_limit),
+            odd_answer=None if odd_answer is None else OddAnswer(odd_answer),
         ),
     )
     try:

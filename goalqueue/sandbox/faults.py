@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
 
@@ -72,6 +73,19 @@ class RateLimit:
         return {"per_second": self.per_second, "retry_after": self.retry_after}
 
 
+class OddAnswer(StrEnum):
+    """An answer to every goal request that is not DataFast's (after any latency).
+
+    The first three come from something in front of DataFast, which never sees the goal; a
+    ``truncated`` answer is DataFast's success (the goal is taken) cut short.
+    """
+
+    HTML = "html"  # 200 with an HTML page: a captive portal, a proxy, a wrong URL
+    NO_CONTENT = "no_content"  # 204, no body
+    REDIRECT = "redirect"  # 301 to another URL
+    TRUNCATED = "truncated"  # 200 with half of DataFast's success body
+
+
 @dataclass(frozen=True)
 class Faults:
     """Injected faults; replaced as a whole on every change, so readers never see half an update.
@@ -85,6 +99,7 @@ class Faults:
     rate_limit: RateLimit | None = None
     suspended: bool = False
     hang: bool = False
+    odd_answer: OddAnswer | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, as the admin endpoints show it."""
@@ -96,6 +111,7 @@ class Faults:
             "rate_limit": None if self.rate_limit is None else self.rate_limit.to_dict(),
             "suspended": self.suspended,
             "hang": self.hang,
+            "odd_answer": self.odd_answer,
         }
 
 
@@ -157,6 +173,16 @@ def _rate_limit(value: Any) -> RateLimit | None:
     return RateLimit(_retry_after(value.get("retry_after", 1)), per_second)
 
 
+def _odd_answer(value: Any) -> OddAnswer | None:
+    if value is None:
+        return None
+    try:
+        return OddAnswer(value)
+    except (TypeError, ValueError):
+        kinds = ", ".join(kind.value for kind in OddAnswer)
+        raise ValueError(f"odd_answer must be one of {kinds} or null") from None
+
+
 _FAULT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "latency_ms": lambda v: _number(v, "latency_ms", 0),
     "error_rate": lambda v: _number(v, "error_rate", 0, 1),
@@ -164,6 +190,7 @@ _FAULT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "rate_limit": _rate_limit,
     "suspended": lambda v: _flag(v, "suspended"),
     "hang": lambda v: _flag(v, "hang"),
+    "odd_answer": _odd_answer,
 }
 
 
@@ -174,8 +201,9 @@ def parse_fault_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     ``FailNext``, ``{"status", "count", "retry_after"}`` or null; ``rate_limit``
     ``{"per_second": n, "retry_after": n}`` (429 beyond n goal requests a second), or 429 for
     every request with ``{"retry_after": n}``, a Retry-After value or true (1 s), or a
-    ``RateLimit``; null/false turns it off; ``suspended`` and ``hang`` booleans. Raises
-    ValueError on anything else.
+    ``RateLimit``; null/false turns it off; ``suspended`` and ``hang`` booleans;
+    ``odd_answer`` one of :class:`OddAnswer`'s values or null. Raises ValueError on anything
+    else.
     """
     unknown = set(changes) - _FAULT_PARSERS.keys()
     if unknown:

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goalqueue.sandbox.answers import Refusal, SandboxJSON, refusal_response
-from goalqueue.sandbox.faults import check_faults
+from goalqueue.sandbox.faults import OddAnswer, check_faults
 from goalqueue.sandbox.rules import check_auth, check_goal, check_visitor
 from goalqueue.sandbox.state import RecordedEvent, SandboxState
 
@@ -49,13 +49,12 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
         return (raw.decode("utf-8", "replace") or None), False
 
 
-async def _judge(
+def _judge(
     state: SandboxState, authorization: str | None, website_id: str | None, raw: bytes
 ) -> tuple[Any, Refusal | None]:
     """The body, and the refusal to answer with (None to accept) after faults and rules."""
     body, is_json = _parse_json(raw)
     try:
-        await _delay(state)
         check_faults(state.faults)
         check_auth(state, authorization, website_id)
         if not is_json:
@@ -78,9 +77,26 @@ def _website_id(request: Request) -> str | None:
     return request.query_params.get("websiteId") or None
 
 
-def _accepted(event_id: str) -> Response:
+def _accepted(event_id: str, truncated: bool = False) -> Response:
     data = [{"message": "Custom event created successfully", "eventId": event_id}]
-    return SandboxJSON({"status": "success", "data": data})
+    answer = SandboxJSON({"status": "success", "data": data})
+    if not truncated:
+        return answer
+    return Response(answer.body[: len(answer.body) // 2], media_type="application/json")
+
+
+# What answers in front of DataFast under the odd_answer fault; DataFast never sees the goal.
+_FRONT_ANSWERS = {
+    OddAnswer.HTML: lambda: Response(
+        "<!doctype html><html><head><title>Sign in to the network</title></head>"
+        "<body><p>Please log in to continue.</p></body></html>",
+        media_type="text/html",
+    ),
+    OddAnswer.NO_CONTENT: lambda: Response(status_code=204),
+    OddAnswer.REDIRECT: lambda: Response(
+        status_code=301, headers={"Location": "https://datafast.example/api/v1/goals"}
+    ),
+}
 
 
 class CountInFlight:
@@ -105,14 +121,20 @@ def goal_route(state: SandboxState) -> Route:
     async def post_goal(request: Request) -> Response:
         authorization = request.headers.get("authorization")
         raw = await request.body()
-        body, refusal = await _judge(state, authorization, _website_id(request), raw)
+        await _delay(state)
+        odd = state.faults.odd_answer
         # Record before answering: whoever sees the answer also finds the record.
+        if odd in _FRONT_ANSWERS:
+            front = _FRONT_ANSWERS[odd]()
+            _record(state, request, _parse_json(raw)[0], front.status_code, None)
+            return front
+        body, refusal = _judge(state, authorization, _website_id(request), raw)
         if refusal is not None:
             _record(state, request, body, refusal.status, None)
             return refusal_response(refusal)
         event_id = _new_event_id()
         _record(state, request, body, 200, event_id)
-        return _accepted(event_id)
+        return _accepted(event_id, truncated=odd is OddAnswer.TRUNCATED)
 
     counted = [Middleware(CountInFlight, state=state)]
     return Route(GOALS_PATH, post_goal, methods=["POST"], middleware=counted)

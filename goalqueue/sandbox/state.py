@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, Literal
 
 from goalqueue.sandbox.faults import Faults, parse_fault_changes
@@ -23,7 +22,8 @@ class RecordedEvent:
     """One goal request as the sandbox received and answered it.
 
     ``body`` is the parsed JSON (or the raw text when it was not JSON, None when empty);
-    ``event_id`` is set only for accepted (200) goals.
+    ``event_id`` is set only for goals DataFast took (a 200 from in front of it, under the
+    ``odd_answer`` fault, has none).
     """
 
     time: float
@@ -42,10 +42,11 @@ class RecordedEvent:
 class SandboxStats:
     """Counts over the recorded requests, and the goal requests still being answered.
 
-    ``duplicates`` counts extra acceptances of an ``Idempotency-Key`` already accepted:
-    a key accepted three times adds 2. ``in_flight`` counts goal requests received and not
-    yet answered (held by latency or a hang, or just being judged): a client killed now loses
-    those answers, so it is the floor of the duplicates that no client can avoid.
+    ``accepted`` counts goals taken (given an event id); ``duplicates`` counts extra
+    acceptances of an ``Idempotency-Key`` already accepted: a key accepted three times adds 2.
+    ``in_flight`` counts goal requests received and not yet answered (held by latency or a
+    hang, or just being judged): a client killed now loses those answers, so it is the floor of
+    the duplicates that no client can avoid.
     """
 
     total: int
@@ -79,6 +80,7 @@ class SandboxState:
     _events: list[RecordedEvent] = field(default_factory=list, init=False, repr=False)
     _by_status: Counter[int] = field(default_factory=Counter, init=False, repr=False)
     _accepted_keys: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _accepted: int = field(default=0, init=False, repr=False)
     _in_flight: int = field(default=0, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -104,8 +106,10 @@ class SandboxState:
         with self._lock:
             self._events.append(event)
             self._by_status[event.status] += 1
-            if event.status == HTTPStatus.OK and event.idempotency_key is not None:
-                self._accepted_keys[event.idempotency_key] += 1
+            if event.event_id is not None:
+                self._accepted += 1
+                if event.idempotency_key is not None:
+                    self._accepted_keys[event.idempotency_key] += 1
 
     def events(self, status: int | None = None) -> list[RecordedEvent]:
         """A snapshot of the recorded requests in arrival order, optionally of one status."""
@@ -123,7 +127,7 @@ class SandboxState:
         with self._lock:
             by_status = dict(self._by_status)
             keyed = self._accepted_keys.values()
-            accepted = by_status.get(HTTPStatus.OK, 0)
+            accepted = self._accepted
             return SandboxStats(
                 total=len(self._events),
                 by_status=by_status,
@@ -162,4 +166,5 @@ class SandboxState:
             self._events.clear()
             self._by_status.clear()
             self._accepted_keys.clear()
+            self._accepted = 0
         self.clear_faults()
