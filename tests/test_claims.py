@@ -36,7 +36,7 @@ class Claimed(list[Delivery]):
     """Collects what became of each claimed goal (the engine's ``announce`` hook)."""
 
     def results(self) -> dict[str, str]:
-        return {delivery.event_id: delivery.result for delivery in self}
+        return {delivery.event_id: delivery.summary for delivery in self}
 
 
 def test_a_task_claims_queued_goals_and_delivers_each_once(
@@ -53,7 +53,7 @@ def test_a_task_claims_queued_goals_and_delivers_each_once(
     own = engine.deliver(*pop_message(redis_client))
     engine.wait()
     # Then its TAKE claimed the other five, and every goal is delivered once
-    assert own.event_id == ids[0] and own.result == "delivered"
+    assert own.event_id == ids[0] and own.summary == "delivered"
     assert claimed.results() == dict.fromkeys(ids[1:], "delivered")
     assert sorted(r.headers["idempotency-key"] for r in api.requests) == sorted(ids)
     assert redis_client.llen(KEYS.queue) == 0
@@ -89,7 +89,7 @@ def test_claims_never_take_more_than_the_room_left_in_flight(
     # Then its TAKE claimed only three more: the other six wait in the queue
     assert redis_client.llen(KEYS.queue) == 6
     gate.set()
-    assert first.result(timeout=10).result == "delivered"
+    assert first.result(timeout=10).summary == "delivered"
     engine.wait()
     assert most == 4
 
@@ -107,7 +107,7 @@ def test_a_claim_leaves_messages_that_are_not_goals_for_kombu(
     claimed = Claimed()
     engine = engines(settings, FakeDataFast(), announce=claimed.append)
     # When the task's TAKE claims
-    assert engine.deliver(*own).result == "delivered"
+    assert engine.deliver(*own).summary == "delivered"
     engine.wait()
     # Then both goals were delivered and the other message is back at the consuming end
     assert claimed.results() == {goal[1]: "delivered"}
@@ -154,7 +154,7 @@ def test_answers_are_recorded_as_they_arrive_not_after_the_slowest_request(
     wait_for(lambda: redis_client.exists(KEYS.delivered(fast)), 5)
     assert not redis_client.exists(KEYS.delivered(slow))
     gate.set()
-    assert own.result(timeout=10).result == "delivered"
+    assert own.result(timeout=10).summary == "delivered"
 
 
 def test_a_429_among_the_claims_pauses_delivery_and_parks_only_that_goal(
@@ -176,8 +176,8 @@ def test_a_429_among_the_claims_pauses_delivery_and_parks_only_that_goal(
     own = engine.deliver(*pop_message(redis_client))
     engine.wait()
     # Then the others are delivered, the limited one waits, and delivery is paused
-    assert own.result == "delivered"
-    assert claimed.results() == {ids[1]: "deferred (rate_limited)", ids[2]: "delivered"}
+    assert own.summary == "delivered"
+    assert claimed.results() == {ids[1]: "waiting (rate_limited)", ids[2]: "delivered"}
     assert redis_client.zcard(KEYS.waiting) == 1
     assert redis_client.hget(KEYS.pause, "reason") == "rate_limited"
 
@@ -197,8 +197,8 @@ def test_a_take_while_paused_sends_one_probe_and_holds_the_rest(
     own = engine.deliver(*pop_message(redis_client))
     engine.wait()
     # Then exactly one goal tested the API; it succeeded, so the pause is over
-    assert own.result == "delivered"
-    assert claimed.results() == dict.fromkeys(ids[1:], "held while paused")
+    assert own.summary == "delivered"
+    assert claimed.results() == dict.fromkeys(ids[1:], "held (paused)")
     assert [r.headers["idempotency-key"] for r in api.requests] == ids[:1]
     assert not redis_client.exists(KEYS.pause)
     assert redis_client.zcard(KEYS.waiting) == 3
@@ -219,7 +219,7 @@ def test_closing_the_engine_finishes_and_records_every_claimed_goal(
         return ok()
 
     engine = engines(settings, answer)
-    assert engine.deliver(*pop_message(redis_client)).result == "delivered"
+    assert engine.deliver(*pop_message(redis_client)).summary == "delivered"
     assert redis_client.get(KEYS.delivered_count) == "1"
     # When the engine is closed (a warm shutdown)
     engine.close()

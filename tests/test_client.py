@@ -179,7 +179,7 @@ def deliver_once(
         GoalQueue(settings=worker_settings).track_goal("v1", "signup")
         engine = Engine(worker_settings)
         engines.append(engine)
-        result = engine.deliver(*pop_message(redis_client)).result
+        result = engine.deliver(*pop_message(redis_client)).summary
         waiting = redis_client.zrange(KEYS.waiting, 0, -1)
         return result, GoalEvent.from_json(waiting[0]) if waiting else None
 
@@ -244,7 +244,7 @@ def test_a_refused_port_is_a_refused_connection(
     # When a worker tries a goal
     result, event = deliver_once(url)
     # Then it is retried later as a refused connection, counted as one, not as a timeout
-    assert result == "transient (connection_refused)"
+    assert result == "waiting (connection_refused)"
     assert event is not None and event.unknown_attempts == 0
     assert (event.last_error or "").startswith("connection_refused: ClientConnectorError")
     assert counted(redis_client, "answers:connection_refused") == 1
@@ -261,7 +261,7 @@ def test_a_connection_reset_after_the_request_is_a_reset(
     # When a worker tries a goal
     result, event = deliver_once(f"http://127.0.0.1:{listener.port}/api/v1/goals")
     # Then it is retried later as a reset connection
-    assert result == "transient (connection_reset)"
+    assert result == "waiting (connection_reset)"
     assert event is not None and (event.last_error or "").startswith("connection_reset: ")
     assert counted(redis_client, "answers:connection_reset") == 1
     assert counted(redis_client, "answers:timeout_before_send") == 0
@@ -283,7 +283,7 @@ def test_a_listener_that_never_accepts_is_a_timeout_before_sending(
         for filler in fillers:
             filler.close()
     # Then the goal was never sent: retried as a timeout before sending, no unknown attempt
-    assert result == "transient (timeout_before_send)"
+    assert result == "waiting (timeout_before_send)"
     assert event is not None and event.unknown_attempts == 0
     assert counted(redis_client, "answers:timeout_before_send") == 1
 
@@ -327,7 +327,7 @@ def test_a_tls_failure_pauses_everyone_as_a_configuration_error(
     # When a worker tries a goal
     result, event = deliver_once(f"https://127.0.0.1:{listener.port}/api/v1/goals")
     # Then delivery pauses for everyone with an operator-facing error, instead of retrying
-    assert result == "deferred (tls)"
+    assert result == "waiting (tls)"
     assert redis_client.hget(KEYS.pause, "reason") == "tls"
     assert event is not None and "certificate verify failed" in (event.last_error or "")
     assert "TLS failed with DATAFAST_API_URL" in caplog.text
@@ -346,7 +346,7 @@ def test_a_redirect_from_the_sandbox_pauses_everyone(
     # When a worker tries a goal
     result, event = deliver_once(sandbox.url)
     # Then delivery pauses for everyone, the redirect's target in the goal's last error
-    assert result == "deferred (redirect)"
+    assert result == "waiting (redirect)"
     assert redis_client.hget(KEYS.pause, "reason") == "redirect"
     assert event is not None and event.last_status == 301
     assert "datafast.example" in (event.last_error or "")
@@ -364,7 +364,7 @@ def test_a_slow_answer_is_a_timeout_after_sending(
     # When a worker tries a goal
     result, event = deliver_once(sandbox.url, http_timeout_seconds=0.2)
     # Then DataFast may have it: one unknown attempt, and a pause for everyone (slow)
-    assert result == "deferred (slow)"
+    assert result == "waiting (slow)"
     assert event is not None and event.unknown_attempts == 1
     assert counted(redis_client, "answers:timeout_after_send") == 1
     assert counted(redis_client, "answers:timeout_before_send") == 0

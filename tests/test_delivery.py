@@ -48,7 +48,7 @@ def deliverer(
 
 def run_next(worker: Engine, client: redis.Redis) -> str:
     """What a worker does with the next message on the queue."""
-    return worker.deliver(*pop_message(client)).result
+    return worker.deliver(*pop_message(client)).summary
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_a_permanent_failure_is_dead_lettered_after_one_request(
     api = FakeDataFast(error(status, "visitor has no pageviews"))
     worker = deliverer(settings, api, clock)
 
-    assert run_next(worker, redis_client) == "permanent"
+    assert run_next(worker, redis_client) == f"dead ({reason})"
     Sweeper(settings, redis_client).sweep_once(clock.now + 3600)
 
     assert len(api.requests) == 1
@@ -155,13 +155,13 @@ def test_a_server_error_waits_with_backoff_then_is_delivered(
     sweeper = Sweeper(settings, redis_client)
 
     # First attempt: 503, waits base * 2**0 (rand pinned to 1.0)
-    assert run_next(worker, redis_client) == "transient (server_error)"
+    assert run_next(worker, redis_client) == "waiting (server_error)"
     ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due == pytest.approx(clock.now + settings.retry_base_seconds)
     assert sweeper.sweep_once(due - 0.01) == (0, 0)
     assert sweeper.sweep_once(due) == (1, 0)
     # Second attempt: 502, waits twice as long
-    assert run_next(worker, redis_client) == "transient (server_error)"
+    assert run_next(worker, redis_client) == "waiting (server_error)"
     ((raw, due2),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     assert due2 == pytest.approx(clock.now + 2 * settings.retry_base_seconds)
     assert GoalEvent.from_json(raw).attempts == 2
@@ -187,7 +187,7 @@ def test_a_refused_connection_is_transient_and_named(
 
     # When a worker tries the goal, it waits for a retry, named for what went wrong
     result = run_next(deliverer(settings, refuse, clock), redis_client)
-    assert result == "transient (connection_refused)"
+    assert result == "waiting (connection_refused)"
     (raw,) = redis_client.zrange(KEYS.waiting, 0, -1)
     event = GoalEvent.from_json(raw)
     assert (event.last_error or "").startswith("connection_refused: ConnectError")
@@ -213,7 +213,7 @@ def test_a_timeout_after_sending_pauses_everyone_and_slows_the_pace(
     # When a worker tries it
     result = run_next(deliverer(settings, timeout_after_send, clock), redis_client)
     # Then DataFast is taken to be slow: delivery pauses for everyone, the shared pace starts
-    assert result == "deferred (slow)"
+    assert result == "waiting (slow)"
     assert redis_client.hget(KEYS.pause, "reason") == "slow"
     assert redis_client.exists(KEYS.pace)
     # And the goal waits with one unknown attempt (DataFast may have it)
@@ -238,11 +238,11 @@ def test_unknown_outcomes_are_capped_then_dead_lettered_as_maybe_delivered(
     worker = deliverer(capped, timeout_after_send, clock)
     sweeper = Sweeper(capped, redis_client)
     # When the goal times out after sending once, it waits for the pause to end
-    assert run_next(worker, redis_client) == "deferred (slow)"
+    assert run_next(worker, redis_client) == "waiting (slow)"
     clock.now = float(redis_client.hget(KEYS.pause, "until") or 0)
     assert sweeper.sweep_once(clock.now) == (1, 0)
     # Then after the second, it is given up on as maybe delivered, not sent a third time
-    assert run_next(worker, redis_client) == "maybe_delivered"
+    assert run_next(worker, redis_client) == "dead (maybe_delivered)"
     letter = DeadLetters(redis_client, KEYS).get(event_id)
     assert letter is not None and letter.event is not None
     assert (letter.reason, letter.attempts, letter.event.unknown_attempts) == (
@@ -265,15 +265,15 @@ def test_a_probe_that_expired_lets_the_next_goal_probe_at_once(
     first, second = enqueue(queue, clock), enqueue(queue, clock)
     worker = deliverer(settings, timeout_after_send, clock)
     sweeper = Sweeper(settings, redis_client)
-    assert run_next(worker, redis_client) == "deferred (slow)"
-    assert run_next(worker, redis_client) == "held while paused"
+    assert run_next(worker, redis_client) == "waiting (slow)"
+    assert run_next(worker, redis_client) == "held (paused)"
     clock.now += settings.max_age_seconds + 1
     # When the first is taken as the probe, it is dead-lettered without a request
     assert sweeper.sweep_once(clock.now) == (1, 0)
-    assert run_next(worker, redis_client) in ("maybe_delivered", "expired")
+    assert run_next(worker, redis_client) in ("dead (maybe_delivered)", "dead (expired)")
     # Then the next goal may probe at once, not after the probe's lease
     assert sweeper.sweep_once(clock.now) == (1, 0)
-    assert run_next(worker, redis_client) in ("maybe_delivered", "expired")
+    assert run_next(worker, redis_client) in ("dead (maybe_delivered)", "dead (expired)")
     reasons = {letter.event_id: letter.reason for letter in DeadLetters(redis_client, KEYS)}
     assert reasons == {first: "maybe_delivered", second: "expired"}
 
@@ -288,7 +288,7 @@ def test_a_replayed_letter_gets_its_unknown_attempts_back(
     # Given a goal dead-lettered after its one allowed unknown attempt
     event_id = enqueue(queue, clock)
     once = replace(settings, max_unknown_attempts=1)
-    assert run_next(deliverer(once, timeout_after_send, clock), redis_client) == "maybe_delivered"
+    assert run_next(deliverer(once, timeout_after_send, clock), redis_client) == "dead (maybe_delivered)"
     # When the operator replays it
     assert DeadLetters(redis_client, KEYS).replay([event_id]) == [event_id]
     # Then it starts again with no unknown attempt
@@ -310,12 +310,12 @@ def test_an_unexpected_2xx_is_retried_then_dead_lettered_with_the_body(
     api = FakeDataFast(page, page)
     worker = deliverer(capped, api, clock)
     # When it is tried, it is not delivered but retried after backoff
-    assert run_next(worker, redis_client) == "transient (unexpected_response)"
+    assert run_next(worker, redis_client) == "waiting (unexpected_response)"
     assert not redis_client.exists(KEYS.delivered(event_id))
     ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     Sweeper(capped, redis_client).sweep_once(due)
     # Then the second such answer dead-letters it, with what the body began with
-    assert run_next(worker, redis_client) == "unexpected_response"
+    assert run_next(worker, redis_client) == "dead (unexpected_response)"
     letter = DeadLetters(redis_client, KEYS).get(event_id)
     assert letter is not None
     assert (letter.reason, letter.status_code, letter.attempts) == ("unexpected_response", 200, 2)
@@ -340,11 +340,11 @@ def test_a_429_pauses_everyone_then_a_single_probe_resumes_delivery(
     sweeper = Sweeper(settings, redis_client)
 
     # When the first is rate-limited, delivery pauses for 2 s
-    assert run_next(worker, redis_client) == "deferred (rate_limited)"
+    assert run_next(worker, redis_client) == "waiting (rate_limited)"
     assert float(redis_client.hget(KEYS.pause, "until") or 0) == pytest.approx(clock.now + 2)
     # Then the others wait without an HTTP call
-    assert run_next(worker, redis_client) == "held while paused"
-    assert run_next(worker, redis_client) == "held while paused"
+    assert run_next(worker, redis_client) == "held (paused)"
+    assert run_next(worker, redis_client) == "held (paused)"
     assert len(api.requests) == 1
     assert redis_client.zcard(KEYS.waiting) == 3
     # And before the pause ends nothing moves; after it, exactly one probe goes out
@@ -378,7 +378,7 @@ def test_a_pause_without_retry_after_grows_with_backoff(
     lengths = []
     for _ in range(3):
         start = clock.now
-        assert run_next(worker, redis_client) == "deferred (suspended)"
+        assert run_next(worker, redis_client) == "waiting (suspended)"
         until = float(redis_client.hget(KEYS.pause, "until") or 0)
         lengths.append(round(until - start, 3))
         clock.now = until
@@ -400,7 +400,7 @@ def test_a_401_pauses_loudly_and_a_new_key_resumes_at_once(
     event_id = enqueue(queue, clock)
     api = FakeDataFast(error(401, "invalid token"))
     with caplog.at_level(logging.ERROR):
-        assert run_next(deliverer(settings, api, clock), redis_client) == "deferred (auth)"
+        assert run_next(deliverer(settings, api, clock), redis_client) == "waiting (auth)"
     assert "DATAFAST_API_KEY" in caplog.text
     assert redis_client.hget(KEYS.pause, "reason") == "auth"
     assert DeadLetters(redis_client, KEYS).get(event_id) is None
@@ -428,7 +428,7 @@ def test_a_redirect_pauses_loudly_and_a_worker_with_another_url_resumes_at_once(
     with caplog.at_level(logging.ERROR):
         result = run_next(deliverer(settings, api, clock), redis_client)
     # Then delivery pauses for everyone with an operator-facing error, and keeps the goal
-    assert result == "deferred (redirect)"
+    assert result == "waiting (redirect)"
     assert "DATAFAST_API_URL" in caplog.text and "datafa.st" in caplog.text
     assert redis_client.hget(KEYS.pause, "reason") == "redirect"
     assert DeadLetters(redis_client, KEYS).get(event_id) is None
@@ -461,7 +461,7 @@ def test_a_goal_older_than_the_maximum_age_is_dead_lettered_without_a_request(
     clock.now += settings.max_age_seconds + 1
     Sweeper(settings, redis_client).sweep_once(clock.now)
     api = FakeDataFast()
-    assert run_next(deliverer(settings, api, clock), redis_client) == reason
+    assert run_next(deliverer(settings, api, clock), redis_client) == f"dead ({reason})"
     # Then it is dead-lettered without a request: expired, or maybe delivered (not expired) if
     # DataFast may have it, so that a replay is a visible choice
     assert api.requests == []
@@ -515,7 +515,7 @@ def test_an_unreadable_ledger_entry_is_dead_lettered_as_poison(
     # its message on the queue
     GoalQueue(settings=settings).enqueue_payloads([("evt-1", '{"i": "evt-1", "bogus": 1}')])
     api = FakeDataFast()
-    assert run_next(deliverer(settings, api, clock), redis_client) == "poison"
+    assert run_next(deliverer(settings, api, clock), redis_client) == "dead (poison)"
     (letter,) = DeadLetters(redis_client, KEYS)
     assert letter.reason == "poison" and "bogus" in (letter.raw or "")
     assert api.requests == []

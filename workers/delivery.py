@@ -26,32 +26,31 @@ import redis
 import redis.asyncio
 
 from goalqueue.config import Settings
-from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import Defer, Standing, Take, Taken, WorkerScripts
+from goalqueue.scripts import Take, Taken, WorkerScripts
 from workers.client import post_goal
+from workers.decide import Act, Rules, decide
 from workers.outage import Outage
-from workers.policy import (
-    RETRY_AFTER_MAX_SECONDS,
-    Outcome,
-    Verdict,
-    backoff,
-    classify,
-    give_up_reason,
-    pause_length,
-)
-from workers.recording import Pause, Record, Recorder, Writer
+from workers.policy import RETRY_AFTER_MAX_SECONDS, Verdict, classify
+from workers.recording import Record, Recorder, Writer
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """What became of one queued copy of a goal, and how long it took."""
+    """What became of one queued copy of a goal (and why), and how long it took."""
 
     event_id: str
-    result: str
+    result: Act
+    why: str
     seconds: float
+
+    @property
+    def summary(self) -> str:
+        """What Flower shows as the task's result: ``delivered``, ``dead (bad_request)``,
+        ``waiting (rate_limited)``, ``held (pace)`` ..."""
+        return f"{self.result} ({self.why})" if self.why else str(self.result)
 
 
 class Deliverer:
@@ -77,6 +76,7 @@ class Deliverer:
         self.scripts = WorkerScripts(client, settings.keys)
         self.writer = Writer(settings, client, self.scripts, clock, outage)
         self.recorder = Recorder(self.writer.write)
+        self.rules = Rules.of(settings)
         self.clock = clock
         self.rand = rand
         self.announce = announce
@@ -143,97 +143,26 @@ class Deliverer:
         elif self.announce is not None:
             self.announce(task.result())
 
-    async def _handle(self, copy: Taken, now: float, wait: float, started: float) -> Delivery:
+    async def _handle(self, goal: Taken, now: float, wait: float, started: float) -> Delivery:
+        """Decide, send if so decided, decide on the answer, record: one goal, top to bottom."""
         try:
-            record = Record()
-            prepared = self._prepare(copy, now, wait, record)
-            if isinstance(prepared, GoalEvent):
-                result = await self._send(copy, prepared, now, record)
-            else:
-                result = prepared
-                record.release = copy.standing is Standing.PROBE
-            if record.settlement.outcomes:
-                await self.recorder.record(record)
+            decision = decide(goal, None, now, self.rules, wait=wait)
+            answered = None
+            if decision.act is Act.SEND:
+                assert decision.event is not None
+                verdict, took = await self._ask(decision.event)
+                answered = (verdict.answer, took)
+                decision = decide(goal, verdict, self.clock(), self.rules,
+                                  jitter=self.rand(), sent=decision.event)  # fmt: skip
+            if decision.act is not Act.DROP:
+                await self.recorder.record(Record.of(goal, decision, answered))
         finally:
             self.held -= 1
-        return Delivery(copy.event_id, result, time.monotonic() - started)
+        return Delivery(goal.event_id, decision.act, decision.why, time.monotonic() - started)
 
-    def _prepare(self, copy: Taken, now: float, wait: float, record: Record) -> str | GoalEvent:
-        """The event to send, or what happened to a copy that needs no request (a held goal is
-        due again after TAKE's ``wait``: none while paused, the next token for the pace)."""
-        if copy.standing is Standing.GONE:
-            return "stale copy"
-        settlement = record.settlement
-        try:
-            event = GoalEvent.from_json(copy.entry)
-        except ValueError as exc:
-            settlement.bury(copy.entry, DeadLetter.poison(copy.entry, str(exc)))
-            return "poison"
-        if copy.standing is Standing.DONE:
-            settlement.forget(copy.entry, copy.event_id)
-            return "already delivered"
-        if now - event.enqueued_at > self.settings.max_age_seconds:
-            reason = give_up_reason(event)
-            settlement.bury(copy.entry, DeadLetter.of(event, reason))
-            return reason
-        if copy.standing is Standing.HOLD:
-            settlement.park(copy.entry, event, due=now + wait)
-            return "held while paused" if wait == 0 else "held for the pace"
-        return event
-
-    async def _send(self, copy: Taken, event: GoalEvent, now: float, record: Record) -> str:
-        """POST the goal and put its outcome in ``record``."""
+    async def _ask(self, event: GoalEvent) -> tuple[Verdict, float]:
+        """POST the goal: what DataFast's answer means, and how long it took."""
         sent = time.monotonic()
         answer = await post_goal(self.http, self.settings.api_url, event)
         took = time.monotonic() - sent
-        answered = self.clock()
-        verdict = classify(answer, now=answered, max_wait=RETRY_AFTER_MAX_SECONDS)
-        record.settlement.answered(verdict.answer, took)
-        probe = copy.standing is Standing.PROBE
-        record.resume = probe and verdict.outcome is not Outcome.DEFERRED
-        if verdict.outcome is Outcome.DELIVERED:
-            record.settlement.delivered(
-                copy.entry, event.event_id, verdict.remote_id or "", answered - event.enqueued_at
-            )
-            return verdict.outcome.value
-        event = event.attempted(now, verdict.status_code, verdict.error, unknown=verdict.unknown)
-        return self._settle(record, copy, event, verdict)
-
-    def _settle(self, record: Record, copy: Taken, event: GoalEvent, verdict: Verdict) -> str:
-        """Put the outcome of a goal DataFast did not take (or did not say it took) into
-        ``record``."""
-        now = self.clock()
-        settlement = record.settlement
-        if verdict.outcome is Outcome.DEFERRED:
-            record.pause = self._pause(verdict, copy, now)
-        if verdict.unknown and event.unknown_attempts >= self.settings.max_unknown_attempts:
-            reason = give_up_reason(event)
-            settlement.bury(copy.entry, DeadLetter.of(event, reason))
-            return reason
-        if verdict.outcome is Outcome.PERMANENT:
-            settlement.bury(copy.entry, DeadLetter.of(event, verdict.reason or "client_error"))
-        elif verdict.outcome is Outcome.DEFERRED:
-            settlement.park(copy.entry, event, due=now, outcome=f"deferred:{verdict.reason}")
-            return f"deferred ({verdict.reason})"
-        else:
-            delay = backoff(
-                event.attempts,
-                base=self.settings.retry_base_seconds,
-                cap=self.settings.retry_max_seconds,
-                rand=self.rand,
-            )
-            settlement.park(copy.entry, event, due=now + delay, outcome="transient")
-            return f"transient ({verdict.reason})"
-        return verdict.outcome.value
-
-    def _pause(self, verdict: Verdict, copy: Taken, now: float) -> Pause:
-        """The pause a deferring answer calls for: Retry-After, or grown from the streak."""
-        streak = copy.streak + 1 if copy.standing is Standing.PROBE else 0
-        seconds = verdict.retry_after
-        if seconds is None:
-            settings = self.settings
-            seconds = pause_length(
-                streak, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
-            )
-        defer = Defer(now + seconds, verdict.reason or "", streak, verdict.slows_down)
-        return Pause(verdict, defer, seconds)
+        return classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS), took

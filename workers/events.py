@@ -96,7 +96,7 @@ def _send(dispatcher: Any, group: list[Delivery]) -> None:
             "kwargs": "{}",
             "retries": 0,
             "received": now - delivery.seconds,
-            "result": repr(delivery.result),
+            "result": repr(delivery.summary),
             "runtime": delivery.seconds,
             "timestamp": now,
             "type": "task-succeeded",

@@ -20,9 +20,9 @@ import redis
 import redis.asyncio
 
 from goalqueue.config import Settings
-from goalqueue.scripts import Defer, Settlement, WorkerScripts
+from goalqueue.scripts import Defer, Settlement, Taken, WorkerScripts
+from workers.decide import Act, Decision, Pause
 from workers.outage import Outage
-from workers.policy import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +31,6 @@ WRITES_AT_ONCE = 8
 # Once a shutdown has begun, how much longer a write Redis does not take is retried: its goals
 # stay in the ledger, to be sent again, rather than hold the shutdown for the length of an outage.
 STOPPING_RETRY_SECONDS = 3.0
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    """The pause one answer calls for, and the answer (for the log line)."""
-
-    verdict: Verdict
-    defer: Defer
-    seconds: float
 
 
 @dataclass(slots=True)
@@ -51,6 +42,30 @@ class Record:
     pause: Pause | None = None
     resume: bool = False
     release: bool = False
+
+    @classmethod
+    def of(
+        cls, goal: Taken, decision: Decision, answered: tuple[str, float] | None = None
+    ) -> Record:
+        """What ``decision`` about ``goal`` writes; ``answered``: DataFast's answer (its class)
+        and how long it took, for the counters."""
+        record = cls(pause=decision.pause, resume=decision.resume, release=decision.release)
+        settlement = record.settlement
+        if answered is not None:
+            settlement.answered(*answered)
+        act, event = decision.act, decision.event
+        if act is Act.DELIVERED:
+            settlement.delivered(goal.entry, goal.event_id, decision.remote_id, decision.latency)
+        elif act is Act.DEAD and decision.letter is not None:
+            settlement.bury(goal.entry, decision.letter)
+        elif act is Act.WAIT and event is not None:
+            counter = f"deferred:{decision.why}" if decision.pause else "transient"
+            settlement.park(goal.entry, event, due=decision.until, outcome=counter)
+        elif act is Act.HOLD and event is not None:
+            settlement.park(goal.entry, event, due=decision.until)
+        elif act is Act.FORGET:
+            settlement.forget(goal.entry, goal.event_id)
+        return record
 
     @classmethod
     def merge(cls, records: Iterable[Record]) -> Record:
@@ -174,7 +189,7 @@ class Writer:
                 pipe.delete(settings.keys.probe)
             if (pause := record.pause) is not None:
                 await self.scripts.defer(
-                    pause.defer,
+                    Defer(pause.until, pause.reason, pause.streak, pause.slows),
                     fingerprint=settings.key_fingerprint,
                     now=self.clock(),
                     max_rate=settings.max_rate or 0,
@@ -213,15 +228,13 @@ def _log(record: Record, slowed: str | None) -> None:
 
 
 def _log_pause(pause: Pause, slowed: str | None) -> None:
-    verdict = pause.verdict
-    answer = verdict.status_code or verdict.answer
-    if (message := _OPERATOR_ERRORS.get(verdict.reason or "")) is not None:
-        logger.error(message + _KEPT, answer, verdict.error)
+    if (message := _OPERATOR_ERRORS.get(pause.reason)) is not None:
+        logger.error(message + _KEPT, pause.answer, pause.error)
         return
     logger.warning(
         "DataFast answered %s (%s): delivery paused for %.1f s%s",
-        answer,
-        verdict.reason,
+        pause.answer,
+        pause.reason,
         pause.seconds,
         f"; sending resumes at {float(slowed):g} goals/s and speeds up" if slowed else "",
     )

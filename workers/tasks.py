@@ -17,7 +17,7 @@ def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
     runtime = task.app.runtime
     match args:
         case (int() as seq,) if not kwargs and isinstance(task.request.id, str):
-            return str(runtime.engine().deliver(task.request.id, seq).result)
+            return str(runtime.engine().deliver(task.request.id, seq).summary)
     poison = dumps({"args": repr(args), "kwargs": repr(kwargs)})
     bury(runtime.redis, runtime.settings.keys, poison, "task arguments must be (seq,)")
     return "poison"
