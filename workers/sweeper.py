@@ -7,7 +7,10 @@ Each round it
 * re-queues ledger entries that a worker took off the queue but never settled, older than the
   visibility timeout: the goals a worker killed right after kombu's BRPOP would otherwise lose.
 
-Both steps are single Lua calls, so any number of workers can sweep at once.
+Both steps are single Lua calls, so any number of workers can sweep at once. Both run when Redis
+is full (their scripts are flagged ``allow-oom``): the reconciler brings back goals whose
+messages were freed, and goals waiting for a retry come back only while the queue holds fewer
+than ``PER_CALL`` messages, so that a sweep never fills Redis further than that.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 
 import redis
 
+from goalqueue import stats
 from goalqueue.config import Settings
 from goalqueue.keys import PER_CALL
 from goalqueue.scripts import Scripts
@@ -31,6 +35,7 @@ class Sweeper:
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
+        self.redis = client
         self.scripts = Scripts(client, settings.keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
@@ -45,10 +50,12 @@ class Sweeper:
     def sweep_once(self, now: float | None = None) -> tuple[int, int]:
         """One round; returns (goals moved from waiting, lost goals re-queued)."""
         now = time.time() if now is None else now
+        memory = stats.memory(self.redis)
+        cap = PER_CALL if memory is not None and memory.full else 0
         moved = 0
         while True:
             count = self.scripts.sweep(
-                now, PER_CALL, self.settings.key_fingerprint, self.settings.probe_lease_ms
+                now, PER_CALL, self.settings.key_fingerprint, self.settings.probe_lease_ms, cap
             )
             moved += count
             if count < PER_CALL:

@@ -1,7 +1,10 @@
+#!lua flags=allow-oom
 -- RECONCILE: re-queue the goals a lost worker took off the queue and never settled. The queue
 -- is FIFO, so once a worker has started on sequence N, every unsettled ledger entry below N that
 -- was first seen more than `threshold` seconds ago was lost (checkpoints: the highest sequence
 -- taken, scored by when it was first seen). Returns how many goals were re-queued.
+-- allow-oom: at maxmemory this is what brings back the goals whose messages a worker took (the
+-- memory they held was freed then); each entry is re-queued once and re-scored above `taken`.
 local taken_key, checkpoints_key = KEYS[1], KEYS[2]
 local seq_key, ledger_key, queue_key = KEYS[3], KEYS[4], KEYS[5]
 local template, now, threshold, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]

@@ -1,9 +1,12 @@
+#!lua flags=allow-oom
 -- SETTLE: record outcomes. Each acts only if this copy still owns the ledger entry: when two
 -- copies of a goal race (a slow worker and a re-queued copy), exactly one of them moves it on.
 -- A delivered goal is counted once, by whichever copy first sets its marker. The counters for
 -- monitoring (the metrics hash, see goalqueue/tally.py) move with the outcomes they count; the
 -- answers only when the call recorded something, so that a write repeated after a lost reply
 -- does not count them twice. Returns how many entries this call owned.
+-- allow-oom: recording an outcome frees its ledger entry (and its message has left the queue);
+-- what it writes in its place (a marker, a dead letter, a waiting entry) is about as large.
 local ledger_key, count_key, dead_key, waiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local metrics_key = KEYS[5]
 local marker_ttl_ms, marker_prefix, answer_fields = ARGV[1], ARGV[2], tonumber(ARGV[3])

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- TAKE: a task's goal, and as many more as it may claim, off to delivery. Unless the shared
 -- pace leaves no token for the task's own goal, it claims up to `claim` goal messages off the
 -- consuming end of the queue (no more than the tokens allow; anything that is not a goal's
@@ -12,6 +13,8 @@
 --           goal in the waiting set, due after the wait
 --   probe - the pause is over and this goal is the one allowed to test the API
 --   send  - deliver it
+-- allow-oom: at maxmemory workers must still drain the queue. TAKE frees the messages it claims
+-- and writes otherwise only keys of a fixed size (taken, probe, pace, sent).
 local queue_key, taken_key, ledger_key, pause_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local probe_key, pace_key, sent_key = KEYS[5], KEYS[6], KEYS[7]
 local now, fingerprint, probe_lease_ms = tonumber(ARGV[1]), ARGV[2], ARGV[3]
