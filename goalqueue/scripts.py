@@ -49,11 +49,13 @@ class Standing(StrEnum):
     HOLD = "hold"
     DONE = "done"
     GONE = "gone"
+    POISON = "poison"
 
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """One copy of a goal that TAKE took, and its standing."""
+    """One copy of a goal that TAKE took, and its standing (poison: ``entry`` is the message
+    to dead-letter, ``seq`` 0)."""
 
     event_id: str
     seq: int
@@ -293,7 +295,8 @@ class WorkerScripts:
         keys = self.keys
         reply = await self._take(
             keys=[
-                keys.queue, keys.taken, keys.ledger, keys.pause, keys.probe, keys.pace, keys.sent
+                keys.queue, keys.taken, keys.ledger, keys.pause, keys.probe, keys.pace, keys.sent,
+                keys.seq,
             ],
             args=[
                 now, fingerprint, probe_lease_ms, claim, TASK_NAME, keys.delivered_prefix,

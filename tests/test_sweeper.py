@@ -139,3 +139,25 @@ def test_nothing_is_released_early_or_while_paused(
     redis_client.delete(KEYS.pause, KEYS.probe)
     assert sweeper.sweep_once(now + 6) == (1, 0)
     assert sweeper.sweep_once(now + 10) == (1, 0)
+
+
+def test_a_taken_beyond_the_last_sequence_is_dropped_not_acted_on(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given unsettled goals, and a `taken` and a checkpoint no TAKE could have written (left by
+    # a stray write, or by a worker before TAKE checked sequences)
+    queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(3)])
+    now = time.time()
+    redis_client.set(KEYS.taken, "1e+30")
+    redis_client.zadd(KEYS.checkpoints, {"1e+30": now - 3600})
+    # When the reconciler runs, long after
+    sweeper = Sweeper(settings, redis_client)
+    assert sweeper.sweep_once(now + 3600) == (0, 0)
+    # Then it re-queued nothing, and dropped both: the next TAKE sets `taken` again
+    assert redis_client.get(KEYS.taken) is None
+    assert redis_client.zcard(KEYS.checkpoints) == 0
+    assert sweeper.sweep_once(now + 7200) == (0, 0)
+    assert redis_client.llen(KEYS.queue) == 3
+    event_id, seq = pop_message(redis_client)
+    assert take(redis_client, settings, event_id, seq, now) == "send"
+    assert int(redis_client.get(KEYS.taken) or 0) == seq

@@ -156,6 +156,9 @@ class Deliverer:
         if copy.standing is Standing.GONE:
             return "stale copy"
         settlement = record.settlement
+        if copy.standing is Standing.POISON:
+            settlement.bury("", DeadLetter.poison(copy.entry, "sequence never handed out"))
+            return "poison"
         try:
             event = GoalEvent.from_json(copy.entry)
         except ValueError as exc:

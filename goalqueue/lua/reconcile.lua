@@ -9,11 +9,26 @@ local taken_key, checkpoints_key = KEYS[1], KEYS[2]
 local seq_key, ledger_key, queue_key = KEYS[3], KEYS[4], KEYS[5]
 local template, now, threshold, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 
+-- A `taken` or checkpoint beyond the last sequence handed out (a stray write) would have every
+-- unsettled goal re-queued at every sweep: it is dropped instead (the next TAKE sets `taken`).
+local last = tonumber(redis.call('GET', seq_key) or '0')
+local function beyond(value)
+  local n = tonumber(value)
+  return not n or n > last
+end
 local taken = redis.call('GET', taken_key)
+if taken and beyond(taken) then
+  redis.call('DEL', taken_key)
+  taken = false
+end
 if taken then redis.call('ZADD', checkpoints_key, 'NX', now, taken) end
 local seen = redis.call('ZREVRANGEBYSCORE', checkpoints_key, now - threshold, '-inf',
                         'WITHSCORES', 'LIMIT', 0, 1)
 if #seen == 0 then return 0 end
+if beyond(seen[1]) then
+  redis.call('ZREM', checkpoints_key, seen[1])
+  return 0
+end
 redis.call('ZREMRANGEBYSCORE', checkpoints_key, '-inf', '(' .. seen[2])
 local lost = redis.call('ZRANGEBYSCORE', ledger_key, '-inf', seen[1], 'LIMIT', 0, limit)
 for _, payload in ipairs(lost) do

@@ -14,6 +14,7 @@ local marker_ttl_ms, marker_prefix, answer_fields = ARGV[1], ARGV[2], tonumber(A
 -- Then six fields per outcome:
 --   delivered, entry, event id, DataFast's event id, latency bucket, latency (us)   mark it
 --   bury,      entry, event id, dead letter JSON,    reason,         0              dead-letter it
+--                                                    (entry '': a poison message, no entry)
 --   park,      entry, due time, event JSON,          counter or '',  0              wait
 --   forget,    entry, '',       '',                  '',             0              drop the entry
 --                                                    (it was delivered before)
@@ -35,7 +36,7 @@ for i = 4 + answer_fields, #ARGV, 6 do
       count('latency:' .. label, 1)
       count('latency:sum_us', tonumber(ARGV[i + 5]))
     end
-  elseif mine == 1 and kind == 'bury' then
+  elseif kind == 'bury' and (mine == 1 or entry == '') then
     redis.call('HSET', dead_key, a, b)
     count('dead:' .. label, 1)
   elseif mine == 1 and kind == 'park' then
