@@ -161,3 +161,20 @@ def test_a_taken_beyond_the_last_sequence_is_dropped_not_acted_on(
     event_id, seq = pop_message(redis_client)
     assert take(redis_client, settings, event_id, seq, now) == "send"
     assert int(redis_client.get(KEYS.taken) or 0) == seq
+
+
+def test_a_ledger_entry_scored_beyond_the_last_sequence_is_requeued_under_its_own(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given a goal whose ledger entry a stray write scored far beyond the last sequence, its
+    # message gone: no checkpoint would ever reach it
+    event_id = queue.track_goal("v", "signup")
+    (entry,) = redis_client.zrange(KEYS.ledger, 0, -1)
+    redis_client.zadd(KEYS.ledger, {entry: 10**30})
+    redis_client.delete(KEYS.queue)
+    # When the reconciler runs
+    assert Sweeper(settings, redis_client).sweep_once() == (0, 1)
+    # Then the goal is queued again, under the next sequence, and a worker sends it
+    assert pop_message(redis_client) == (event_id, 2)
+    assert redis_client.zscore(KEYS.ledger, entry) == 2
+    assert take(redis_client, settings, event_id, 2, time.time()) == "send"

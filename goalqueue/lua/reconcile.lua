@@ -9,9 +9,17 @@ local taken_key, checkpoints_key = KEYS[1], KEYS[2]
 local seq_key, ledger_key, queue_key = KEYS[3], KEYS[4], KEYS[5]
 local template, now, threshold, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 
--- A `taken` or checkpoint beyond the last sequence handed out (a stray write) would have every
--- unsettled goal re-queued at every sweep: it is dropped instead (the next TAKE sets `taken`).
-local last = tonumber(redis.call('GET', seq_key) or '0')
+local last_seq = redis.call('GET', seq_key) or '0'
+local last = tonumber(last_seq)
+-- A ledger entry scored beyond the last sequence handed out (a stray write) has no message and
+-- would never be re-queued: it goes back on the queue under a sequence of its own (where a
+-- worker dead-letters it as poison if it is not a goal).
+local stray = redis.call('ZRANGEBYSCORE', ledger_key, '(' .. last_seq, '+inf', 'LIMIT', 0, limit)
+for _, payload in ipairs(stray) do
+  push(seq_key, ledger_key, queue_key, template, event_id_of(payload), payload)
+end
+-- A `taken` or checkpoint beyond the last sequence (a stray write) would have every unsettled
+-- goal re-queued at every sweep: it is dropped instead (the next TAKE sets `taken`).
 local function beyond(value)
   local n = tonumber(value)
   return not n or n > last
@@ -24,14 +32,14 @@ end
 if taken then redis.call('ZADD', checkpoints_key, 'NX', now, taken) end
 local seen = redis.call('ZREVRANGEBYSCORE', checkpoints_key, now - threshold, '-inf',
                         'WITHSCORES', 'LIMIT', 0, 1)
-if #seen == 0 then return 0 end
+if #seen == 0 then return #stray end
 if beyond(seen[1]) then
   redis.call('ZREM', checkpoints_key, seen[1])
-  return 0
+  return #stray
 end
 redis.call('ZREMRANGEBYSCORE', checkpoints_key, '-inf', '(' .. seen[2])
 local lost = redis.call('ZRANGEBYSCORE', ledger_key, '-inf', seen[1], 'LIMIT', 0, limit)
 for _, payload in ipairs(lost) do
   push(seq_key, ledger_key, queue_key, template, event_id_of(payload), payload)
 end
-return #lost
+return #stray + #lost
