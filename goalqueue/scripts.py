@@ -215,15 +215,19 @@ class Scripts:
             )
         )
 
-    def reconcile(self, now: float, threshold: float, limit: int) -> int:
-        """Goals a lost worker took and never settled back onto the queue; returns how many."""
+    def reconcile(self, now: float, threshold: float, limit: int, stall: float) -> int:
+        """Goals a lost worker took and never settled back onto the queue; returns how many.
+        A gap of more than ``stall`` seconds since the last call does not count."""
         keys = self.keys
         return int(
             self._reconcile(
-                keys=[keys.taken, keys.checkpoints, keys.seq, keys.ledger, keys.queue],
-                args=[self._template, now, threshold, limit],
+                keys=[
+                    keys.taken, keys.checkpoints, keys.seq, keys.ledger, keys.queue,
+                    keys.reconciled, keys.unacked_index,
+                ],
+                args=[self._template, now, threshold, limit, stall],
             )
-        )
+        )  # fmt: skip
 
     def settle(self, settlement: Settlement, marker_ttl_ms: int) -> int:
         """Record outcomes; returns how many ledger entries this call owned."""

@@ -138,7 +138,7 @@ def test_a_poison_message_is_dead_lettered_once_and_the_worker_goes_on(
     assert worker.process.poll() is None
     assert not [sign for sign in CRASH_SIGNS if sign in log], log[-3000:]
     # And nothing of it is left to come back: not in the queue, not in kombu's unacked messages
-    wait_for(lambda: client.llen(KEYS.queue) == 0 and client.hlen("unacked") == 0, 10)
+    wait_for(lambda: client.llen(KEYS.queue) == 0 and client.hlen(KEYS.unacked) == 0, 10)
     assert len(set(poison_letters(client)) - before) == 1
 
 

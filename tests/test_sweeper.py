@@ -178,3 +178,26 @@ def test_a_ledger_entry_scored_beyond_the_last_sequence_is_requeued_under_its_ow
     assert pop_message(redis_client) == (event_id, 2)
     assert redis_client.zscore(KEYS.ledger, entry) == 2
     assert take(redis_client, settings, event_id, 2, time.time()) == "send"
+
+
+def test_a_stall_does_not_count_against_the_goals_workers_hold(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given a goal a worker has taken, and a message kombu holds unacknowledged
+    event_id = queue.track_goal("v", "signup")
+    now = time.time()
+    assert take(redis_client, settings, *pop_message(redis_client), now) == "send"
+    sweeper = Sweeper(settings, redis_client)
+    sweeper.sweep_once(now)
+    redis_client.zadd(KEYS.unacked_index, {"7": now})
+    # When the next reconciler runs after a stall (Redis frozen or down: nobody reconciled for
+    # 100 s, on Redis's clock), past the visibility timeout on the workers' clocks
+    seconds, micros = redis_client.time()
+    redis_client.set(KEYS.reconciled, seconds + micros / 1e6 - 100)
+    later = now + settings.visibility_timeout_seconds + 1
+    # Then nothing is re-queued: the goal's lease runs from when Redis answered again
+    assert sweeper.sweep_once(later) == (0, 0)
+    assert (redis_client.zscore(KEYS.unacked_index, "7") or 0) >= now + 99
+    # And once the visibility timeout has passed since, it is
+    assert sweeper.sweep_once(later + 100) == (0, 1)
+    assert pop_message(redis_client)[0] == event_id

@@ -71,7 +71,8 @@ class Deliverer:
         self.redis = client
         self.http = http
         self.scripts = WorkerScripts(client, settings.keys)
-        self.recorder = Recorder(Writer(settings, client, self.scripts, clock).write)
+        writer = Writer(settings, client, self.scripts, clock, lambda: self.stopping)
+        self.recorder = Recorder(writer.write)
         self.clock = clock
         self.rand = rand
         self.announce = announce

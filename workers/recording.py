@@ -120,30 +120,49 @@ class Writer:
         client: redis.asyncio.Redis,
         scripts: WorkerScripts,
         clock: Callable[[], float] = time.time,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.redis = client
         self.scripts = scripts
         self.clock = clock
+        self.stopping = stopping
 
     async def write(self, record: Record) -> None:
-        """Write ``record`` in one round trip, waiting out a short Redis outage.
+        """Write ``record`` in one round trip, waiting out a Redis outage or stall.
 
-        DataFast may already have answered: giving up here means the goal is sent again, so
-        keep trying for half the visibility timeout (after that the reconciler re-queues it).
-        Every part is safe to repeat: a copy that no longer owns its entry changes nothing, and a
-        pause already on is not slowed again.
+        DataFast may already have answered: giving up here means the goal is sent again. The
+        goals are this worker's for the visibility timeout, counted while Redis answers: a Redis
+        that does not answer (down, restarting, frozen) re-queues nothing, and once it answers
+        again the reconciler gives them the whole timeout anew (see ``lua/reconcile.lua``). So
+        keep trying while Redis does not answer, and give up only once it has answered for half
+        the visibility timeout and the write still fails (a worker that is stopping gives up
+        once half of it has passed since the write began). Every part is safe to repeat: a copy
+        that no longer owns its entry changes nothing, and a pause already on is not slowed
+        again.
         """
-        deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
+        budget = self.settings.visibility_timeout_seconds / 2
+        start = time.monotonic()
+        deadline = start + budget
+        failures = 0
         while True:
             try:
                 slowed = await self._write_once(record)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if not isinstance(exc, redis.AuthenticationError):  # Redis did not answer
+                    deadline = max(deadline, now + budget)
+                if now > (start + budget if self.stopping() else deadline):
                     raise
-                logger.warning("could not record goals' outcomes yet (%s): retrying", exc)
+                if not failures:
+                    logger.warning("could not record goals' outcomes yet (%s): retrying", exc)
+                failures += 1
                 await asyncio.sleep(RETRY_WRITE_SECONDS)
+        if failures:
+            logger.warning(
+                "recorded goals' outcomes after %.1f s of retrying", time.monotonic() - start
+            )
         _log(record, slowed)
 
     async def _write_once(self, record: Record) -> str | None:

@@ -6,6 +6,8 @@ Each round it
   delivery is paused), and
 * re-queues ledger entries that a worker took off the queue but never settled, older than the
   visibility timeout: the goals a worker killed right after kombu's BRPOP would otherwise lose.
+  That time runs only while Redis answers and workers sweep: after a stall the goals in flight
+  get the whole timeout again, so that the outcomes their writes were retrying land first.
 
 Both steps are single Lua calls, so any number of workers can sweep at once. Both run when Redis
 is full (their scripts are flagged ``allow-oom``): the reconciler brings back goals whose
@@ -28,6 +30,13 @@ from goalqueue.keys import PER_CALL
 from goalqueue.scripts import Scripts
 
 logger = logging.getLogger(__name__)
+
+
+def stall_seconds(settings: Settings) -> float:
+    """A gap between reconciler runs longer than this is a stall (Redis frozen or down, no
+    worker sweeping), not time a goal's lease runs: well above the sweepers' spacing, well
+    below the visibility timeout."""
+    return max(settings.visibility_timeout_seconds / 4, 3 * settings.sweep_interval_seconds)
 
 
 class Sweeper:
@@ -60,7 +69,10 @@ class Sweeper:
             moved += count
             if count < PER_CALL:
                 break
-        recovered = self.scripts.reconcile(now, self.settings.visibility_timeout_seconds, PER_CALL)
+        settings = self.settings
+        recovered = self.scripts.reconcile(
+            now, settings.visibility_timeout_seconds, PER_CALL, stall_seconds(settings)
+        )
         if recovered:
             logger.warning(
                 "re-queued %d goal(s) a lost worker had taken but not settled", recovered

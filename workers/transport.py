@@ -44,6 +44,11 @@ and their meaning but records and restores with the scripts ``unacked.lua`` and 
 (flagged ``allow-oom``: a message moves between the queue and the unacked hash), sweeping for
 messages to restore without the lock (each restore is atomic: two workers restoring the same
 message push it once). A binding Redis refuses to store is not needed to consume.
+
+Redis stalling. A frozen or restarting Redis restores nothing, and once it answers again the
+goals workers hold get the whole visibility timeout anew (``lua/reconcile.lua`` moves kombu's
+unacked index forward by the stall): :class:`QoS` restores only once the reconciler has run
+since, so that a goal whose outcome is still being recorded is not sent again.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ logger = logging.getLogger(__name__)
 # The transport option that names the namespace whose dead letters poison goes to (see
 # workers.app).
 NAMESPACE = "goalqueue_namespace"
+# The transport option that says how long a gap between reconciler runs is a stall (see
+# workers.sweeper.stall_seconds).
+STALL = "goalqueue_stall_seconds"
 # Types redis-py can store as kombu's unacked-hash field: anything else fails in kombu's QoS.
 _TAG_TYPES = (str, int, float)
 
@@ -181,12 +189,30 @@ class QoS(kombu_redis.QoS):
         if (self._vrestore_count - 1) % (interval or 1):
             return
         with self.channel.conn_or_acquire() as client:
+            if not self._leases_kept(client):
+                return
             visible = client.zrange(
                 self.unacked_index_key, time.time() - self.visibility_timeout, 0,
                 desc=True, byscore=True, offset=num and start, num=num,
             )  # fmt: skip
             for tag in visible:
                 self.restore_by_tag(tag, client)
+
+    def _leases_kept(self, client: Any) -> bool:
+        """Whether the reconciler has run since Redis last stalled. Until it has, the times of
+        the unacked messages still count the stall (see ``lua/reconcile.lua``), and restoring
+        them would send again goals whose outcomes are being recorded."""
+        options = self.channel.connection.client.transport_options
+        if options.get(STALL) is None:
+            return True
+        with client.pipeline() as pipe:
+            pipe.time()
+            pipe.get(Keys(options[NAMESPACE]).reconciled)
+            (seconds, micros), reconciled = pipe.execute()
+        if reconciled is None:
+            return False
+        since: float = seconds + micros / 1e6 - float(reconciled)
+        return since <= float(options[STALL])
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         """Put the message ``tag`` back on its queue, as kombu does, in one script."""

@@ -6,8 +6,29 @@
 -- allow-oom: at maxmemory this is what brings back the goals whose messages a worker took (the
 -- memory they held was freed then); each entry is re-queued once and re-scored above `taken`.
 local taken_key, checkpoints_key = KEYS[1], KEYS[2]
-local seq_key, ledger_key, queue_key = KEYS[3], KEYS[4], KEYS[5]
+local seq_key, ledger_key, queue_key, reconciled_key = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local unacked_index_key = KEYS[7]
 local template, now, threshold, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local stall = tonumber(ARGV[5])
+
+-- A lease runs only while Redis answers. When no reconciler has run for more than `stall`
+-- seconds (Redis frozen, down or restarting, or no worker sweeping), every checkpoint, and
+-- every message in kombu's unacked index, moves forward by that gap, on Redis's clock: the
+-- goals workers hold get the whole `threshold` from when Redis answers again, and an outcome
+-- whose write waited out the stall is not taken for a lost goal (and sent again). kombu's
+-- restore waits for this (see workers/transport.py).
+local clock = redis.call('TIME')
+local redis_now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local last_run = tonumber(redis.call('GET', reconciled_key) or '')
+redis.call('SET', reconciled_key, string.format('%.6f', redis_now))
+if last_run and redis_now - last_run > stall then
+  for _, key in ipairs({checkpoints_key, unacked_index_key}) do
+    local held = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    for i = 1, #held, 2 do
+      redis.call('ZADD', key, tonumber(held[i + 1]) + redis_now - last_run, held[i])
+    end
+  end
+end
 
 local last_seq = redis.call('GET', seq_key) or '0'
 local last = tonumber(last_seq)
