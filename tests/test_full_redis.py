@@ -37,6 +37,7 @@ from tests.helpers.settings import KEYS, quick_settings
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import WorkerProcess, Workers, worker_env
 from workers.sweeper import Sweeper
+from workers.transport import bury
 
 # About 2,500 goals fill it (Redis itself takes about 1 MB); no AOF, to fill it fast.
 FULL = ("--maxmemory", "3mb", "--maxmemory-policy", "noeviction", "--appendonly", "no")
@@ -209,6 +210,8 @@ def test_every_script_a_worker_runs_runs_on_a_full_redis_and_the_sweep_holds_bac
     assert asyncio.run(worker_side()) == (10, 10)
     assert client.hlen(KEYS.dead) == 1 and client.hget(KEYS.pause, "reason") == "suspended"
     client.delete(KEYS.pause)
+    # And a poison message is dead-lettered
+    assert bury(client, KEYS, "garbage", "unreadable") in client.hkeys(KEYS.dead)
     # And kombu's bookkeeping of a message it took runs too (UNACKED, RESTORE)
     kombu = UnackedScripts(client, "unacked", "unacked_index")
     kombu.record(7, '["message", "", "goalqueue"]', now)

@@ -68,7 +68,7 @@ from kombu.utils import json as kombu_json
 
 from goalqueue.deadletters import RAW_LIMIT, DeadLetter
 from goalqueue.keys import Keys
-from goalqueue.scripts import UnackedScripts
+from goalqueue.scripts import Scripts, Settlement, UnackedScripts
 
 logger = logging.getLogger(__name__)
 
@@ -91,17 +91,17 @@ _dumps: Callable[[Any], str] = kombu_json.dumps
 
 def bury(client: redis.Redis, keys: Keys, raw: str | bytes, error: str) -> str | None:
     """Keep ``raw`` as a ``poison`` dead letter of ``keys``' namespace, counted with the other
-    dead letters (one transaction); returns its id, or None if Redis refused it.
+    dead letters (one SETTLE, which Redis runs even when full); returns its id, or None if
+    Redis refused it.
 
     Never raises: a poison message that cannot even be stored is logged (cut short) and
     dropped, so that it cannot stop the worker.
     """
     letter = DeadLetter.poison(raw, error)
+    settlement = Settlement()
+    settlement.bury("", letter)
     try:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.dead, letter.event_id, letter.to_json())
-            pipe.hincrby(keys.metrics, f"dead:{letter.reason}", 1)
-            pipe.execute()
+        Scripts(client, keys).settle(settlement, marker_ttl_ms=0)
     except redis.RedisError as exc:
         logger.error(
             "dropped a poison message (%s) that could not be dead-lettered (%s): %r",
