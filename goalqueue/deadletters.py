@@ -14,6 +14,10 @@ Reasons:
                       success body (a proxy, a captive portal, a wrong URL, a cut answer)
                       ``GOALQUEUE_MAX_UNKNOWN_ATTEMPTS`` times; ``error`` starts with the body
 * ``poison``          the stored message could not be read; ``raw`` keeps what was there
+
+A value in the dead-letter hash that is not a dead letter at all (a stray write, a bad
+migration) is a :class:`CorruptLetter`: listed apart, never replayed, and kept by a purge unless
+asked for, so that one bad value never stops the commands that act on the rest.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ from goalqueue.keys import PER_CALL, Keys
 from goalqueue.scripts import Scripts
 
 RAW_LIMIT = 4096
+# What ``goalqueue dead list --json`` prints for each letter.
+SUMMARY_FIELDS = (
+    "event_id", "visitor_id", "name", "metadata", "description", "enqueued_at", "status_code",
+    "reason", "error", "attempts", "first_attempt_at", "last_attempt_at", "dead_at", "raw",
+    "corrupt",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,9 +97,27 @@ class DeadLetter:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> DeadLetter:
-        record = json.loads(raw)
-        event = record.pop("event")
-        return cls(**record, event=GoalEvent.from_json(event) if event else None)
+        """Parse a stored letter; ``ValueError`` says why it is not one."""
+        try:
+            record = json.loads(raw)
+            event = record.pop("event")
+            letter = cls(**record, event=GoalEvent.from_json(event) if event else None)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise ValueError(f"not a dead letter: {type(exc).__name__}: {exc}") from exc
+        letter._check_types()
+        return letter
+
+    def _check_types(self) -> None:
+        number = (int, float)
+        fields: tuple[tuple[object, tuple[type, ...]], ...] = (
+            (self.event_id, (str,)), (self.reason, (str,)), (self.dead_at, number),
+            (self.attempts, (int,)), (self.status_code, (int, type(None))),
+            (self.error, (str, type(None))), (self.raw, (str, type(None))),
+            (self.first_attempt_at, (*number, type(None))),
+            (self.last_attempt_at, (*number, type(None))),
+        )  # fmt: skip
+        if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in fields):
+            raise ValueError("not a dead letter: a field has the wrong type")
 
     def summary(self) -> dict[str, Any]:
         """What ``goalqueue dead list --json`` prints for this letter."""
@@ -109,7 +137,43 @@ class DeadLetter:
             "last_attempt_at": self.last_attempt_at,
             "dead_at": self.dead_at,
             "raw": self.raw,
+            "corrupt": False,
         }
+
+
+@dataclass(frozen=True)
+class CorruptLetter:
+    """A value of the dead-letter hash that is not a dead letter, under its field."""
+
+    event_id: str
+    error: str
+    raw: str
+
+    @classmethod
+    def of(cls, event_id: str, raw: str | bytes, error: str) -> CorruptLetter:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return cls(event_id, error, text[:RAW_LIMIT])
+
+    def summary(self) -> dict[str, Any]:
+        """What ``goalqueue dead list --json`` prints for it: a letter's fields, null but for
+        its field in the hash, why it is unreadable, its text, and ``corrupt``."""
+        blank = dict.fromkeys(SUMMARY_FIELDS)
+        return blank | {"event_id": self.event_id, "error": self.error, "raw": self.raw,
+                        "corrupt": True}  # fmt: skip
+
+
+Letter = DeadLetter | CorruptLetter
+
+
+def read(event_id: str, raw: str | bytes) -> Letter:
+    """The letter stored under ``event_id``: a dead letter, or a corrupt one."""
+    try:
+        letter = DeadLetter.from_json(raw)
+    except ValueError as exc:
+        return CorruptLetter.of(event_id, raw, str(exc))
+    if letter.event_id != event_id:
+        return CorruptLetter.of(event_id, raw, f"stored under another event id ({letter.event_id})")
+    return letter
 
 
 class DeadLetters:
@@ -121,23 +185,37 @@ class DeadLetters:
         self.scripts = Scripts(client, keys)
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        for _, raw in self.redis.hscan_iter(self.key, count=PER_CALL):
-            yield DeadLetter.from_json(raw)
+        """Every readable dead letter (see :meth:`scan` for the corrupt ones)."""
+        return iter(self.scan()[0])
 
-    def get(self, event_id: str) -> DeadLetter | None:
+    def scan(self) -> tuple[list[DeadLetter], list[CorruptLetter]]:
+        """Every letter: the dead letters, and the values that are not."""
+        letters: list[DeadLetter] = []
+        corrupt: list[CorruptLetter] = []
+        for event_id, raw in self.redis.hscan_iter(self.key, count=PER_CALL):
+            letter = read(event_id, raw)
+            if isinstance(letter, DeadLetter):
+                letters.append(letter)
+            else:
+                corrupt.append(letter)
+        return letters, corrupt
+
+    def get(self, event_id: str) -> Letter | None:
         raw = self.redis.hget(self.key, event_id)
-        return DeadLetter.from_json(raw) if raw else None
+        return read(event_id, raw) if raw else None
 
-    def replay(self, event_ids: Iterable[str]) -> list[str]:
+    def replay(self, event_ids: Iterable[str]) -> tuple[list[str], list[CorruptLetter]]:
         """Put each dead event back on the queue, same event id, fresh attempts and age.
 
-        Returns the ids replayed; ids that are not dead letters, or poison without an event,
-        are skipped.
+        Returns the ids replayed, and the corrupt letters met (left where they are); ids that
+        are not dead letters, or poison without an event, are skipped.
         """
-        replayed = []
+        replayed, corrupt = [], []
         for event_id in event_ids:
             letter = self.get(event_id)
-            if letter is None or letter.event is None:
+            if isinstance(letter, CorruptLetter):
+                corrupt.append(letter)
+            if not isinstance(letter, DeadLetter) or letter.event is None:
                 continue
             fresh = replace(
                 letter.event,
@@ -151,15 +229,18 @@ class DeadLetters:
             )
             if self.scripts.replay(event_id, fresh.to_json()):
                 replayed.append(event_id)
-        return replayed
+        return replayed, corrupt
 
     def all_ids(self) -> list[str]:
         return [field for field, _ in self.redis.hscan_iter(self.key, count=PER_CALL)]
 
-    def purge(self) -> int:
-        """Delete every dead letter; returns how many there were."""
-        with self.redis.pipeline() as pipe:
-            pipe.hlen(self.key)
-            pipe.delete(self.key)
-            count, _ = pipe.execute()
-        return int(count)
+    def purge(self, corrupt: bool = False) -> tuple[int, list[CorruptLetter]]:
+        """Delete every dead letter, and the corrupt ones only if asked; returns how many were
+        deleted, and the corrupt letters kept."""
+        letters, unreadable = self.scan()
+        doomed = [letter.event_id for letter in letters]
+        if corrupt:
+            doomed += [letter.event_id for letter in unreadable]
+        for start in range(0, len(doomed), PER_CALL):
+            self.redis.hdel(self.key, *doomed[start : start + PER_CALL])
+        return len(doomed), [] if corrupt else unreadable

@@ -14,6 +14,7 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 of the same event id finds known (and adds nothing)
 <ns>:taken              string  highest sequence any worker has started on
 <ns>:checkpoints        zset    taken values scored by when they were first seen
+<ns>:reconciled         string  Redis's time (TIME) when the reconciler last ran
 <ns>:waiting            zset    event JSON scored by the unix time it is due again
 <ns>:dead               hash    event id -> dead letter JSON
 <ns>:delivered:<id>     string  DataFast's event id for a delivered goal (with a TTL)
@@ -31,6 +32,7 @@ database and never see each other's goals, pauses, counters or dead letters. For
 <ns>:sent               hash    since, count, recent: goals sent by all workers, counted a
                                 second at a time (a first 429's rate to start from)
 <ns>:unacked            hash    kombu's unacknowledged messages (and <ns>:unacked_index,
+                                their tags scored by when they were taken, and
                                 <ns>:unacked_mutex), named by the app's transport options
 
 kombu also keeps ``_kombu.binding.<exchange>`` sets for the queue's exchange (``<ns>``), the
@@ -62,6 +64,7 @@ class Keys:
     pending: str = field(init=False)
     taken: str = field(init=False)
     checkpoints: str = field(init=False)
+    reconciled: str = field(init=False)
     waiting: str = field(init=False)
     dead: str = field(init=False)
     delivered_prefix: str = field(init=False)
@@ -72,6 +75,7 @@ class Keys:
     pace: str = field(init=False)
     sent: str = field(init=False)
     unacked: str = field(init=False)
+    unacked_index: str = field(init=False)
     event_exchange: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +87,7 @@ class Keys:
             "pending": f"{ns}:pending",
             "taken": f"{ns}:taken",
             "checkpoints": f"{ns}:checkpoints",
+            "reconciled": f"{ns}:reconciled",
             "waiting": f"{ns}:waiting",
             "dead": f"{ns}:dead",
             "delivered_prefix": f"{ns}:delivered:",
@@ -93,6 +98,7 @@ class Keys:
             "pace": f"{ns}:pace",
             "sent": f"{ns}:sent",
             "unacked": f"{ns}:unacked",
+            "unacked_index": f"{ns}:unacked_index",
             "event_exchange": f"{ns}.events",
         }
         for name, key in names.items():
@@ -106,6 +112,6 @@ class Keys:
         """kombu's bookkeeping keys for this namespace (Redis transport options)."""
         return {
             "unacked_key": self.unacked,
-            "unacked_index_key": f"{self.unacked}_index",
+            "unacked_index_key": self.unacked_index,
             "unacked_mutex_key": f"{self.unacked}_mutex",
         }

@@ -14,14 +14,22 @@ transport stores, cut to what a worker reads:
   smaller for it.
 
 A template has three ``string.format`` slots for the Lua side: sequence, event id, sequence.
+
+A sequence is a whole number from 1 to ``<ns>:seq`` (the last handed out), never above
+:data:`MAX_SEQUENCE`: Lua's numbers are doubles, exact up to 2**53. A message with any other
+(written by a bug, a stray client or a bad migration) is poison: the worker dead-letters it, and
+TAKE lets it move no shared state (see ``lua/take.lua``).
 """
 
 from __future__ import annotations
 
 import json
 from functools import cache
+from typing import TypeGuard
 
 from goalqueue.keys import TASK_NAME, Keys
+
+MAX_SEQUENCE = 2**53
 
 
 @cache
@@ -45,3 +53,9 @@ def read(raw: str | bytes) -> tuple[str, int]:
     message = json.loads(raw)
     (seq,) = json.loads(message["body"])[0]
     return message["headers"]["id"], int(seq)
+
+
+def is_sequence(value: object) -> TypeGuard[int]:
+    """Whether ``value`` can be a goal's sequence: a whole number from 1 to ``MAX_SEQUENCE``
+    (TAKE checks it against the last one handed out)."""
+    return type(value) is int and 1 <= value <= MAX_SEQUENCE

@@ -49,11 +49,13 @@ class Standing(StrEnum):
     HOLD = "hold"
     DONE = "done"
     GONE = "gone"
+    POISON = "poison"
 
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """One copy of a goal that TAKE took, and its standing."""
+    """One copy of a goal that TAKE took, and its standing (poison: ``entry`` is the message
+    to dead-letter, ``seq`` 0)."""
 
     event_id: str
     seq: int
@@ -170,6 +172,7 @@ class Scripts:
         self._sweep = client.register_script(_source("sweep", "pause", "push"))
         self._reconcile = client.register_script(_source("reconcile", "push"))
         self._settle = client.register_script(_source("settle"))
+        self._state = client.register_script(_source("state"))
 
     def replay(self, event_id: str, payload: str) -> int:
         """A dead letter's goal back onto the queue: its new sequence, or 0 if already gone."""
@@ -181,30 +184,76 @@ class Scripts:
             )
         )
 
-    def sweep(self, now: float, limit: int, fingerprint: str, probe_lease_ms: int) -> int:
-        """Due goals from the waiting set back onto the queue; returns how many moved."""
+    def sweep(
+        self, now: float, limit: int, fingerprint: str, probe_lease_ms: int, cap: int = 0
+    ) -> int:
+        """Due goals from the waiting set back onto the queue (with a ``cap``, only until the
+        queue holds that many messages); returns how many moved."""
         keys = self.keys
         return int(
             self._sweep(
                 keys=[keys.pause, keys.probe, keys.waiting, keys.seq, keys.ledger, keys.queue],
-                args=[self._template, now, limit, fingerprint, probe_lease_ms],
+                args=[self._template, now, limit, fingerprint, probe_lease_ms, cap],
             )
         )
 
-    def reconcile(self, now: float, threshold: float, limit: int) -> int:
-        """Goals a lost worker took and never settled back onto the queue; returns how many."""
+    def reconcile(self, now: float, threshold: float, limit: int, stall: float) -> int:
+        """Goals a lost worker took and never settled back onto the queue; returns how many.
+        A gap of more than ``stall`` seconds since the last call does not count."""
         keys = self.keys
         return int(
             self._reconcile(
-                keys=[keys.taken, keys.checkpoints, keys.seq, keys.ledger, keys.queue],
-                args=[self._template, now, threshold, limit],
+                keys=[
+                    keys.taken, keys.checkpoints, keys.seq, keys.ledger, keys.queue,
+                    keys.reconciled, keys.unacked_index,
+                ],
+                args=[self._template, now, threshold, limit, stall],
             )
-        )
+        )  # fmt: skip
 
     def settle(self, settlement: Settlement, marker_ttl_ms: int) -> int:
         """Record outcomes; returns how many ledger entries this call owned."""
         args = _settle_args(self.keys, settlement, marker_ttl_ms)
         return int(self._settle(keys=_settle_keys(self.keys), args=args))
+
+    def state(self) -> list[Any]:
+        """STATE's reading: queued, waiting, ledger entries, delivered, dead letters, the
+        pause's end and reason, the waiting goal due first, the message next in line, the send
+        rate (None for what is not there)."""
+        keys = self.keys
+        state: list[Any] = self._state(
+            keys=[
+                keys.queue, keys.waiting, keys.ledger, keys.delivered_count, keys.dead,
+                keys.pause, keys.pace,
+            ]
+        )  # fmt: skip
+        return state
+
+
+class UnackedScripts:
+    """kombu's bookkeeping of unacknowledged messages (its Redis transport's QoS), as scripts
+    Redis still runs at maxmemory, on the channel's client (see workers/transport.py)."""
+
+    def __init__(self, client: Redis, unacked_key: str, index_key: str) -> None:
+        self._keys = [unacked_key, index_key]
+        self._unacked = client.register_script(_source("unacked"))
+        self._restore = client.register_script(_source("restore"))
+
+    def record(self, tag: ScriptArg, envelope: str, now: float) -> None:
+        """Record the message ``envelope`` as unacknowledged under ``tag``."""
+        self._unacked(keys=self._keys, args=[tag, envelope, now])
+
+    def restore(
+        self, tag: ScriptArg, read: str | bytes, pushes: Sequence[tuple[str, str]], leftmost: bool
+    ) -> bool:
+        """Push each (queue, message) of ``pushes`` if ``tag`` is still unacknowledged as
+        ``read``; returns whether it was."""
+        queues = [queue for queue, _ in pushes]
+        messages = [message for _, message in pushes]
+        restored = self._restore(
+            keys=[*self._keys, *queues], args=[tag, read, int(leftmost), *messages]
+        )
+        return bool(restored)
 
 
 class WorkerScripts:
@@ -232,7 +281,8 @@ class WorkerScripts:
         keys = self.keys
         reply = await self._take(
             keys=[
-                keys.queue, keys.taken, keys.ledger, keys.pause, keys.probe, keys.pace, keys.sent
+                keys.queue, keys.taken, keys.ledger, keys.pause, keys.probe, keys.pace, keys.sent,
+                keys.seq,
             ],
             args=[
                 now, fingerprint, probe_lease_ms, claim, TASK_NAME, keys.delivered_prefix,
@@ -283,6 +333,10 @@ def _groups_of_five(fields: list[Any]) -> list[tuple[Any, ...]]:
 
 @cache
 def _source(name: str, *libraries: str) -> str:
-    """A script's source: the shared functions it uses (``lua/<library>.lua``), then its own."""
+    """A script's source: its ``#!lua`` line (its flags), the shared functions it uses
+    (``lua/<library>.lua``), then its own code. Redis reads flags only on the first line."""
     lua = files("goalqueue") / "lua"
-    return "".join((lua / f"{part}.lua").read_text() for part in (*libraries, name))
+    own = (lua / f"{name}.lua").read_text()
+    shebang, newline, code = own.partition("\n") if own.startswith("#!") else ("", "", own)
+    shared = "".join((lua / f"{library}.lua").read_text() for library in libraries)
+    return shebang + newline + shared + code

@@ -1,11 +1,18 @@
 """What ``goalqueue stats`` reports, and ``goalqueue metrics`` exports: the deployment's state,
-read from Redis."""
+read from Redis.
+
+Nothing here reads in a MULTI: Redis refuses every MULTI once it is at ``maxmemory``, which is
+exactly when an operator needs these figures. The state is one script flagged ``no-writes``
+(``lua/state.lua``: one instant, and Redis runs it when full), Redis's memory comes from
+``INFO memory`` (``redis_full``: whether Redis refuses new memory).
+"""
 
 from __future__ import annotations
 
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -13,29 +20,50 @@ import redis
 from goalqueue import message
 from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL, Keys
+from goalqueue.scripts import Scripts
 
+# Redis counts as full within 1/FULL_MARGIN of its maxmemory.
+FULL_MARGIN = 100
 # A dead letter's reason, read without decoding the letter (it is written as compact JSON).
 _REASON = re.compile(r'"reason":"([a-z_]+)"')
 
 
+@dataclass(frozen=True)
+class Memory:
+    """Redis's memory as ``maxmemory`` counts it, and its limit (0: none)."""
+
+    used: int
+    limit: int
+
+    @property
+    def full(self) -> bool:
+        """Whether Redis is full: within 1% of ``maxmemory``. With ``noeviction`` Redis refuses
+        a write that arrives with less room than it needs, and reports a little less than the
+        limit right after, so a full Redis rarely shows more than its limit."""
+        return self.limit > 0 and self.used >= self.limit - self.limit // FULL_MARGIN
+
+
+def memory(client: redis.Redis) -> Memory | None:
+    """Redis's memory, or None when the server will not say (an ACL user without INFO,
+    fakeredis)."""
+    try:
+        info = client.info("memory")
+    except redis.ResponseError:
+        return None
+    # What Redis compares with maxmemory leaves out its replication and AOF buffers.
+    used = int(info["used_memory"]) - int(info.get("mem_not_counted_for_evict", 0))
+    return Memory(used, int(info.get("maxmemory", 0)))
+
+
 def collect(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, Any]:
-    """Counts of goals by state, the pause, the shared send rate, and the ages of the oldest
-    waiting goal and of the goal next in line on the queue."""
+    """Counts of goals by state, the pause, the shared send rate, the ages of the oldest
+    waiting goal and of the goal next in line on the queue, and Redis's memory."""
     now = time.time() if now is None else now
-    with client.pipeline(transaction=True) as pipe:
-        pipe.llen(keys.queue)
-        pipe.zcard(keys.waiting)
-        pipe.zcard(keys.ledger)
-        pipe.get(keys.delivered_count)
-        pipe.hlen(keys.dead)
-        pipe.hmget(keys.pause, "until", "reason")
-        pipe.zrange(keys.waiting, 0, 0)
-        pipe.lindex(keys.queue, -1)
-        pipe.hget(keys.pace, "rate")
-        queued, waiting, ledger, delivered, dead, pause, first_waiting, next_up, rate = (
-            pipe.execute()
-        )
-    paused_until, pause_reason = pause
+    (
+        queued, waiting, ledger, delivered, dead, paused_until, pause_reason, first_waiting,
+        next_up, rate,
+    ) = Scripts(client, keys).state()  # fmt: skip
+    used = memory(client)
     return {
         "queued": queued,
         "waiting": waiting,
@@ -44,9 +72,12 @@ def collect(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[s
         "dead": dead,
         "paused_until": float(paused_until) if paused_until else None,
         "pause_reason": pause_reason,
-        "oldest_waiting_age": _age(first_waiting, now),
+        "oldest_waiting_age": _age([first_waiting] if first_waiting else [], now),
         "oldest_queued_age": _age(_entry(client, keys, next_up), now),
         "send_rate": round(float(rate), 3) if rate else None,
+        "redis_used_memory": used.used if used else None,
+        "redis_maxmemory": used.limit if used else None,
+        "redis_full": used.full if used else None,
     }
 
 

@@ -83,7 +83,7 @@ class Counters:
 
 def read(client: redis.Redis, keys: Keys) -> Counters:
     """The counters of ``keys``' namespace, every known outcome and answer class included."""
-    with client.pipeline(transaction=True) as pipe:
+    with client.pipeline(transaction=False) as pipe:  # Redis refuses a MULTI when full
         pipe.hgetall(keys.metrics)
         pipe.get(keys.delivered_count)
         fields, delivered = pipe.execute()

@@ -18,6 +18,7 @@ import redis
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
+from goalqueue.deadletters import DeadLetter
 from goalqueue.message import template
 from tests.helpers.datafast import FakeDataFast, error, ok
 from tests.helpers.messages import pop_message
@@ -120,9 +121,12 @@ def test_a_stale_copy_among_the_claims_is_dropped_and_the_live_one_delivered(
     redis_client: redis.Redis,
     engines: Callable[..., Engine],
 ) -> None:
-    # Given a goal queued twice (the first copy's sequence no longer owns the ledger entry)
+    # Given a goal queued twice: re-queued under sequence 2, its first copy's sequence 1 no
+    # longer owns the ledger entry
     (event_id,) = enqueue(queue, 1)
-    redis_client.lpush(KEYS.queue, template(KEYS) % (0, event_id, 0))
+    (entry,) = redis_client.zrange(KEYS.ledger, 0, -1)
+    redis_client.zadd(KEYS.ledger, {entry: redis_client.incr(KEYS.seq)})
+    redis_client.lpush(KEYS.queue, template(KEYS) % (2, event_id, 2))
     api, claimed = FakeDataFast(), Claimed()
     engine = engines(settings, api, announce=claimed.append)
     # When one TAKE holds both copies
@@ -281,3 +285,28 @@ async def until(gate: threading.Event) -> None:
     """DataFast holding an answer back until the test opens ``gate``."""
     while not gate.is_set():
         await asyncio.sleep(0.005)
+
+
+def test_a_claimed_message_with_a_sequence_never_handed_out_is_dead_lettered_and_moves_nothing(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    engines: Callable[..., Engine],
+) -> None:
+    # Given a goal handed to a task, and behind it a message whose sequence is beyond the last
+    # one handed out (10^15, exact as a Lua number), then another goal
+    first = queue.track_goal("v", "first")
+    redis_client.lpush(KEYS.queue, template(KEYS) % (10**15, "future", 10**15))
+    second = queue.track_goal("v", "second")
+    api, claimed = FakeDataFast(), Claimed()
+    engine = engines(settings, api, announce=claimed.append)
+    # When the task delivers its goal, claiming the rest
+    assert engine.deliver(*pop_message(redis_client)).event_id == first
+    engine.wait()
+    # Then the stray message is a poison dead letter keeping it, and the goals are delivered
+    assert claimed.results() == {"future": "poison", second: "delivered"}
+    (letter,) = [DeadLetter.from_json(raw) for raw in redis_client.hvals(KEYS.dead)]
+    assert letter.reason == "poison" and '"id":"future"' in (letter.raw or "")
+    assert redis_client.hget(KEYS.metrics, "dead:poison") == "1"
+    # And `taken` stays the last sequence handed out
+    assert redis_client.get(KEYS.taken) == redis_client.get(KEYS.seq) == "2"

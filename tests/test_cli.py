@@ -237,3 +237,51 @@ def test_a_missing_module_outside_the_extra_is_not_taken_for_a_missing_extra() -
     assert result.returncode == 1
     assert "ModuleNotFoundError: No module named 'goalqueue.sandbox.faults'" in result.stderr
     assert "pip install" not in result.stderr
+
+
+def test_corrupt_dead_letters_are_reported_and_the_rest_listed_replayed_and_purged(  # type: ignore[no-untyped-def]
+    run, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given three dead letters, and three values of the dead-letter hash that are not one
+    good = {bury(redis_client, queue, f"v{i}", 404, "unknown_visitor") for i in range(3)}
+    misfiled = json.loads(redis_client.hget(KEYS.dead, min(good)) or "")
+    corrupt = {
+        "x": "{not json",
+        "a-list": "[]",
+        "misfiled": json.dumps({**misfiled, "event_id": "elsewhere"}),
+    }
+    redis_client.hset(KEYS.dead, mapping=corrupt)
+
+    # When the operator lists them: the good ones as usual, the corrupt ones reported on stderr
+    listed = run("dead", "list")
+    assert listed.exit_code == 0
+    assert all(event_id in listed.stdout for event_id in good)
+    assert "skipped: 3 corrupt dead letter(s)" in listed.stderr
+    assert all(f"  {field}: not a dead letter" in listed.stderr for field in ("x", "a-list"))
+    assert "misfiled: stored under another event id" in listed.stderr
+    # And as JSON: every one, the corrupt ones flagged, with their text and why
+    rows = {row["event_id"]: row for row in json.loads(run("dead", "list", "--json").stdout)}
+    assert {field for field, row in rows.items() if row["corrupt"]} == set(corrupt)
+    assert {field for field, row in rows.items() if not row["corrupt"]} == good
+    assert rows["x"]["raw"] == "{not json" and "JSONDecodeError" in rows["x"]["error"]
+    assert rows["x"]["reason"] is None and set(rows["x"]) == set(rows[min(good)])
+
+    # When they replay every letter: the good ones are back on the queue, the corrupt ones stay
+    replayed = run("dead", "replay", "--all")
+    assert replayed.exit_code == 0 and "replayed 3 of 6" in replayed.stdout
+    assert "not replayed: 3 corrupt dead letter(s)" in replayed.stderr
+    queued = {json.loads(m)["headers"]["id"] for m in redis_client.lrange(KEYS.queue, 0, -1)}
+    assert queued == good
+    assert set(redis_client.hkeys(KEYS.dead)) == set(corrupt)
+    # And naming a corrupt one says so and exits non-zero
+    named = run("dead", "replay", "x")
+    assert named.exit_code == 1 and "  x: not a dead letter" in named.stderr
+
+    # When they purge: corrupt letters are kept unless asked for
+    bury(redis_client, queue, "v9", 400, "bad_request")
+    purged = run("dead", "purge", "--yes")
+    assert purged.stdout.strip() == "purged 1 dead letter(s)"
+    assert "kept (delete them with --corrupt): 3 corrupt" in purged.stderr
+    assert set(redis_client.hkeys(KEYS.dead)) == set(corrupt)
+    assert run("dead", "purge", "--yes", "--corrupt").stdout.strip() == "purged 3 dead letter(s)"
+    assert redis_client.hlen(KEYS.dead) == 0

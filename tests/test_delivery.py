@@ -288,7 +288,10 @@ def test_a_replayed_letter_gets_its_unknown_attempts_back(
     # Given a goal dead-lettered after its one allowed unknown attempt
     event_id = enqueue(queue, clock)
     once = replace(settings, max_unknown_attempts=1)
-    assert run_next(deliverer(once, timeout_after_send, clock), redis_client) == "dead (maybe_delivered)"
+    assert (
+        run_next(deliverer(once, timeout_after_send, clock), redis_client)
+        == "dead (maybe_delivered)"
+    )
     # When the operator replays it
     assert DeadLetters(redis_client, KEYS).replay([event_id]) == [event_id]
     # Then it starts again with no unknown attempt

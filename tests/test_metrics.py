@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.metrics.cli import metrics_command
+from goalqueue.metrics.server import POOL_THREADS
 from goalqueue.sandbox import Sandbox
 from goalqueue.scripts import Scripts, Settlement
 from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, read
@@ -429,6 +431,54 @@ def test_redis_out_of_reach_is_a_metric_not_a_failed_scrape(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_idle_connections_hold_no_thread_and_are_closed_while_scrapes_are_answered(
+    settings: Settings,
+) -> None:
+    # Given an exporter that closes a connection silent for a second
+    port = free_port()
+    env = {**os.environ, "GOALQUEUE_BROKER_URL": settings.broker_url}
+    env.pop("GOALQUEUE_METRICS_BASIC_AUTH", None)
+    process = subprocess.Popen(
+        [str(GOALQUEUE), "metrics", "--port", str(port), "--timeout", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    clients: list[socket.socket] = []
+    try:
+        assert process.stdout is not None
+        assert "goalqueue metrics on" in process.stdout.readline()
+        # When 300 clients connect and send nothing, and one sends half a request line
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+        clients[0].sendall(b"GET /metr")
+        opened = time.monotonic()
+        # Then a scrape is answered meanwhile, and the exporter runs a bounded number of threads
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert scrape.status_code == 200 and "goalqueue_redis_up 1.0" in scrape.text
+        threads = len(os.listdir(f"/proc/{process.pid}/task"))
+        assert threads <= 2 + POOL_THREADS, threads
+        # And each silent connection is closed by the exporter within its timeout
+        wait_for(lambda: all(closed_by_peer(c) for c in clients), 10)
+        assert time.monotonic() - opened < 1 + 2
+    finally:
+        for client in clients:
+            client.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def closed_by_peer(client: socket.socket) -> bool:
+    """Whether the other end has closed ``client`` (it reads an end of file)."""
+    client.settimeout(0)
+    try:
+        return client.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def test_the_dashboard_and_the_alerts_use_only_series_the_exporter_serves(

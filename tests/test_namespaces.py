@@ -119,6 +119,7 @@ def acl_rules(namespace: str, db: int) -> list[str]:
         "+@all",
         "-@admin",
         "-@dangerous",
+        "+info",
     ]
 
 
@@ -141,6 +142,8 @@ def test_the_readmes_acl_limits_a_user_to_one_namespace(
         # Then they work, Flower's and `celery inspect`'s channels included...
         wait_for(lambda: set(ids) <= accepted(sandbox), 30)
         assert stats(staging)["delivered"] == 5
+        # (INFO included: goalqueue stats, the exporter and the sweeper see a full Redis)
+        assert stats(staging)["redis_full"] is False
         # ...and the user can touch no other namespace's keys
         production = GoalQueue(settings=replace(staging, namespace="production"))
         with pytest.raises(EnqueueError, match="NoPermissionError"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -137,7 +138,7 @@ def test_a_poison_message_is_dead_lettered_once_and_the_worker_goes_on(
     assert worker.process.poll() is None
     assert not [sign for sign in CRASH_SIGNS if sign in log], log[-3000:]
     # And nothing of it is left to come back: not in the queue, not in kombu's unacked messages
-    wait_for(lambda: client.llen(KEYS.queue) == 0 and client.hlen("unacked") == 0, 10)
+    wait_for(lambda: client.llen(KEYS.queue) == 0 and client.hlen(KEYS.unacked) == 0, 10)
     assert len(set(poison_letters(client)) - before) == 1
 
 
@@ -160,3 +161,50 @@ def test_task_events_are_published_through_one_redis_client_per_channel(redis_ur
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
     subscriber.close()
+
+
+def test_a_message_with_a_sequence_never_handed_out_is_poison_and_moves_nothing(
+    worker: WorkerProcess, sandbox: Sandbox, server: RedisServer, client: redis.Redis
+) -> None:
+    # Given a worker that has delivered a first batch (so `taken` and a checkpoint are set)
+    queue = GoalQueue(settings=quick_settings(server.url))
+    visibility = quick_settings(server.url).visibility_timeout_seconds
+    first = queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(50)])
+    wait_for(lambda: set(first) <= {e.idempotency_key for e in sandbox.events(status=200)}, 30)
+    before = set(poison_letters(client))
+    log_before = len(worker.output())
+    # When messages with sequences no enqueue handed out land in the queue: 10^30 (beyond what
+    # a Lua number holds exactly) and 10^15 (beyond the last sequence), each taken by a task or
+    # claimed by another task's TAKE
+    for seq, event_id in ((10**30, "absurd-sequence"), (10**15, "future-sequence")):
+        client.lpush(KEYS.queue, template(KEYS) % (seq, event_id, seq))
+
+    # Then each is one poison dead letter that keeps the message
+    wait_for(lambda: len(set(poison_letters(client)) - before) == 2, 30)
+    raws = [poison_letters(client)[new].raw or "" for new in set(poison_letters(client)) - before]
+    assert [raw for raw in raws if "absurd-sequence" in raw and "future-sequence" not in raw]
+    assert [raw for raw in raws if "future-sequence" in raw and "absurd-sequence" not in raw]
+    # And `taken` stays a sequence that was handed out
+    assert 0 < int(client.get(KEYS.taken) or 0) <= int(client.get(KEYS.seq) or 0)
+
+    # When the reconciler has seen every checkpoint for longer than the visibility timeout
+    def reconciler_ready() -> bool:
+        """every checkpoint is older than the visibility timeout"""
+        newer = client.zrangebyscore(KEYS.checkpoints, time.time() - visibility, "+inf")
+        return client.zcard(KEYS.checkpoints) > 0 and not newer
+
+    wait_for(reconciler_ready, 30)
+    # And a normal batch is delivered through a DataFast that takes a moment to answer
+    sandbox.set_faults(latency_ms=100)
+    try:
+        last_before = int(client.get(KEYS.seq) or 0)
+        batch = queue.track_goals([{"visitor_id": f"w{i}", "name": "signup"} for i in range(200)])
+        wait_for(lambda: set(batch) <= {e.idempotency_key for e in sandbox.events(status=200)}, 30)
+        wait_for(lambda: client.zcard(KEYS.ledger) == 0, 30)
+    finally:
+        sandbox.clear_faults()
+    # Then nothing was re-queued (every sequence handed out since is the batch's own) and no
+    # goal was delivered twice
+    assert int(client.get(KEYS.seq) or 0) == last_before + len(batch)
+    assert "re-queued" not in worker.output()[log_before:]
+    assert sandbox.stats().duplicates == 0

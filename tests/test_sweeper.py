@@ -139,3 +139,65 @@ def test_nothing_is_released_early_or_while_paused(
     redis_client.delete(KEYS.pause, KEYS.probe)
     assert sweeper.sweep_once(now + 6) == (1, 0)
     assert sweeper.sweep_once(now + 10) == (1, 0)
+
+
+def test_a_taken_beyond_the_last_sequence_is_dropped_not_acted_on(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given unsettled goals, and a `taken` and a checkpoint no TAKE could have written (left by
+    # a stray write, or by a worker before TAKE checked sequences)
+    queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(3)])
+    now = time.time()
+    redis_client.set(KEYS.taken, "1e+30")
+    redis_client.zadd(KEYS.checkpoints, {"1e+30": now - 3600})
+    # When the reconciler runs, long after
+    sweeper = Sweeper(settings, redis_client)
+    assert sweeper.sweep_once(now + 3600) == (0, 0)
+    # Then it re-queued nothing, and dropped both: the next TAKE sets `taken` again
+    assert redis_client.get(KEYS.taken) is None
+    assert redis_client.zcard(KEYS.checkpoints) == 0
+    assert sweeper.sweep_once(now + 7200) == (0, 0)
+    assert redis_client.llen(KEYS.queue) == 3
+    event_id, seq = pop_message(redis_client)
+    assert take(redis_client, settings, event_id, seq, now) == "send"
+    assert int(redis_client.get(KEYS.taken) or 0) == seq
+
+
+def test_a_ledger_entry_scored_beyond_the_last_sequence_is_requeued_under_its_own(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given a goal whose ledger entry a stray write scored far beyond the last sequence, its
+    # message gone: no checkpoint would ever reach it
+    event_id = queue.track_goal("v", "signup")
+    (entry,) = redis_client.zrange(KEYS.ledger, 0, -1)
+    redis_client.zadd(KEYS.ledger, {entry: 10**30})
+    redis_client.delete(KEYS.queue)
+    # When the reconciler runs
+    assert Sweeper(settings, redis_client).sweep_once() == (0, 1)
+    # Then the goal is queued again, under the next sequence, and a worker sends it
+    assert pop_message(redis_client) == (event_id, 2)
+    assert redis_client.zscore(KEYS.ledger, entry) == 2
+    assert take(redis_client, settings, event_id, 2, time.time()) == "send"
+
+
+def test_a_stall_does_not_count_against_the_goals_workers_hold(
+    settings: Settings, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given a goal a worker has taken, and a message kombu holds unacknowledged
+    event_id = queue.track_goal("v", "signup")
+    now = time.time()
+    assert take(redis_client, settings, *pop_message(redis_client), now) == "send"
+    sweeper = Sweeper(settings, redis_client)
+    sweeper.sweep_once(now)
+    redis_client.zadd(KEYS.unacked_index, {"7": now})
+    # When the next reconciler runs after a stall (Redis frozen or down: nobody reconciled for
+    # 100 s, on Redis's clock), past the visibility timeout on the workers' clocks
+    seconds, micros = redis_client.time()
+    redis_client.set(KEYS.reconciled, seconds + micros / 1e6 - 100)
+    later = now + settings.visibility_timeout_seconds + 1
+    # Then nothing is re-queued: the goal's lease runs from when Redis answered again
+    assert sweeper.sweep_once(later) == (0, 0)
+    assert (redis_client.zscore(KEYS.unacked_index, "7") or 0) >= now + 99
+    # And once the visibility timeout has passed since, it is
+    assert sweeper.sweep_once(later + 100) == (0, 1)
+    assert pop_message(redis_client)[0] == event_id

@@ -40,9 +40,9 @@ from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
 from goalqueue.keys import TASK_NAME
 from workers.runtime import Runtime
-from workers.sweeper import Sweeper
+from workers.sweeper import Sweeper, stall_seconds
 from workers.tasks import deliver
-from workers.transport import NAMESPACE, harden
+from workers.transport import NAMESPACE, STALL, harden
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def _configuration(settings: Settings) -> dict[str, Any]:
             **keys.kombu_transport_options(),
             **_sentinel_options(settings),
             NAMESPACE: keys.namespace,
+            STALL: stall_seconds(settings),
         },
     }
 

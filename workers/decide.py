@@ -8,6 +8,7 @@ the time and the rules.
 TAKE said / DataFast answered          decision
 ====================================  =====================================================
 gone (stale copy)                      DROP
+poison (a sequence never handed out)   DEAD poison (the message, as it was)
 the entry does not parse               DEAD poison
 done (delivered before)                FORGET the entry
 older than GOALQUEUE_MAX_AGE_SECONDS   DEAD expired (maybe_delivered, unexpected_response)
@@ -131,6 +132,9 @@ def decide(
 def _before_sending(goal: Taken, now: float, rules: Rules, wait: float) -> Decision:
     if goal.standing is Standing.GONE:
         return Decision(Act.DROP)
+    if goal.standing is Standing.POISON:
+        letter = DeadLetter.poison(goal.entry, "sequence never handed out")
+        return Decision(Act.DEAD, why="poison", letter=letter)
     release = goal.standing is Standing.PROBE
     try:
         event = GoalEvent.from_json(goal.entry)

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 
 from goalqueue.config import Settings
-from goalqueue.scripts import Defer, Settlement, Taken, WorkerScripts
+from goalqueue.scripts import Defer, Settlement, Standing, Taken, WorkerScripts
 from workers.decide import Act, Decision, Pause
 from workers.outage import Outage
 
@@ -57,7 +57,9 @@ class Record:
         if act is Act.DELIVERED:
             settlement.delivered(goal.entry, goal.event_id, decision.remote_id, decision.latency)
         elif act is Act.DEAD and decision.letter is not None:
-            settlement.bury(goal.entry, decision.letter)
+            # a poison message's entry is the message itself: it has no ledger entry to free
+            entry = "" if goal.standing is Standing.POISON else goal.entry
+            settlement.bury(entry, decision.letter)
         elif act is Act.WAIT and event is not None:
             counter = f"deferred:{decision.why}" if decision.pause else "transient"
             settlement.park(goal.entry, event, due=decision.until, outcome=counter)
@@ -158,22 +160,30 @@ class Writer:
         self._give_up_at = min(self._give_up_at, time.monotonic() + STOPPING_RETRY_SECONDS)
 
     async def write(self, record: Record) -> None:
-        """Write ``record`` in one round trip, waiting out a short Redis outage.
+        """Write ``record`` in one round trip, waiting out a Redis outage or stall.
 
-        DataFast may already have answered: giving up here means the goal is sent again, so
-        keep trying for half the visibility timeout (after that the reconciler re-queues it), or
-        during a shutdown for ``STOPPING_RETRY_SECONDS``. Every part is safe to repeat: a copy
-        that no longer owns its entry changes nothing, and a pause already on is not slowed
-        again.
+        DataFast may already have answered: giving up here means the goal is sent again. The
+        goals are this worker's for the visibility timeout, counted while Redis answers: a Redis
+        that does not answer (down, restarting, frozen) re-queues nothing, and once it answers
+        again the reconciler gives them the whole timeout anew (see ``lua/reconcile.lua``). So
+        keep trying while Redis does not answer, and give up only once it has answered for half
+        the visibility timeout and the write still fails, or, during a shutdown, after
+        ``STOPPING_RETRY_SECONDS`` (those goals stay in the ledger, to be sent again). Every
+        part is safe to repeat: a copy that no longer owns its entry changes nothing, and a
+        pause already on is not slowed again.
         """
-        deadline = time.monotonic() + self.settings.visibility_timeout_seconds / 2
+        budget = self.settings.visibility_timeout_seconds / 2
+        deadline = time.monotonic() + budget
         while True:
             try:
                 slowed = await self._write_once(record)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.outage.failed("recording outcomes", exc)
-                if time.monotonic() > min(deadline, self._give_up_at):
+                now = time.monotonic()
+                if not isinstance(exc, redis.AuthenticationError):  # Redis did not answer
+                    deadline = max(deadline, now + budget)
+                if now > min(deadline, self._give_up_at):
                     raise
                 await asyncio.sleep(RETRY_WRITE_SECONDS)
         self.outage.succeeded()

@@ -6,10 +6,15 @@ Each round it
   delivery is paused), and
 * re-queues ledger entries that a worker took off the queue but never settled, older than the
   visibility timeout: the goals a worker killed right after kombu's BRPOP would otherwise lose.
+  That time runs only while Redis answers and workers sweep: after a stall the goals in flight
+  get the whole timeout again, so that the outcomes their writes were retrying land first.
 
-Both steps are single Lua calls, so any number of workers can sweep at once. A round that cannot
-reach Redis is reported to the process's :class:`~workers.outage.Outage`, which logs the outage
-once rather than every round.
+Both steps are single Lua calls, so any number of workers can sweep at once. Both run when Redis
+is full (their scripts are flagged ``allow-oom``): the reconciler brings back goals whose
+messages were freed, and goals waiting for a retry come back only while the queue holds fewer
+than ``PER_CALL`` messages, so that a sweep never fills Redis further than that. A round that
+cannot reach Redis is reported to the process's :class:`~workers.outage.Outage`, which logs the
+outage once rather than every round.
 """
 
 from __future__ import annotations
@@ -21,12 +26,20 @@ import time
 
 import redis
 
+from goalqueue import stats
 from goalqueue.config import Settings
 from goalqueue.keys import PER_CALL
 from goalqueue.scripts import Scripts
 from workers.outage import Outage
 
 logger = logging.getLogger(__name__)
+
+
+def stall_seconds(settings: Settings) -> float:
+    """A gap between reconciler runs longer than this is a stall (Redis frozen or down, no
+    worker sweeping), not time a goal's lease runs: well above the sweepers' spacing, well
+    below the visibility timeout."""
+    return max(settings.visibility_timeout_seconds / 4, 3 * settings.sweep_interval_seconds)
 
 
 class Sweeper:
@@ -37,6 +50,7 @@ class Sweeper:
     ) -> None:
         self.settings = settings
         self.outage = outage or Outage(settings.outage_reminder_seconds)
+        self.redis = client
         self.scripts = Scripts(client, settings.keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
@@ -51,15 +65,20 @@ class Sweeper:
     def sweep_once(self, now: float | None = None) -> tuple[int, int]:
         """One round; returns (goals moved from waiting, lost goals re-queued)."""
         now = time.time() if now is None else now
+        memory = stats.memory(self.redis)
+        cap = PER_CALL if memory is not None and memory.full else 0
         moved = 0
         while True:
             count = self.scripts.sweep(
-                now, PER_CALL, self.settings.key_fingerprint, self.settings.probe_lease_ms
+                now, PER_CALL, self.settings.key_fingerprint, self.settings.probe_lease_ms, cap
             )
             moved += count
             if count < PER_CALL:
                 break
-        recovered = self.scripts.reconcile(now, self.settings.visibility_timeout_seconds, PER_CALL)
+        settings = self.settings
+        recovered = self.scripts.reconcile(
+            now, settings.visibility_timeout_seconds, PER_CALL, stall_seconds(settings)
+        )
         if recovered:
             logger.warning(
                 "re-queued %d goal(s) a lost worker had taken but not settled", recovered

@@ -8,16 +8,18 @@ from typing import Any
 from celery import Task
 
 from goalqueue.event import dumps
+from goalqueue.message import MAX_SEQUENCE, is_sequence
 from workers.transport import bury
 
 
 def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver the goal ``seq`` whose event id is the task id; any other arguments go to the
-    dead letters."""
+    dead letters (TAKE checks that the sequence was handed out)."""
     runtime = task.app.runtime
     match args:
-        case (int() as seq,) if not kwargs and isinstance(task.request.id, str):
+        case (seq,) if is_sequence(seq) and not kwargs and isinstance(task.request.id, str):
             return str(runtime.engine().deliver(task.request.id, seq).summary)
-    poison = dumps({"args": repr(args), "kwargs": repr(kwargs)})
-    bury(runtime.redis, runtime.settings.keys, poison, "task arguments must be (seq,)")
+    poison = dumps({"id": repr(task.request.id), "args": repr(args), "kwargs": repr(kwargs)})
+    error = f"task arguments must be (seq,), seq a whole number from 1 to {MAX_SEQUENCE}"
+    bury(runtime.redis, runtime.settings.keys, poison, error)
     return "poison"

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- DEFER: pause delivery for everyone until `until`; the next probe tests the API. A 429 or a
 -- timeout after sending (`halve` = 1) that finds delivery running also halves the shared pace,
 -- or starts one at half the rate the workers were sending at (at least 10 goals/s): the ones
@@ -6,6 +7,8 @@
 -- nothing about the rate (the workers had stalled, waiting for the answers), so the pace grows
 -- back from it as from a start, doubling each second while it holds goals back. Returns the new
 -- rate (goals/s, as text), or nil when the pace was left alone.
+-- allow-oom: a pause writes only keys of a fixed size (pause, probe, pace), and comes with the
+-- SETTLE that frees the goal's ledger entry.
 local pause_key, probe_key, pace_key, sent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local until_, reason, streak, fingerprint = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, max_rate, halve = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'

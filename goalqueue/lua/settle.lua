@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- SETTLE: record outcomes. Each acts only if this copy still owns the ledger entry: when two
 -- copies of a goal race (a slow worker and a re-queued copy), exactly one of them moves it on.
 -- A delivered goal is counted once, by whichever copy first sets its marker. The counters for
@@ -6,6 +7,8 @@
 -- does not count them twice. A goal delivered, dead-lettered or forgotten leaves the pending set
 -- (see enqueue.lua): its marker or its dead letter now says that its event id is known. Returns
 -- how many entries this call owned.
+-- allow-oom: recording an outcome frees its ledger entry (and its message has left the queue);
+-- what it writes in its place (a marker, a dead letter, a waiting entry) is about as large.
 local ledger_key, count_key, dead_key, waiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local metrics_key, pending_key = KEYS[5], KEYS[6]
 local marker_ttl_ms, marker_prefix, answer_fields = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -13,6 +16,7 @@ local marker_ttl_ms, marker_prefix, answer_fields = ARGV[1], ARGV[2], tonumber(A
 -- Then six fields per outcome:
 --   delivered, entry, event id, DataFast's event id, latency bucket, latency (us)   mark it
 --   bury,      entry, event id, dead letter JSON,    reason,         0              dead-letter it
+--                                                    (entry '': a poison message, no entry)
 --   park,      entry, due time, event JSON,          counter or '',  0              wait
 --   forget,    entry, event id, '',                  '',             0              drop the entry
 --                                                    (it was delivered before)
@@ -37,7 +41,7 @@ for i = 4 + answer_fields, #ARGV, 6 do
       count('latency:' .. label, 1)
       count('latency:sum_us', tonumber(ARGV[i + 5]))
     end
-  elseif mine == 1 and kind == 'bury' then
+  elseif kind == 'bury' and (mine == 1 or entry == '') then
     redis.call('HSET', dead_key, a, b)
     count('dead:' .. label, 1)
   elseif mine == 1 and kind == 'park' then

@@ -1,11 +1,19 @@
+#!lua flags=allow-oom
 -- SWEEP: due goals from the waiting set back onto the queue; while delivery is paused, only the
 -- one probe once the pause is over. A pause for a configuration other than `fingerprint` (a 401,
--- a redirect or a TLS failure, since fixed: see pause.lua) is dropped. Returns how many goals
--- were moved.
+-- a redirect or a TLS failure, since fixed: see pause.lua) is dropped. With a `cap` (Redis is
+-- full), only as many as bring the queue up to `cap` messages. Returns how many goals were moved.
+-- allow-oom: goals that wait for a retry must come back when Redis is full, or a full Redis whose
+-- goals all wait would stay full for good; the cap bounds what a sweep adds (a message a goal).
 local pause_key, probe_key, waiting_key = KEYS[1], KEYS[2], KEYS[3]
 local seq_key, ledger_key, queue_key = KEYS[4], KEYS[5], KEYS[6]
 local template, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local fingerprint, probe_lease_ms = ARGV[4], ARGV[5]
+local fingerprint, probe_lease_ms, cap = ARGV[4], ARGV[5], tonumber(ARGV[6])
+
+if cap > 0 then
+  limit = math.min(limit, cap - redis.call('LLEN', queue_key))
+  if limit <= 0 then return 0 end
+end
 
 local pause = redis.call('HMGET', pause_key, 'until', 'reason', 'key')
 local probing = false

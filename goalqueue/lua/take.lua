@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- TAKE: a task's goal, and as many more as it may claim, off to delivery. Unless the shared
 -- pace leaves no token for the task's own goal, it claims up to `claim` goal messages off the
 -- consuming end of the queue (no more than the tokens allow; anything that is not a goal's
@@ -12,13 +13,22 @@
 --           goal in the waiting set, due after the wait
 --   probe - the pause is over and this goal is the one allowed to test the API
 --   send  - deliver it
+--   poison - the sequence is not one the queue handed out (not a whole number from 1 to
+--           `<ns>:seq`: a stray write, a bad migration); the entry field holds the message
+--           (the task's own goal: its id and sequence) to dead-letter. It moves nothing: as
+--           `taken`, a sequence beyond the last would have the reconciler re-queue every goal.
+-- allow-oom: at maxmemory workers must still drain the queue. TAKE frees the messages it claims
+-- and writes otherwise only keys of a fixed size (taken, probe, pace, sent).
 local queue_key, taken_key, ledger_key, pause_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local probe_key, pace_key, sent_key = KEYS[5], KEYS[6], KEYS[7]
+local probe_key, pace_key, sent_key, seq_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local now, fingerprint, probe_lease_ms = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local claim, task_name, marker_prefix = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local max_rate, patient = tonumber(ARGV[7]), ARGV[8] == '1'
 local goals = {}  -- ARGV[9..]: event id, seq of the task's own goal (none for a claim alone)
-for i = 9, #ARGV, 2 do table.insert(goals, {ARGV[i], tonumber(ARGV[i + 1])}) end
+for i = 9, #ARGV, 2 do
+  local own = string.format('{"id":%s,"args":[%s]}', cjson.encode(ARGV[i]), ARGV[i + 1])
+  table.insert(goals, {ARGV[i], tonumber(ARGV[i + 1]), own})
+end
 
 local function claimed_goal(message)
   local ok, envelope = pcall(cjson.decode, message)
@@ -31,9 +41,14 @@ local function claimed_goal(message)
   local ok_body, body = pcall(cjson.decode, envelope['body'])
   if type(event_id) == 'string' and ok_body and type(body) == 'table'
      and type(body[1]) == 'table' and #body[1] == 1 and type(body[1][1]) == 'number' then
-    return {event_id, body[1][1]}
+    return {event_id, body[1][1], message}
   end
   return nil
+end
+
+local last = tonumber(redis.call('GET', seq_key) or '0')
+local function handed_out(seq)
+  return seq ~= nil and seq >= 1 and seq <= last and seq == math.floor(seq)
 end
 
 -- Whether the ledger entry at a copy's sequence is that copy's goal. After a failover the new
@@ -87,18 +102,24 @@ for _, message in ipairs(popped) do
   local goal = claimed_goal(message)
   if goal then table.insert(goals, goal) else redis.call('RPUSH', queue_key, message) end
 end
-local highest = tonumber(redis.call('GET', taken_key) or '0')
+-- A `taken` no sequence reached (a stray write) is replaced, not kept for good.
+local highest = tonumber(redis.call('GET', taken_key) or '0') or 0
+if highest > last then highest = 0 end
 local replies, sends = {wait}, 0
 for _, goal in ipairs(goals) do
   local event_id, seq = goal[1], goal[2]
-  if seq > highest then highest = seq; redis.call('SET', taken_key, seq) end
-  local entry = redis.call('ZRANGEBYSCORE', ledger_key, seq, seq)[1]
-  local state, streak = 'gone', ''
-  if entry and owns(entry, event_id) then
-    state = standing(event_id, pause, pace)
-    if pause[1] then streak = pause[4] or '' end
+  local state, entry, streak = 'poison', goal[3], ''
+  if handed_out(seq) then
+    if seq > highest then highest = seq; redis.call('SET', taken_key, seq) end
+    entry = redis.call('ZRANGEBYSCORE', ledger_key, seq, seq)[1]
+    if entry and owns(entry, event_id) then
+      state = standing(event_id, pause, pace)
+      if pause[1] then streak = pause[4] or '' end
+    else
+      state, entry = 'gone', ''
+    end
   else
-    entry = ''
+    seq = 0
   end
   if state == 'send' or state == 'probe' then sends = sends + 1 end
   for _, field in ipairs({event_id, seq, state, entry, streak}) do table.insert(replies, field) end

@@ -12,7 +12,13 @@ from goalqueue.config import get_settings
 from goalqueue.errors import ConfigError
 from goalqueue.listening import listen_options
 from goalqueue.metrics.collector import GoalQueueCollector
-from goalqueue.metrics.server import DEFAULT_HOST, DEFAULT_PORT, metrics_app, serve
+from goalqueue.metrics.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
+    metrics_app,
+    serve,
+)
 
 
 @click.command("metrics")
@@ -24,7 +30,15 @@ from goalqueue.metrics.server import DEFAULT_HOST, DEFAULT_PORT, metrics_app, se
     help="Ask for this login [default: GOALQUEUE_METRICS_BASIC_AUTH, or none]. The variable "
     "keeps the password out of the process list.",
 )
-def metrics_command(host: str, port: int, basic_auth: str | None) -> None:
+@click.option(
+    "--timeout",
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Close a connection that sends no request for this long.",
+)
+def metrics_command(host: str, port: int, basic_auth: str | None, timeout: float) -> None:
     """Serve GET /metrics for Prometheus: the whole deployment, read from Redis at each
     scrape."""
     try:
@@ -42,6 +56,6 @@ def metrics_command(host: str, port: int, basic_auth: str | None) -> None:
         click.echo(f"goalqueue metrics on {url} ({login}, namespace {settings.namespace})")
 
     try:
-        serve(app, host, port, on_listening=announce)
+        serve(app, host, port, on_listening=announce, timeout=timeout)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc

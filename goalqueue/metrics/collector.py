@@ -89,6 +89,29 @@ def _state(state: dict[str, object], dead: dict[str, int]) -> Iterator[Metric]:
             "GOALQUEUE_MAX_RATE).",
             _number(state["send_rate"]),
         )
+    yield from _memory(state)
+
+
+def _memory(state: dict[str, object]) -> Iterator[Metric]:
+    """Redis's memory, unless this Redis user may not run INFO."""
+    if state["redis_full"] is None:
+        return
+    yield _gauge(
+        "goalqueue_redis_full",
+        "1 while Redis is within 1% of maxmemory: it refuses new goals (producers spool or "
+        "fail) while workers drain the queue to free memory.",
+        1 if state["redis_full"] else 0,
+    )
+    yield _gauge(
+        "goalqueue_redis_memory_used_bytes",
+        "Memory Redis uses, as it counts it against maxmemory.",
+        _number(state["redis_used_memory"]),
+    )
+    yield _gauge(
+        "goalqueue_redis_memory_max_bytes",
+        "Redis's maxmemory (0: no limit).",
+        _number(state["redis_maxmemory"]),
+    )
 
 
 def _counters(counters: tally.Counters) -> Iterator[Metric]:
