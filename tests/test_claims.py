@@ -304,7 +304,7 @@ def test_a_claimed_message_with_a_sequence_never_handed_out_is_dead_lettered_and
     assert engine.deliver(*pop_message(redis_client)).event_id == first
     engine.wait()
     # Then the stray message is a poison dead letter keeping it, and the goals are delivered
-    assert claimed.results() == {"future": "poison", second: "delivered"}
+    assert claimed.results() == {"future": "dead (poison)", second: "delivered"}
     (letter,) = [DeadLetter.from_json(raw) for raw in redis_client.hvals(KEYS.dead)]
     assert letter.reason == "poison" and '"id":"future"' in (letter.raw or "")
     assert redis_client.hget(KEYS.metrics, "dead:poison") == "1"

@@ -293,7 +293,7 @@ def test_a_replayed_letter_gets_its_unknown_attempts_back(
         == "dead (maybe_delivered)"
     )
     # When the operator replays it
-    assert DeadLetters(redis_client, KEYS).replay([event_id]) == [event_id]
+    assert DeadLetters(redis_client, KEYS).replay([event_id]) == ([event_id], [])
     # Then it starts again with no unknown attempt
     (raw,) = redis_client.zrange(KEYS.ledger, 0, -1)
     assert GoalEvent.from_json(raw).unknown_attempts == 0
