@@ -10,6 +10,7 @@ deliver every goal those answers named, each once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ import pytest
 from goalqueue.sandbox import Sandbox
 from goalqueue.spool import Spool
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.settings import KEYS
 from tests.helpers.settings import quick_settings
 from tests.helpers.waiting import wait_for
 from tests.helpers.webservers import SERVERS, Answer, Traffic, WebServer, goals_of
@@ -92,6 +94,10 @@ def test_every_signup_answered_is_delivered_through_a_redis_outage_and_hang(
     try:
         workers.start()
         wait_for(lambda: set(goals) <= _delivered(sandbox), 60)
+    except BaseException:
+        _explain(set(goals) - _delivered(sandbox), redis, spool, sandbox)
+        print(app.output()[-5000:])
+        raise
     finally:
         workers.stop_all()
     assert sandbox.stats().duplicates == 0
@@ -118,6 +124,23 @@ def _hang(redis: RedisServer, traffic: Traffic) -> None:
         wait_for(lambda: time.monotonic() >= thaw, HANG_SECONDS + 1)
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
+
+
+def _explain(missing: set[str], redis: RedisServer, spool: str, sandbox: Sandbox) -> None:
+    """Where the goals that were not delivered are (printed for a failing run)."""
+    client = redis.client()
+    ledger = {json.loads(raw)["i"] for raw in client.zrange(KEYS.ledger, 0, -1)}
+    waiting = {json.loads(raw)["i"] for raw in client.zrange(KEYS.waiting, 0, -1)}
+    print(
+        f"missing {len(missing)}: ledger {len(missing & ledger)}, waiting "
+        f"{len(missing & waiting)}, dead {sum(client.hexists(KEYS.dead, m) for m in missing)}, "
+        f"pending {sum(client.sismember(KEYS.pending, m) for m in missing)}, spool "
+        f"{Spool(spool).pending()}, queue {client.llen(KEYS.queue)}, sandbox saw "
+        f"{sum(1 for e in sandbox.events() if e.idempotency_key in missing)}"
+    )
+    for field, letter in client.hgetall(KEYS.dead).items():
+        print("dead", field, letter[:300])
+    print("metrics", client.hgetall(KEYS.metrics))
 
 
 def _delivered(sandbox: Sandbox) -> set[str]:

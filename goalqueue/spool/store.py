@@ -76,6 +76,7 @@ class Spool:
         if stat.S_IMODE(self.directory.stat().st_mode) != DIRECTORY_MODE:
             self.directory.chmod(DIRECTORY_MODE)
         self._own: Path | None = None
+        self._writer: sqlite3.Connection | None = None
         self._claim = _Claim()
         self._commits: GroupCommit[Row] = GroupCommit(self._write, lock_timeout)
         weakref.finalize(self, self._claim.release)
@@ -132,15 +133,30 @@ class Spool:
 
     def close(self) -> None:
         """Give up this process's file: once empty, any flusher may remove it."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self._claim.release()
 
     def _write(self, rows: list[Row]) -> None:
-        with self._connect(self._own or self._create_own()) as db:
-            _patiently(lambda: db.execute("BEGIN IMMEDIATE"), self.lock_timeout)
+        """One transaction on this process's file, through the connection kept open to it.
+
+        Kept open, it is never the last connection to close, which would checkpoint the WAL
+        under an exclusive lock: that, with connections opened per write, had other processes'
+        writes wait past their bound under load ("database is locked").
+        """
+        if self._writer is None:
+            self._writer = self._open(self._own or self._create_own(), shared=True)
+        db = self._writer
+        _patiently(lambda: db.execute("BEGIN IMMEDIATE"), self.lock_timeout)
+        try:
             db.executemany(
                 "INSERT INTO goals (event_id, payload, spooled_at) VALUES (?, ?, ?)", rows
             )
             db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _send_head(self, path: Path, queue: PayloadQueue, batch: int) -> int:
         with self._flush_lock():
@@ -193,14 +209,18 @@ class Spool:
 
     @contextmanager
     def _connect(self, path: Path) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(path, timeout=0, isolation_level=None)
+        db = self._open(path)
         try:
-            # a first statement may find the file busy: another process closing its last
-            # connection checkpoints the WAL
-            _patiently(lambda: db.execute("PRAGMA synchronous=FULL"), self.lock_timeout)
             yield db
         finally:
             db.close()
+
+    def _open(self, path: Path, shared: bool = False) -> sqlite3.Connection:
+        """A connection to ``path`` (``shared``: usable from any thread, one at a time)."""
+        db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=not shared)
+        # a first statement may find the file busy: another process checkpointing the WAL
+        _patiently(lambda: db.execute("PRAGMA synchronous=FULL"), self.lock_timeout)
+        return db
 
     @contextmanager
     def _flush_lock(self) -> Iterator[None]:
@@ -214,10 +234,18 @@ class Spool:
             os.close(fd)
 
     def after_fork(self) -> None:
-        """In a forked child: its own writer and, on its first goal, its own file."""
+        """In a forked child: its own writer and, on its first goal, its own file. The parent's
+        connection is never used, nor closed, here: SQLite forbids either after a fork."""
+        if self._writer is not None:
+            _INHERITED.append(self._writer)
+        self._writer = None
         self._commits = GroupCommit(self._write, self.lock_timeout)
         self._own = None
         self._claim.release()  # the child's copy; the parent's claim stays
+
+
+# Connections a forked child inherited: kept referenced, so that no finaliser closes them.
+_INHERITED: list[sqlite3.Connection] = []
 
 
 _COUNT = "SELECT count(*) FROM goals"
@@ -235,7 +263,7 @@ def _query(spool: Spool, path: Path, sql: str, params: tuple[Any, ...] = ()) -> 
             raise
         return []
     try:
-        return _patiently(lambda: db.execute(sql, params).fetchall(), spool.lock_timeout)
+        return _patiently(lambda: db.execute(sql, params).fetchall(), FLUSH_WAIT_SECONDS)
     finally:
         db.close()
 
