@@ -22,8 +22,7 @@ import pytest
 from goalqueue.sandbox import Sandbox
 from goalqueue.spool import Spool
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.settings import KEYS
-from tests.helpers.settings import quick_settings
+from tests.helpers.settings import KEYS, quick_settings
 from tests.helpers.waiting import wait_for
 from tests.helpers.webservers import SERVERS, Answer, Traffic, WebServer, goals_of
 from tests.helpers.workers import Workers, worker_env
