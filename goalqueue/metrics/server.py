@@ -130,6 +130,9 @@ class _PooledServer(WSGIServer):
     """wsgiref's server, serving each connection from a bounded pool once it has something to
     read (see the module's docstring)."""
 
+    # socketserver's backlog of 5 has a burst of connections wait out SYN retries (1 s, 3 s, ...)
+    request_queue_size = 128
+
     def start(self, timeout: float) -> None:
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="goalqueue-metrics")
