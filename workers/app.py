@@ -46,7 +46,7 @@ from workers.transport import NAMESPACE, STALL, harden
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = 1
 
 
 class GoalqueueApp(Celery):  # type: ignore[misc]

@@ -6,10 +6,12 @@ classify each answer        (workers.policy)
 record the outcome          delivered marker | dead letter | waiting set (+ pause, slower pace)
 
 A task is given one goal and claims more off the queue in the same TAKE call, as many as the
-process has room for (``GOALQUEUE_MAX_IN_FLIGHT``) and the shared pace allows. The task returns,
-and Celery acks its message, once its own goal is recorded; the claimed goals carry on without
-it. They never enter kombu's unacknowledged bookkeeping: if the worker dies, the ledger still
-holds them and the reconciler puts them back.
+process has room for (``GOALQUEUE_MAX_IN_FLIGHT`` requests) and the shared pace allows; as room
+frees up, the loop claims more by itself (``REFILL``), so the requests in flight do not wait for
+Celery to bring the next message. The task returns, and Celery acks its message, once its own
+goal is recorded; the claimed goals carry on without it. They never enter kombu's
+unacknowledged bookkeeping: if the worker dies, the ledger still holds them and the reconciler
+puts them back.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import redis.asyncio
 
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import Take, Taken, WorkerScripts
+from goalqueue.scripts import Standing, Take, Taken, WorkerScripts
 from workers.client import post_goal
 from workers.decide import Act, Rules, decide
 from workers.outage import Outage
@@ -35,6 +37,13 @@ from workers.policy import RETRY_AFTER_MAX_SECONDS, Verdict, classify
 from workers.recording import Record, Recorder, Writer
 
 logger = logging.getLogger(__name__)
+
+# Room is counted from TAKE until DataFast answers (a goal waiting for its outcome to be written
+# holds no request); up to a quarter of GOALQUEUE_MAX_IN_FLIGHT may wait for their writes before
+# claiming stops. Queued goals are claimed again, alone, once this much room has freed up ...
+REFILL = 32
+# ... unless the last claim found the queue empty, or delivery held, this long ago.
+DRY_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,9 @@ class Deliverer:
         self.announce = announce
         self.held = 0  # goals taken (or being taken) and not yet recorded
         self.stopping = False
+        self.recording = 0  # goals answered, their outcome not recorded yet
+        self._refilling: asyncio.Task[None] | None = None
+        self._dry = 0.0  # no claim alone before this (monotonic): the queue was empty or paused
         self._claimed: set[asyncio.Task[Delivery]] = set()
 
     async def deliver(self, event_id: str, seq: int) -> Delivery:
@@ -90,16 +102,47 @@ class Deliverer:
         started = time.monotonic()
         now, take = await self._take(event_id, seq)
         own, *claimed = take.taken
+        self._start(claimed, now, take.wait, started)
+        return await self._handle(own, now, take.wait, started)
+
+    def _start(self, claimed: list[Taken], now: float, wait: float, started: float) -> None:
         for copy in claimed:
-            task = asyncio.create_task(self._handle(copy, now, take.wait, started))
+            task = asyncio.create_task(self._handle(copy, now, wait, started))
             self._claimed.add(task)
             task.add_done_callback(self._claimed_done)
-        return await self._handle(own, now, take.wait, started)
+
+    def _refill_soon(self) -> None:
+        """Claim queued goals again, alone, once ``REFILL`` goals' room has freed up, rather
+        than wait for a task to bring a message: the process keeps its requests in flight."""
+        if (
+            self.stopping
+            or self._refilling is not None
+            or self.settings.max_in_flight - self.held < REFILL
+            or self.recording >= self.settings.max_in_flight // 4
+            or time.monotonic() < self._dry
+        ):
+            return
+        self._refilling = asyncio.create_task(self._refill())
+
+    async def _refill(self) -> None:
+        try:
+            while not self.stopping and self.settings.max_in_flight - self.held >= REFILL:
+                started, now = time.monotonic(), self.clock()
+                take = await self._take_once(None, now, patient=False)
+                self._start(take.taken, now, take.wait, started)
+                if not take.taken or any(t.standing is Standing.HOLD for t in take.taken):
+                    self._dry = time.monotonic() + DRY_SECONDS  # empty, paused or paced
+                    return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.writer.outage.failed("claiming goals", exc)
+            self._dry = time.monotonic() + DRY_SECONDS
+        finally:
+            self._refilling = None
 
     async def settled(self) -> None:
         """Wait until every goal claimed so far is recorded."""
-        while self._claimed:
-            await asyncio.wait(set(self._claimed))
+        while self._claimed or self._refilling is not None:
+            await asyncio.wait({*self._claimed, *filter(None, [self._refilling])})
 
     async def _take(self, event_id: str, seq: int) -> tuple[float, Take]:
         """TAKE the task's goal and claims: once the pace has a token for it, or, after waiting
@@ -113,10 +156,11 @@ class Deliverer:
                 return now, take
             await asyncio.sleep(take.wait)
 
-    async def _take_once(self, goal: tuple[str, int], now: float, patient: bool) -> Take:
+    async def _take_once(self, goal: tuple[str, int] | None, now: float, patient: bool) -> Take:
         # The room is reserved before the call, so that TAKEs running at once share it.
-        claim = 0 if self.stopping else max(0, self.settings.max_in_flight - self.held - 1)
-        self.held += claim + 1
+        own = 0 if goal is None else 1
+        claim = 0 if self.stopping else max(0, self.settings.max_in_flight - self.held - own)
+        self.held += claim + own
         try:
             take = await self.scripts.take(
                 now,
@@ -128,7 +172,7 @@ class Deliverer:
                 patient=patient,
             )
         finally:
-            self.held -= claim + 1
+            self.held -= claim + own
         self.held += len(take.taken)
         return take
 
@@ -145,19 +189,26 @@ class Deliverer:
 
     async def _handle(self, goal: Taken, now: float, wait: float, started: float) -> Delivery:
         """Decide, send if so decided, decide on the answer, record: one goal, top to bottom."""
+        recording = False
         try:
             decision = decide(goal, None, now, self.rules, wait=wait)
             answered = None
             if decision.act is Act.SEND:
                 assert decision.event is not None
                 verdict, took = await self._ask(decision.event)
+                self.held, self.recording, recording = self.held - 1, self.recording + 1, True
+                self._refill_soon()
                 answered = (verdict.answer, took)
                 decision = decide(goal, verdict, self.clock(), self.rules,
                                   jitter=self.rand(), sent=decision.event)  # fmt: skip
             if decision.act is not Act.DROP:
                 await self.recorder.record(Record.of(goal, decision, answered))
         finally:
-            self.held -= 1
+            if recording:
+                self.recording -= 1
+            else:
+                self.held -= 1
+            self._refill_soon()
         return Delivery(goal.event_id, decision.act, decision.why, time.monotonic() - started)
 
     async def _ask(self, event: GoalEvent) -> tuple[Verdict, float]:
