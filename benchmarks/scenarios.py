@@ -44,7 +44,7 @@ from goalqueue import GoalQueue
 from goalqueue.event import GoalEvent
 from goalqueue.keys import Keys
 from goalqueue.message import template
-from goalqueue.scripts import Scripts, Settlement
+from workers.scripts import Settlement, SweeperScripts
 
 WORKER_BOOT_SECONDS = 60.0
 
@@ -562,7 +562,7 @@ def _park_everything(client: redis.Redis) -> None:
     )
     now = time.time()
     verdict = classify(answer, now=now, max_wait=3600)
-    scripts = Scripts(client, KEYS)
+    scripts = SweeperScripts(client, KEYS)
     entries: list[str] = client.zrange(KEYS.ledger, 0, -1)  # type: ignore[assignment]
     for start in range(0, len(entries), BULK_BATCH):
         settlement = Settlement()

@@ -8,21 +8,21 @@ import httpx
 import pytest
 
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import Standing, Taken
 from tests.helpers.datafast import error, ok
 from workers.decide import Act, Decision, Rules, decide
 from workers.policy import Failed, Failure, classify
+from workers.scripts import GoalCopy, Standing
 
 NOW = 1_000_000.0
 RULES = Rules(max_age=3600.0, max_unknown_attempts=3, retry_base=1.0, retry_max=60.0)
 EVENT = GoalEvent("e1", "v1", "signup", enqueued_at=NOW - 10)
 
 
-def taken(standing: Standing, event: GoalEvent = EVENT, streak: int = 0) -> Taken:
-    return Taken(event.event_id, 7, standing, event.to_json(), streak)
+def taken(standing: Standing, event: GoalEvent = EVENT, streak: int = 0) -> GoalCopy:
+    return GoalCopy(event.event_id, 7, standing, event.to_json(), streak)
 
 
-def before(goal: Taken, wait: float = 0.0) -> Decision:
+def before(goal: GoalCopy, wait: float = 0.0) -> Decision:
     return decide(goal, None, NOW, RULES, wait=wait)
 
 
@@ -58,7 +58,7 @@ OLD_UNKNOWN = replace(OLD, unknown_attempts=1, last_status=None)
     ],
 )
 def test_before_sending(
-    goal: Taken, wait: float, act: Act, why: str, until: float, release: bool
+    goal: GoalCopy, wait: float, act: Act, why: str, until: float, release: bool
 ) -> None:
     decision = before(goal, wait)
     assert (decision.act, decision.why, decision.until, decision.release) == (
@@ -71,7 +71,7 @@ def test_before_sending(
 
 
 def test_an_entry_that_does_not_parse_is_poison_and_frees_the_probe() -> None:
-    goal = Taken("e1", 7, Standing.PROBE, '{"i": "e1", "bogus": 1}', 0)
+    goal = GoalCopy("e1", 7, Standing.PROBE, '{"i": "e1", "bogus": 1}', 0)
     decision = before(goal)
     assert (decision.act, decision.why, decision.release) == (Act.DEAD, "poison", True)
     assert decision.letter is not None and decision.letter.raw == goal.entry

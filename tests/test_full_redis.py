@@ -31,11 +31,11 @@ from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL
 from goalqueue.metrics.collector import GoalQueueCollector
 from goalqueue.sandbox import Sandbox
-from goalqueue.scripts import Defer, Settlement, UnackedScripts, WorkerScripts
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.settings import KEYS, quick_settings
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import WorkerProcess, Workers, worker_env
+from workers.scripts import Bound, Defer, Settlement, UnackedScripts, WorkerScripts
 from workers.sweeper import Sweeper
 from workers.transport import bury
 
@@ -192,29 +192,23 @@ def test_every_script_a_worker_runs_runs_on_a_full_redis_and_the_sweep_holds_bac
 
     async def worker_side() -> tuple[int, int]:
         worker = redis.asyncio.Redis.from_url(full.url, decode_responses=True)
-        scripts = WorkerScripts(worker, KEYS)
+        scripts = WorkerScripts(worker, KEYS, Bound(settings.key_fingerprint, 1000, 0, 60_000))
         try:
             # When a worker takes goals (TAKE claims them off the queue)
-            take = await scripts.take(
-                now, goal=None, claim=10, fingerprint=settings.key_fingerprint,
-                probe_lease_ms=1000, max_rate=0, patient=False,
-            )  # fmt: skip
+            take = await scripts.take(now, goal=None, claim=10, patient=False)
             # And records their outcomes (SETTLE) and a pause (DEFER), in one pipeline
             settlement = Settlement()
-            first, second, *rest = take.taken
+            first, second, *rest = take.copies
             event = GoalEvent.from_json(first.entry)
             settlement.bury(first.entry, DeadLetter.of(event, "bad_request"))
             settlement.park(second.entry, GoalEvent.from_json(second.entry), due=now + 60)
             for copy in rest:
                 settlement.delivered(copy.entry, copy.event_id, "remote", 0.1)
             async with worker.pipeline(transaction=False) as pipe:
-                await scripts.settle(settlement, 60_000, pipe)
-                await scripts.defer(
-                    Defer(now + 1, "suspended", 0, halve=False),
-                    fingerprint=settings.key_fingerprint, now=now, max_rate=0, pipe=pipe,
-                )  # fmt: skip
+                await scripts.settle(settlement, pipe)
+                await scripts.defer(Defer(now + 1, "suspended", 0, halve=False), now, pipe)
                 owned, _ = await pipe.execute()
-            return len(take.taken), owned
+            return len(take.copies), owned
         finally:
             await worker.aclose()
 

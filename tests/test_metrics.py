@@ -34,12 +34,12 @@ from goalqueue.event import GoalEvent
 from goalqueue.metrics.cli import metrics_command
 from goalqueue.metrics.server import POOL_THREADS
 from goalqueue.sandbox import Sandbox
-from goalqueue.scripts import Scripts, Settlement
 from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, read
 from tests.helpers.ports import free_port
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
+from workers.scripts import Settlement, SweeperScripts
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -307,7 +307,7 @@ def test_settle_counts_each_outcome_once_even_when_a_write_is_repeated(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     # Given goals in the ledger, and one write that records an outcome for each
-    scripts = Scripts(redis_client, KEYS)
+    scripts = SweeperScripts(redis_client, KEYS)
     queue = GoalQueue(settings=settings)
     ids = queue.track_goals([{"visitor_id": f"v{i}", "name": "signup"} for i in range(5)])
     entries = {GoalEvent.from_json(e).event_id: e for e in redis_client.zrange(KEYS.ledger, 0, -1)}

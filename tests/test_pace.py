@@ -18,11 +18,11 @@ from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.message import template
 from goalqueue.sandbox import Sandbox
-from goalqueue.scripts import Defer, WorkerScripts
 from tests.helpers.messages import pop_message
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
+from workers.scripts import Bound, Defer, WorkerScripts
 
 NOW = 1_800_000_000.0
 
@@ -39,7 +39,8 @@ class Pace:
         self.worker_client = redis.asyncio.Redis.from_url(
             settings.broker_url, decode_responses=True
         )
-        self.scripts = WorkerScripts(self.worker_client, KEYS)
+        bound = Bound(settings.key_fingerprint, 1000, max_rate, 0)
+        self.scripts = WorkerScripts(self.worker_client, KEYS, bound)
 
     def close(self) -> None:
         self.loop.run_until_complete(self.worker_client.aclose())
@@ -49,19 +50,11 @@ class Pace:
         """TAKE the next queued goal and claim up to ``claim`` more: (wait ms, standings)."""
         event_id, seq = pop_message(self.client)
         take = self.loop.run_until_complete(
-            self.scripts.take(
-                now,
-                goal=(event_id, seq),
-                claim=claim,
-                fingerprint=self.settings.key_fingerprint,
-                probe_lease_ms=1000,
-                max_rate=self.max_rate,
-                patient=patient,
-            )
+            self.scripts.take(now, goal=(event_id, seq), claim=claim, patient=patient)
         )
-        if not take.taken:  # no token yet: the task's goal goes back where it was
+        if not take.copies:  # no token yet: the task's goal goes back where it was
             self.client.rpush(KEYS.queue, template(KEYS) % (seq, event_id, seq))
-        return round(take.wait * 1000), [copy.standing.value for copy in take.taken]
+        return round(take.wait * 1000), [copy.standing.value for copy in take.copies]
 
     def sends(self, now: float, claim: int = 100) -> int:
         """How many goals one TAKE at ``now`` lets out."""
@@ -77,13 +70,7 @@ class Pace:
 
     async def _defer(self, now: float, reason: str) -> str | None:
         async with self.worker_client.pipeline(transaction=False) as pipe:
-            await self.scripts.defer(
-                Defer(now + 1, reason, 0, halve=True),
-                fingerprint=self.settings.key_fingerprint,
-                now=now,
-                max_rate=self.max_rate,
-                pipe=pipe,
-            )
+            await self.scripts.defer(Defer(now + 1, reason, 0, halve=True), now, pipe)
             (reply,) = await pipe.execute()
         return None if reply is None else str(reply)
 

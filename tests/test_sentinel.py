@@ -41,7 +41,6 @@ from goalqueue.deadline import connect
 from goalqueue.errors import ConfigError, EnqueueError
 from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
-from goalqueue.scripts import Standing, Take, WorkerScripts
 from goalqueue.sentinel import SentinelURL
 from goalqueue.urls import redact
 from tests.helpers.messages import pop_message
@@ -52,6 +51,7 @@ from tests.helpers.spool import spooled_rows
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers, worker_env
 from workers.app import create_app
+from workers.scripts import Bound, Standing, TakeReply, WorkerScripts
 from workers.transport import SentinelTransport, harden
 
 MASTER = "goalqueue-test"
@@ -304,24 +304,17 @@ def test_a_copy_whose_sequence_now_names_another_goal_leaves_that_goal_alone(
     # When the worker takes A's copy
     take = asyncio.run(take_alone(settings, held, seq))
     # Then it is a stale copy: B's entry is not A's to settle (as 'done' it would be dropped)
-    (copy,) = take.taken
+    (copy,) = take.copies
     assert (copy.standing, copy.entry) == (Standing.GONE, "")
     (entry,) = redis_client.zrange(KEYS.ledger, 0, -1)
     assert json.loads(entry)["i"] == second
 
 
-async def take_alone(settings: Settings, event_id: str, seq: int) -> Take:
+async def take_alone(settings: Settings, event_id: str, seq: int) -> TakeReply:
     client = connections.async_client(settings)
     try:
-        return await WorkerScripts(client, settings.keys).take(
-            time.time(),
-            goal=(event_id, seq),
-            claim=0,
-            fingerprint=settings.key_fingerprint,
-            probe_lease_ms=settings.probe_lease_ms,
-            max_rate=0,
-            patient=False,
-        )
+        scripts = WorkerScripts(client, settings.keys, Bound.of(settings))
+        return await scripts.take(time.time(), goal=(event_id, seq), claim=0, patient=False)
     finally:
         await client.aclose()
 

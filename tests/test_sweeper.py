@@ -13,9 +13,9 @@ import redis.asyncio
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import WorkerScripts
 from tests.helpers.messages import pop_message
 from tests.helpers.settings import KEYS
+from workers.scripts import Bound, WorkerScripts
 from workers.sweeper import Sweeper
 
 
@@ -29,18 +29,11 @@ def take(client: redis.Redis, settings: Settings, event_id: str, seq: int, now: 
     async def take_it() -> str:
         worker_client = redis.asyncio.Redis.from_url(settings.broker_url, decode_responses=True)
         try:
-            take = await WorkerScripts(worker_client, KEYS).take(
-                now,
-                goal=(event_id, seq),
-                claim=0,
-                fingerprint=settings.key_fingerprint,
-                probe_lease_ms=1000,
-                max_rate=0,
-                patient=True,
-            )
+            scripts = WorkerScripts(worker_client, KEYS, Bound.of(settings))
+            take = await scripts.take(now, goal=(event_id, seq), claim=0, patient=True)
         finally:
             await worker_client.aclose()
-        return take.taken[0].standing.value
+        return take.copies[0].standing.value
 
     return asyncio.run(take_it())
 

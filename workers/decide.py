@@ -34,7 +34,6 @@ from enum import StrEnum
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import Standing, Taken
 from workers.policy import (
     Outcome,
     Verdict,
@@ -42,6 +41,7 @@ from workers.policy import (
     give_up_reason,
     pause_length,
 )
+from workers.scripts import GoalCopy, Standing
 
 
 class Act(StrEnum):
@@ -110,7 +110,7 @@ class Decision:
 
 
 def decide(
-    goal: Taken,
+    goal: GoalCopy,
     verdict: Verdict | None,
     now: float,
     rules: Rules,
@@ -129,7 +129,7 @@ def decide(
     return _answered(goal, event, verdict, now, rules, jitter)
 
 
-def _before_sending(goal: Taken, now: float, rules: Rules, wait: float) -> Decision:
+def _before_sending(goal: GoalCopy, now: float, rules: Rules, wait: float) -> Decision:
     if goal.standing is Standing.GONE:
         return Decision(Act.DROP)
     if goal.standing is Standing.POISON:
@@ -152,7 +152,7 @@ def _before_sending(goal: Taken, now: float, rules: Rules, wait: float) -> Decis
 
 
 def _answered(
-    goal: Taken, event: GoalEvent, verdict: Verdict, now: float, rules: Rules, jitter: float
+    goal: GoalCopy, event: GoalEvent, verdict: Verdict, now: float, rules: Rules, jitter: float
 ) -> Decision:
     probe = goal.standing is Standing.PROBE
     resume = probe and verdict.outcome is not Outcome.DEFERRED
@@ -187,7 +187,7 @@ def _dead(
     )
 
 
-def _pause(goal: Taken, verdict: Verdict, now: float, rules: Rules) -> Pause:
+def _pause(goal: GoalCopy, verdict: Verdict, now: float, rules: Rules) -> Pause:
     """The pause a deferring answer calls for: Retry-After, or grown from the streak."""
     streak = goal.streak + 1 if goal.standing is Standing.PROBE else 0
     seconds = verdict.retry_after

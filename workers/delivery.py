@@ -29,12 +29,12 @@ import redis.asyncio
 
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.scripts import Standing, Take, Taken, WorkerScripts
 from workers.client import post_goal
 from workers.decide import Act, Rules, decide
 from workers.outage import Outage
 from workers.policy import RETRY_AFTER_MAX_SECONDS, Verdict, classify
 from workers.recording import Record, Recorder, Writer
+from workers.scripts import Bound, GoalCopy, Standing, TakeReply, WorkerScripts
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Deliverer:
         self.settings = settings
         self.redis = client
         self.http = http
-        self.scripts = WorkerScripts(client, settings.keys)
+        self.scripts = WorkerScripts(client, settings.keys, Bound.of(settings))
         self.writer = Writer(settings, client, self.scripts, clock, outage)
         self.recorder = Recorder(self.writer.write)
         self.rules = Rules.of(settings)
@@ -101,11 +101,11 @@ class Deliverer:
         task's own goal is recorded (the claimed ones carry on)."""
         started = time.monotonic()
         now, take = await self._take(event_id, seq)
-        own, *claimed = take.taken
+        own, *claimed = take.copies
         self._start(claimed, now, take.wait, started)
         return await self._handle(own, now, take.wait, started)
 
-    def _start(self, claimed: list[Taken], now: float, wait: float, started: float) -> None:
+    def _start(self, claimed: list[GoalCopy], now: float, wait: float, started: float) -> None:
         for copy in claimed:
             task = asyncio.create_task(self._handle(copy, now, wait, started))
             self._claimed.add(task)
@@ -129,8 +129,8 @@ class Deliverer:
             while not self.stopping and self.settings.max_in_flight - self.held >= REFILL:
                 started, now = time.monotonic(), self.clock()
                 take = await self._take_once(None, now, patient=False)
-                self._start(take.taken, now, take.wait, started)
-                if not take.taken or any(t.standing is Standing.HOLD for t in take.taken):
+                self._start(take.copies, now, take.wait, started)
+                if not take.copies or any(t.standing is Standing.HOLD for t in take.copies):
                     self._dry = time.monotonic() + DRY_SECONDS  # empty, paused or paced
                     return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -144,7 +144,7 @@ class Deliverer:
         while self._claimed or self._refilling is not None:
             await asyncio.wait({*self._claimed, *filter(None, [self._refilling])})
 
-    async def _take(self, event_id: str, seq: int) -> tuple[float, Take]:
+    async def _take(self, event_id: str, seq: int) -> tuple[float, TakeReply]:
         """TAKE the task's goal and claims: once the pace has a token for it, or, after waiting
         a quarter of the visibility timeout (or when stopping), holding it in the waiting set."""
         patience = time.monotonic() + self.settings.visibility_timeout_seconds / 4
@@ -152,28 +152,22 @@ class Deliverer:
             now = self.clock()
             patient = not self.stopping and time.monotonic() < patience
             take = await self._take_once((event_id, seq), now, patient)
-            if take.taken:
+            if take.copies:
                 return now, take
             await asyncio.sleep(take.wait)
 
-    async def _take_once(self, goal: tuple[str, int] | None, now: float, patient: bool) -> Take:
+    async def _take_once(
+        self, goal: tuple[str, int] | None, now: float, patient: bool
+    ) -> TakeReply:
         # The room is reserved before the call, so that TAKEs running at once share it.
         own = 0 if goal is None else 1
         claim = 0 if self.stopping else max(0, self.settings.max_in_flight - self.held - own)
         self.held += claim + own
         try:
-            take = await self.scripts.take(
-                now,
-                goal=goal,
-                claim=claim,
-                fingerprint=self.settings.key_fingerprint,
-                probe_lease_ms=self.settings.probe_lease_ms,
-                max_rate=self.settings.max_rate or 0,
-                patient=patient,
-            )
+            take = await self.scripts.take(now, goal=goal, claim=claim, patient=patient)
         finally:
             self.held -= claim + own
-        self.held += len(take.taken)
+        self.held += len(take.copies)
         return take
 
     def _claimed_done(self, task: asyncio.Task[Delivery]) -> None:
@@ -187,7 +181,7 @@ class Deliverer:
         elif self.announce is not None:
             self.announce(task.result())
 
-    async def _handle(self, goal: Taken, now: float, wait: float, started: float) -> Delivery:
+    async def _handle(self, goal: GoalCopy, now: float, wait: float, started: float) -> Delivery:
         """Decide, send if so decided, decide on the answer, record: one goal, top to bottom."""
         recording = False
         try:

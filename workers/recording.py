@@ -20,9 +20,9 @@ import redis
 import redis.asyncio
 
 from goalqueue.config import Settings
-from goalqueue.scripts import Defer, Settlement, Standing, Taken, WorkerScripts
 from workers.decide import Act, Decision, Pause
 from workers.outage import Outage
+from workers.scripts import Defer, GoalCopy, Settlement, Standing, WorkerScripts
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Record:
 
     @classmethod
     def of(
-        cls, goal: Taken, decision: Decision, answered: tuple[str, float] | None = None
+        cls, goal: GoalCopy, decision: Decision, answered: tuple[str, float] | None = None
     ) -> Record:
         """What ``decision`` about ``goal`` writes; ``answered``: DataFast's answer (its class)
         and how long it took, for the counters."""
@@ -198,16 +198,10 @@ class Writer:
             elif record.release:
                 pipe.delete(settings.keys.probe)
             if (pause := record.pause) is not None:
-                await self.scripts.defer(
-                    Defer(pause.until, pause.reason, pause.streak, pause.slows),
-                    fingerprint=settings.key_fingerprint,
-                    now=self.clock(),
-                    max_rate=settings.max_rate or 0,
-                    pipe=pipe,
-                )
+                defer = Defer(pause.until, pause.reason, pause.streak, pause.slows)
+                await self.scripts.defer(defer, self.clock(), pipe)
             if record.settlement.outcomes:
-                ttl_ms = int(settings.delivered_ttl_seconds * 1000)
-                await self.scripts.settle(record.settlement, ttl_ms, pipe)
+                await self.scripts.settle(record.settlement, pipe)
             replies = await pipe.execute()
         return replies[int(record.resume or record.release)] if pause is not None else None
 

@@ -29,8 +29,8 @@ import redis
 from goalqueue import stats
 from goalqueue.config import Settings
 from goalqueue.keys import PER_CALL
-from goalqueue.scripts import Scripts
 from workers.outage import Outage
+from workers.scripts import SweeperScripts
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Sweeper:
         self.settings = settings
         self.outage = outage or Outage(settings.outage_reminder_seconds)
         self.redis = client
-        self.scripts = Scripts(client, settings.keys)
+        self.scripts = SweeperScripts(client, settings.keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
 

@@ -68,7 +68,7 @@ from kombu.utils import json as kombu_json
 
 from goalqueue.deadletters import RAW_LIMIT, DeadLetter
 from goalqueue.keys import Keys
-from goalqueue.scripts import Scripts, Settlement, UnackedScripts
+from workers.scripts import Settlement, SweeperScripts, UnackedScripts
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def bury(client: redis.Redis, keys: Keys, raw: str | bytes, error: str) -> str |
     settlement = Settlement()
     settlement.bury("", letter)
     try:
-        Scripts(client, keys).settle(settlement, marker_ttl_ms=0)
+        SweeperScripts(client, keys).settle(settlement, marker_ttl_ms=0)
     except redis.RedisError as exc:
         logger.error(
             "dropped a poison message (%s) that could not be dead-lettered (%s): %r",

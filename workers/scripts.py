@@ -1,0 +1,275 @@
+"""The worker's scripts and what they take and give back: TAKE, SETTLE, DEFER on the event
+loop's client; SWEEP, RECONCILE (and SETTLE for poison) on a blocking client; kombu's unacked
+bookkeeping. The one place that knows each of their keys and arguments (the Lua is in
+``goalqueue/lua/``, shared with the producer's scripts through :func:`goalqueue.scripts.source`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+
+from goalqueue.config import Settings
+from goalqueue.deadletters import DeadLetter
+from goalqueue.event import GoalEvent
+from goalqueue.keys import TASK_NAME, Keys
+from goalqueue.message import template
+from goalqueue.scripts import ScriptArg, source
+from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, bucket, micros
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.asyncio.client import Pipeline
+
+OUTCOME_FIELDS = 6  # fields per outcome in SETTLE's arguments
+
+
+class Standing(StrEnum):
+    """What TAKE says about one queued copy of a goal (see ``lua/take.lua``)."""
+
+    SEND = "send"
+    PROBE = "probe"
+    HOLD = "hold"
+    DONE = "done"
+    GONE = "gone"
+    POISON = "poison"
+
+
+@dataclass(frozen=True, slots=True)
+class GoalCopy:
+    """One queued copy of a goal that TAKE took, and its standing (poison: ``entry`` is the
+    message to dead-letter, ``seq`` 0)."""
+
+    event_id: str
+    seq: int
+    standing: Standing
+    entry: str
+    streak: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeReply:
+    """TAKE's answer: the copies taken, and how long any held for the pace wait (seconds).
+    Nothing taken with a wait means no token yet: try again after the wait."""
+
+    wait: float
+    copies: list[GoalCopy]
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """A pause for everyone until ``until``; ``halve`` for a 429 or a timeout after sending,
+    which also slow the pace."""
+
+    until: float
+    reason: str
+    streak: int
+    halve: bool
+
+
+class Settlement:
+    """Outcomes for one SETTLE call (see ``lua/settle.lua``), and the answers they record,
+    added up for ``<ns>:metrics`` (see :mod:`goalqueue.tally`)."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[ScriptArg] = []
+        self.letters: list[DeadLetter] = []
+        self.answers: dict[str, int] = {}
+
+    def delivered(self, entry: str, event_id: str, remote_id: str, latency: float) -> None:
+        """Delivered ``latency`` seconds after it was enqueued."""
+        index = bucket(LATENCY_BOUNDS, latency)
+        self.outcomes += ["delivered", entry, event_id, remote_id, index, micros(latency)]
+
+    def bury(self, entry: str, letter: DeadLetter) -> None:
+        self.outcomes += ["bury", entry, letter.event_id, letter.to_json(), letter.reason, 0]
+        self.letters.append(letter)
+
+    def park(self, entry: str, event: GoalEvent, due: float, outcome: str = "") -> None:
+        """Into the waiting set until ``due``; ``outcome`` is the counter it moves (a
+        ``tally`` field: ``transient``, ``deferred:<reason>``), none for a goal held back."""
+        self.outcomes += ["park", entry, due, event.to_json(), outcome, 0]
+
+    def forget(self, entry: str, event_id: str) -> None:
+        self.outcomes += ["forget", entry, event_id, "", "", 0]
+
+    def answered(self, answer: str, seconds: float) -> None:
+        """DataFast gave ``answer`` (a status class) after ``seconds``."""
+        answers = self.answers
+        for name, amount in (
+            (f"answers:{answer}", 1),
+            (f"request:{bucket(REQUEST_BOUNDS, seconds)}", 1),
+            ("request:sum_us", micros(seconds)),
+        ):
+            answers[name] = answers.get(name, 0) + amount
+
+    def entries(self) -> list[ScriptArg]:
+        """The ledger entries of the outcomes, in order."""
+        return self.outcomes[1::OUTCOME_FIELDS]
+
+    def extend(self, other: Settlement) -> None:
+        self.outcomes += other.outcomes
+        self.letters += other.letters
+        for name, amount in other.answers.items():
+            self.answers[name] = self.answers.get(name, 0) + amount
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """What the worker's scripts take from the settings, read once: the key's fingerprint (a
+    401 pause names the key it was for), how long a probe may hold the way, the deployment's
+    rate cap (0: none) and how long a delivered marker lives."""
+
+    fingerprint: str
+    probe_lease_ms: int
+    max_rate: float
+    marker_ttl_ms: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Bound:
+        return cls(
+            settings.key_fingerprint,
+            settings.probe_lease_ms,
+            settings.max_rate or 0,
+            int(settings.delivered_ttl_seconds * 1000),
+        )
+
+
+class WorkerScripts:
+    """The worker's scripts, on its event loop's client, for the namespace of ``keys``;
+    ``pipe=`` queues one in a pipeline."""
+
+    def __init__(self, client: AsyncRedis, keys: Keys, bound: Bound) -> None:
+        self.keys = keys
+        self.bound = bound
+        self._take = client.register_script(source("take", "pace", "pause", "push"))
+        self._defer = client.register_script(source("defer", "pace"))
+        self._settle = client.register_script(source("settle"))
+
+    async def take(
+        self, now: float, *, goal: tuple[str, int] | None, claim: int, patient: bool
+    ) -> TakeReply:
+        """TAKE the task's ``goal`` (none: claims alone) and up to ``claim`` more."""
+        keys, bound = self.keys, self.bound
+        reply = await self._take(
+            keys=[
+                keys.queue, keys.taken, keys.ledger, keys.pause, keys.probe, keys.pace, keys.sent,
+                keys.seq,
+            ],
+            args=[
+                now, bound.fingerprint, bound.probe_lease_ms, claim, TASK_NAME,
+                keys.delivered_prefix, bound.max_rate, int(patient), *(goal or ()),
+            ],
+        )  # fmt: skip
+        copies = [
+            GoalCopy(str(event_id), int(seq), Standing(state), entry, int(streak or 0))
+            for event_id, seq, state, entry, streak in _groups_of_five(reply[1:])
+        ]
+        return TakeReply(int(reply[0]) / 1000, copies)
+
+    async def settle(self, settlement: Settlement, pipe: Pipeline) -> None:
+        """Queue SETTLE for ``settlement`` in ``pipe``."""
+        args = _settle_args(self.keys, settlement, self.bound.marker_ttl_ms)
+        await self._settle(keys=_settle_keys(self.keys), args=args, client=pipe)
+
+    async def defer(self, defer: Defer, now: float, pipe: Pipeline) -> None:
+        """Queue DEFER in ``pipe``; its reply is the new pace (goals/s, as text) or None."""
+        keys, bound = self.keys, self.bound
+        await self._defer(
+            keys=[keys.pause, keys.probe, keys.pace, keys.sent],
+            args=[
+                defer.until, defer.reason, defer.streak, bound.fingerprint, now, bound.max_rate,
+                int(defer.halve),
+            ],
+            client=pipe,
+        )  # fmt: skip
+
+
+class SweeperScripts:
+    """The sweeper's scripts, on a blocking client: SWEEP, RECONCILE, and SETTLE for the
+    poison messages the consumer dead-letters."""
+
+    def __init__(self, client: Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._template = template(keys)
+        self._sweep = client.register_script(source("sweep", "pause", "push"))
+        self._reconcile = client.register_script(source("reconcile", "push"))
+        self._settle = client.register_script(source("settle"))
+
+    def sweep(
+        self, now: float, limit: int, fingerprint: str, probe_lease_ms: int, cap: int = 0
+    ) -> int:
+        """Due goals from the waiting set back onto the queue (with a ``cap``, only until the
+        queue holds that many messages); returns how many moved."""
+        keys = self.keys
+        return int(
+            self._sweep(
+                keys=[keys.pause, keys.probe, keys.waiting, keys.seq, keys.ledger, keys.queue],
+                args=[self._template, now, limit, fingerprint, probe_lease_ms, cap],
+            )
+        )
+
+    def reconcile(self, now: float, threshold: float, limit: int, stall: float) -> int:
+        """Goals a lost worker took and never settled back onto the queue; returns how many.
+        A gap of more than ``stall`` seconds since the last call does not count."""
+        keys = self.keys
+        return int(
+            self._reconcile(
+                keys=[
+                    keys.taken, keys.checkpoints, keys.seq, keys.ledger, keys.queue,
+                    keys.reconciled, keys.unacked_index,
+                ],
+                args=[self._template, now, threshold, limit, stall],
+            )
+        )  # fmt: skip
+
+    def settle(self, settlement: Settlement, marker_ttl_ms: int) -> int:
+        """Record outcomes; returns how many ledger entries this call owned."""
+        args = _settle_args(self.keys, settlement, marker_ttl_ms)
+        return int(self._settle(keys=_settle_keys(self.keys), args=args))
+
+
+class UnackedScripts:
+    """kombu's bookkeeping of unacknowledged messages (its Redis transport's QoS), as scripts
+    Redis still runs at maxmemory, on the channel's client (see workers/transport.py)."""
+
+    def __init__(self, client: Redis, unacked_key: str, index_key: str) -> None:
+        self._keys = [unacked_key, index_key]
+        self._unacked = client.register_script(source("unacked"))
+        self._restore = client.register_script(source("restore"))
+
+    def record(self, tag: ScriptArg, envelope: str, now: float) -> None:
+        """Record the message ``envelope`` as unacknowledged under ``tag``."""
+        self._unacked(keys=self._keys, args=[tag, envelope, now])
+
+    def restore(
+        self, tag: ScriptArg, read: str | bytes, pushes: Sequence[tuple[str, str]], leftmost: bool
+    ) -> bool:
+        """Push each (queue, message) of ``pushes`` if ``tag`` is still unacknowledged as
+        ``read``; returns whether it was."""
+        queues = [queue for queue, _ in pushes]
+        messages = [message for _, message in pushes]
+        restored = self._restore(
+            keys=[*self._keys, *queues], args=[tag, read, int(leftmost), *messages]
+        )
+        return bool(restored)
+
+
+def _settle_keys(keys: Keys) -> list[str]:
+    return [keys.ledger, keys.delivered_count, keys.dead, keys.waiting, keys.metrics, keys.pending]
+
+
+def _settle_args(keys: Keys, settlement: Settlement, marker_ttl_ms: int) -> list[ScriptArg]:
+    answers: list[ScriptArg] = []
+    for name, amount in settlement.answers.items():
+        answers += [name, amount]
+    return [marker_ttl_ms, keys.delivered_prefix, len(answers), *answers, *settlement.outcomes]
+
+
+def _groups_of_five(fields: list[Any]) -> list[tuple[Any, ...]]:
+    return [tuple(fields[i : i + 5]) for i in range(0, len(fields), 5)]
