@@ -8,8 +8,9 @@ of fastapi (0.165) and starlette (1.10) only ``starlette.testclient`` (``fastapi
 imports httpx, and the integration does not use it (the ``fastapi`` extra's httpx is what that
 TestClient needs). tests/test_install.py proves the core install itself, in a virtualenv of its own.
 
-The static graph (every ``import`` in ``goalqueue`` and ``workers``, those inside functions too,
-those under ``TYPE_CHECKING`` not) has no circles, and runs one way: ``workers`` and the tools
+The static graph (every ``import`` in ``goalqueue`` and ``workers``, those inside functions and
+those under ``TYPE_CHECKING`` too: a circle only a type checker sees is still a circle) has no
+circles, and runs one way: ``workers`` and the tools
 (the CLI, the sandbox, the demo, the integrations) import the core, never the reverse.
 """
 
@@ -127,21 +128,12 @@ def owner(name: str) -> str | None:
 
 
 def imported(module: str) -> set[str]:
-    """The goalqueue and workers modules that ``module`` imports, at its top or in a function,
-    leaving out imports for type checking only."""
+    """The goalqueue and workers modules that ``module`` imports: at its top, in a function or
+    for type checking only."""
     tree = ast.parse(SOURCES[module].read_text())
-    typing_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for statement in node.body
-        for inner in ast.walk(statement)
-    }
     package = module if SOURCES[module].name == "__init__.py" else module.rpartition(".")[0]
     names: list[str] = []
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -165,7 +157,7 @@ GRAPH = {module: imported(module) for module in SOURCES}
 def test_the_static_graph_is_read() -> None:
     assert GRAPH["goalqueue.producer"] >= {"goalqueue.config", "goalqueue.scripts"}
     assert "workers.node" in GRAPH["goalqueue.cli.worker"]  # an import in a function counts
-    assert "goalqueue.deadletters" not in GRAPH["goalqueue.scripts"]  # TYPE_CHECKING does not
+    assert "goalqueue.testing" in GRAPH["goalqueue.testing.pytest_plugin"]  # TYPE_CHECKING too
     assert "goalqueue.sandbox.answers" in GRAPH["goalqueue.sandbox.faults"]  # relative or not
 
 
