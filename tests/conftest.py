@@ -100,7 +100,7 @@ def engines() -> Iterator[Callable[..., Engine]]:
 
     def start(settings: Settings, handler: Handler, **options: object) -> Engine:
         engine = Engine(settings, transport=httpx.MockTransport(handler), **options)  # type: ignore[arg-type]
-        started.append(engine)
+        started.append(engine.start())
         return engine
 
     yield start

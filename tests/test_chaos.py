@@ -467,15 +467,15 @@ def test_delivered_counter_counts_a_goal_whose_delivering_copy_lost_the_ledger_r
         sweeper.sweep_once(now)
         assert sweeper.sweep_once(now + settings.visibility_timeout_seconds + 1) == (0, 1)
         # ...and a second worker takes the re-queued copy, gets a 503 and parks the goal
-        assert second_worker.deliver(*pop_message(client)).summary == "waiting (server_error)"
+        assert second_worker.run(*pop_message(client)).summary == "waiting (server_error)"
         # Then DataFast accepts the first copy
         return httpx.Response(200, json={"status": "success", "data": [{"eventId": "e" * 24}]})
 
     # When the first copy is delivered, and the parked one comes back later
     first_worker = engines(settings, slow_first_copy, rand=lambda: 0.0)
-    assert first_worker.deliver(*pop_message(client)).summary == "delivered"
+    assert first_worker.run(*pop_message(client)).summary == "delivered"
     sweeper.sweep_once(time.time() + 3600)
-    assert second_worker.deliver(*pop_message(client)).summary == "already delivered"
+    assert second_worker.run(*pop_message(client)).summary == "already delivered"
 
     # Then the goal is settled, and counted once
     assert client.zcard(KEYS.ledger) + client.zcard(KEYS.waiting) == 0

@@ -51,7 +51,7 @@ def test_a_task_claims_queued_goals_and_delivers_each_once(
     api, claimed = FakeDataFast(), Claimed()
     engine = engines(settings, api, announce=claimed.append)
     # When the task delivers it
-    own = engine.deliver(*pop_message(redis_client))
+    own = engine.run(*pop_message(redis_client))
     engine.wait()
     # Then its TAKE claimed the other five, and every goal is delivered once
     assert own.event_id == ids[0] and own.summary == "delivered"
@@ -108,7 +108,7 @@ def test_a_claim_leaves_messages_that_are_not_goals_for_kombu(
     claimed = Claimed()
     engine = engines(settings, FakeDataFast(), announce=claimed.append)
     # When the task's TAKE claims
-    assert engine.deliver(*own).summary == "delivered"
+    assert engine.run(*own).summary == "delivered"
     engine.wait()
     # Then both goals were delivered and the other message is back at the consuming end
     assert claimed.results() == {goal[1]: "delivered"}
@@ -130,7 +130,7 @@ def test_a_stale_copy_among_the_claims_is_dropped_and_the_live_one_delivered(
     api, claimed = FakeDataFast(), Claimed()
     engine = engines(settings, api, announce=claimed.append)
     # When one TAKE holds both copies
-    own = engine.deliver(*pop_message(redis_client))
+    own = engine.run(*pop_message(redis_client))
     engine.wait()
     # Then DataFast saw the goal once
     assert sorted([own.result, *claimed.results().values()]) == ["delivered", "stale copy"]
@@ -177,7 +177,7 @@ def test_a_429_among_the_claims_pauses_delivery_and_parks_only_that_goal(
 
     claimed = Claimed()
     engine = engines(settings, answer, announce=claimed.append)
-    own = engine.deliver(*pop_message(redis_client))
+    own = engine.run(*pop_message(redis_client))
     engine.wait()
     # Then the others are delivered, the limited one waits, and delivery is paused
     assert own.summary == "delivered"
@@ -198,7 +198,7 @@ def test_a_take_while_paused_sends_one_probe_and_holds_the_rest(
     api, claimed = FakeDataFast(), Claimed()
     engine = engines(settings, api, announce=claimed.append)
     # When one task's TAKE takes them all
-    own = engine.deliver(*pop_message(redis_client))
+    own = engine.run(*pop_message(redis_client))
     engine.wait()
     # Then exactly one goal tested the API; it succeeded, so the pause is over
     assert own.summary == "delivered"
@@ -223,7 +223,7 @@ def test_closing_the_engine_finishes_and_records_every_claimed_goal(
         return ok()
 
     engine = engines(settings, answer)
-    assert engine.deliver(*pop_message(redis_client)).summary == "delivered"
+    assert engine.run(*pop_message(redis_client)).summary == "delivered"
     assert redis_client.get(KEYS.delivered_count) == "1"
     # When the engine is closed (a warm shutdown)
     engine.close()
@@ -301,7 +301,7 @@ def test_a_claimed_message_with_a_sequence_never_handed_out_is_dead_lettered_and
     api, claimed = FakeDataFast(), Claimed()
     engine = engines(settings, api, announce=claimed.append)
     # When the task delivers its goal, claiming the rest
-    assert engine.deliver(*pop_message(redis_client)).event_id == first
+    assert engine.run(*pop_message(redis_client)).event_id == first
     engine.wait()
     # Then the stray message is a poison dead letter keeping it, and the goals are delivered
     assert claimed.results() == {"future": "dead (poison)", second: "delivered"}

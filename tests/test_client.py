@@ -177,9 +177,9 @@ def deliver_once(
     def deliver(url: str, **changes: Any) -> tuple[str, GoalEvent | None]:
         worker_settings = replace(settings, api_url=url, **changes)
         GoalQueue(settings=worker_settings).track_goal("v1", "signup")
-        engine = Engine(worker_settings)
+        engine = Engine(worker_settings).start()
         engines.append(engine)
-        result = engine.deliver(*pop_message(redis_client)).summary
+        result = engine.run(*pop_message(redis_client)).summary
         waiting = redis_client.zrange(KEYS.waiting, 0, -1)
         return result, GoalEvent.from_json(waiting[0]) if waiting else None
 

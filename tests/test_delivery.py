@@ -48,7 +48,7 @@ def deliverer(
 
 def run_next(worker: Engine, client: redis.Redis) -> str:
     """What a worker does with the next message on the queue."""
-    return worker.deliver(*pop_message(client)).summary
+    return worker.run(*pop_message(client)).summary
 
 
 @pytest.fixture

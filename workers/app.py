@@ -5,10 +5,11 @@
 * A short ``visibility_timeout``: nothing waits inside the broker (waits live in the waiting
   set), so a dead worker's unacknowledged goals come back within about that long.
 * ``worker_prefetch_multiplier = 1``: each worker holds no more task messages than it runs.
-* The threads pool, a few threads: each task hands its goal to the process's event loop
-  (:mod:`workers.engine`) and waits for its outcome, while the goals its TAKE claims keep the
-  loop's ``GOALQUEUE_MAX_IN_FLIGHT`` requests busy. One process uses one core; ``goalqueue
-  worker`` starts one per core.
+* The threads pool, one thread: a task hands its goal to the process's event loop
+  (:mod:`workers.engine`) and waits for its outcome, while the goals the loop claims keep its
+  ``GOALQUEUE_MAX_IN_FLIGHT`` requests busy (more task threads only added Celery's overhead).
+  Another pool is refused at start. One process uses one core; ``goalqueue worker`` starts one
+  per core. :mod:`workers.process` draws every thread of a worker process.
 * Behind Sentinel (a ``sentinel://`` broker URL) kombu gets the master's name and the
   sentinels' options as transport options; :mod:`workers.transport` hardens its Sentinel
   channel as it does the plain one.
@@ -26,21 +27,16 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
-from celery.signals import (
-    worker_init,
-    worker_process_init,
-    worker_process_shutdown,
-    worker_shutdown,
-    worker_shutting_down,
-)
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from celery.utils.log import mlevel
 
 from goalqueue import connections
 from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
 from goalqueue.keys import TASK_NAME
-from workers.runtime import Runtime
-from workers.sweeper import Sweeper, stall_seconds
+from workers.process import WorkerProcess
+from workers.sweeper import stall_seconds
 from workers.tasks import deliver
 from workers.transport import NAMESPACE, STALL, harden
 
@@ -50,20 +46,20 @@ DEFAULT_CONCURRENCY = 1
 
 
 class GoalqueueApp(Celery):  # type: ignore[misc]
-    """A Celery app with the settings it was made with and its per-process runtime."""
+    """A Celery app with the settings it was made with and the worker process it drives."""
 
     settings: Settings
-    runtime: Runtime
+    process: WorkerProcess
 
 
 def create_app(settings: Settings) -> GoalqueueApp:
-    """The delivery app for ``settings``: the task, the sweeper, and the worker's lifecycle."""
+    """The delivery app for ``settings``: the task, and the worker process's lifecycle."""
     app = GoalqueueApp("goalqueue", broker=settings.broker_url, set_as_current=False)
     app.conf.update(_configuration(settings))
     app.settings = settings
-    app.runtime = Runtime(settings, lambda hostname: _dispatcher(app, hostname))
+    app.process = WorkerProcess(settings, lambda hostname: _dispatcher(app, hostname))
     app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)(deliver)
-    app.steps["worker"].add(SweeperStep)
+    app.steps["worker"].add(Lifecycle)
     _connect_signals(app)
     return app
 
@@ -127,26 +123,25 @@ def _dispatcher(app: Celery, hostname: str | None) -> Any:
 
 
 def _connect_signals(app: GoalqueueApp) -> None:
-    """The worker's lifecycle, for this app's workers only."""
+    """The checks before a worker starts, and the end of its process's lifecycle (see
+    :class:`Lifecycle` for the start), for this app's workers only."""
 
     def before_start(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
             _check_before_start(app, sender)
 
     def shutting_down(sender: Any = None, **_: Any) -> None:
-        if sender == app.runtime.hostname:
-            app.runtime.stop_waiting()
+        if sender == app.process.hostname:
+            app.process.stop_waiting()
 
     def stop(sender: Any = None, **_: Any) -> None:
-        if sender is None or getattr(sender, "app", None) is app:
-            app.runtime.close()
+        if getattr(sender, "app", None) is app:
+            app.process.stop()
 
     uid = f"goalqueue-{id(app)}"
     worker_init.connect(before_start, weak=False, dispatch_uid=uid)
     worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid=uid)
     worker_shutdown.connect(stop, weak=False, dispatch_uid=uid)
-    worker_process_shutdown.connect(stop, weak=False, dispatch_uid=uid)
-    worker_process_init.connect(lambda **_: app.runtime.engine(), weak=False, dispatch_uid=uid)
 
 
 def _check_before_start(app: GoalqueueApp, worker: Any) -> None:
@@ -156,7 +151,12 @@ def _check_before_start(app: GoalqueueApp, worker: Any) -> None:
         settings.require_credentials()
     except ConfigError as exc:
         raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
-    app.runtime.hostname = getattr(worker, "hostname", None)
+    pool = getattr(worker, "pool_cls", None)
+    if isinstance(pool, type) and not issubclass(pool, ThreadTaskPool):
+        raise SystemExit(
+            "goalqueue worker cannot start: it runs Celery's threads pool (--pool threads), "
+            f"not {pool.__module__}"
+        )
     if mlevel(getattr(worker, "loglevel", logging.INFO)) > logging.DEBUG:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.allow_insecure_api_url:
@@ -166,14 +166,14 @@ def _check_before_start(app: GoalqueueApp, worker: Any) -> None:
             settings.api_url,
         )
     _refuse_bad_credentials(app)
-    warn_if_lossy(app.runtime.redis)
+    warn_if_lossy(app.process.redis)
 
 
 def _refuse_bad_credentials(app: GoalqueueApp) -> None:
     """Exit in one line when Redis refuses the URL's credentials: no retry would fix them. (An
     unreachable Redis is left to Celery, which keeps trying to connect.)"""
     try:
-        app.runtime.redis.ping()
+        app.process.redis.ping()
     except redis.AuthenticationError as exc:
         reason = connections.explain(exc, app.settings)
         raise SystemExit(f"goalqueue worker cannot start: {reason}") from None
@@ -207,22 +207,12 @@ def _refusing_app(reason: str) -> Celery:
     return app
 
 
-class SweeperStep(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Runs the sweeper thread alongside the worker's consumer."""
+class Lifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Starts the worker process's threads (:class:`~workers.process.WorkerProcess`) once the
+    pool exists. They stop at ``worker_shutdown``, after the pool has finished its task: the
+    task waits on the loop for its goal's outcome."""
 
     requires = ("celery.worker.components:Pool",)
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.sweeper: Sweeper | None = None
-
     def start(self, worker: Any) -> None:
-        runtime: Runtime = worker.app.runtime
-        runtime.engine()
-        settings = worker.app.settings
-        self.sweeper = Sweeper(settings, connections.client(settings), runtime.outage)
-        self.sweeper.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.sweeper is not None:
-            self.sweeper.stop()
+        worker.app.process.start(getattr(worker, "hostname", None))

@@ -91,7 +91,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def _keep(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter."""
-        bury(self.app.runtime.redis, self.app.settings.keys, _raw(message), error)
+        bury(self.app.process.redis, self.app.settings.keys, _raw(message), error)
 
     def _bury(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter, and off the queue."""

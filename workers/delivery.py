@@ -96,7 +96,7 @@ class Deliverer:
         self._dry = 0.0  # no claim alone before this (monotonic): the queue was empty or paused
         self._claimed: set[asyncio.Task[Delivery]] = set()
 
-    async def deliver(self, event_id: str, seq: int) -> Delivery:
+    async def task(self, event_id: str, seq: int) -> Delivery:
         """Deliver a task's goal, and start on the goals its TAKE claims; returns once the
         task's own goal is recorded (the claimed ones carry on)."""
         started = time.monotonic()

@@ -38,6 +38,10 @@ class Announcer:
     def __init__(self, make_dispatcher: Callable[[], Any]) -> None:
         self._make_dispatcher = make_dispatcher
         self._queue: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread that sends what is announced."""
         self._thread = threading.Thread(target=self._run, name="goalqueue-events", daemon=True)
         self._thread.start()
 
@@ -47,8 +51,9 @@ class Announcer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         dispatcher = None

@@ -53,14 +53,17 @@ class Sweeper:
         self.redis = client
         self.scripts = SweeperScripts(client, settings.keys)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start sweeping, every ``sweep_interval_seconds``, on a thread of its own."""
+        self._thread = threading.Thread(target=self._run, name="goalqueue-sweeper", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def sweep_once(self, now: float | None = None) -> tuple[int, int]:
         """One round; returns (goals moved from waiting, lost goals re-queued)."""

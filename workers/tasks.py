@@ -15,11 +15,11 @@ from workers.transport import bury
 def deliver(task: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver the goal ``seq`` whose event id is the task id; any other arguments go to the
     dead letters (TAKE checks that the sequence was handed out)."""
-    runtime = task.app.runtime
+    process = task.app.process
     match args:
         case (seq,) if is_sequence(seq) and not kwargs and isinstance(task.request.id, str):
-            return str(runtime.engine().deliver(task.request.id, seq).summary)
+            return str(process.engine.run(task.request.id, seq).summary)
     poison = dumps({"id": repr(task.request.id), "args": repr(args), "kwargs": repr(kwargs)})
     error = f"task arguments must be (seq,), seq a whole number from 1 to {MAX_SEQUENCE}"
-    bury(runtime.redis, runtime.settings.keys, poison, error)
+    bury(process.redis, process.settings.keys, poison, error)
     return "poison"
