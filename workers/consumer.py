@@ -68,34 +68,36 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             except broker_trouble:
                 raise
             except Exception as exc:
-                self._bury(message, f"unhandled message: {type(exc).__name__}: {exc}")
+                self._dead_letter_and_reject(
+                    message, f"unhandled message: {type(exc).__name__}: {exc}"
+                )
                 return None
 
         return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         """Keep a message whose body cannot be decoded; ack it so it cannot loop."""
-        self._bury(message, f"undecodable message: {type(exc).__name__}: {exc}")
+        self._dead_letter_and_reject(message, f"undecodable message: {type(exc).__name__}: {exc}")
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._keep(message, "not a task message: no task name in its headers")
+        self._dead_letter(message, "not a task message: no task name in its headers")
         super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name = message.headers.get("task") if isinstance(message.headers, dict) else None
-        self._bury(message, f"unknown task {name!r}")
+        self._dead_letter_and_reject(message, f"unknown task {name!r}")
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._keep(message, f"invalid task message: {type(exc).__name__}: {exc}")
+        self._dead_letter(message, f"invalid task message: {type(exc).__name__}: {exc}")
         super().on_invalid_task(body, message, exc)
 
-    def _keep(self, message: Any, error: str) -> None:
+    def _dead_letter(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter."""
         bury(self.app.process.redis, self.app.settings.keys, _raw(message), error)
 
-    def _bury(self, message: Any, error: str) -> None:
+    def _dead_letter_and_reject(self, message: Any, error: str) -> None:
         """``message`` as a poison dead letter, and off the queue."""
-        self._keep(message, error)
+        self._dead_letter(message, error)
         if not message.acknowledged:
             message.reject_log_error(logger, self.connection_errors)
 

@@ -89,9 +89,9 @@ class Deliverer:
         self.clock = clock
         self.rand = rand
         self.announce = announce
-        self.held = 0  # goals taken (or being taken) and not yet recorded
+        self.in_flight = 0  # goals taken (or being taken) that DataFast has not answered yet
         self.stopping = False
-        self.recording = 0  # goals answered, their outcome not recorded yet
+        self.unrecorded = 0  # goals answered, their outcome not recorded yet
         self._refilling: asyncio.Task[None] | None = None
         self._dry = 0.0  # no claim alone before this (monotonic): the queue was empty or paused
         self._claimed: set[asyncio.Task[Delivery]] = set()
@@ -117,8 +117,8 @@ class Deliverer:
         if (
             self.stopping
             or self._refilling is not None
-            or self.settings.max_in_flight - self.held < REFILL
-            or self.recording >= self.settings.max_in_flight // 4
+            or self.settings.max_in_flight - self.in_flight < REFILL
+            or self.unrecorded >= self.settings.max_in_flight // 4
             or time.monotonic() < self._dry
         ):
             return
@@ -126,7 +126,7 @@ class Deliverer:
 
     async def _refill(self) -> None:
         try:
-            while not self.stopping and self.settings.max_in_flight - self.held >= REFILL:
+            while not self.stopping and self.settings.max_in_flight - self.in_flight >= REFILL:
                 started, now = time.monotonic(), self.clock()
                 take = await self._take_once(None, now, patient=False)
                 self._start(take.copies, now, take.wait, started)
@@ -161,13 +161,13 @@ class Deliverer:
     ) -> TakeReply:
         # The room is reserved before the call, so that TAKEs running at once share it.
         own = 0 if goal is None else 1
-        claim = 0 if self.stopping else max(0, self.settings.max_in_flight - self.held - own)
-        self.held += claim + own
+        claim = 0 if self.stopping else max(0, self.settings.max_in_flight - self.in_flight - own)
+        self.in_flight += claim + own
         try:
             take = await self.scripts.take(now, goal=goal, claim=claim, patient=patient)
         finally:
-            self.held -= claim + own
-        self.held += len(take.copies)
+            self.in_flight -= claim + own
+        self.in_flight += len(take.copies)
         return take
 
     def _claimed_done(self, task: asyncio.Task[Delivery]) -> None:
@@ -182,15 +182,18 @@ class Deliverer:
             self.announce(task.result())
 
     async def _handle(self, goal: GoalCopy, now: float, wait: float, started: float) -> Delivery:
-        """Decide, send if so decided, decide on the answer, record: one goal, top to bottom."""
-        recording = False
+        """Decide, send if so decided, decide on the answer, record: one goal, top to bottom.
+        Its room in flight is freed once DataFast has answered, not once the answer is
+        written (see ``REFILL``)."""
+        in_flight = True
         try:
             decision = decide(goal, None, now, self.rules, wait=wait)
             answered = None
             if decision.act is Act.SEND:
                 assert decision.event is not None
                 verdict, took = await self._ask(decision.event)
-                self.held, self.recording, recording = self.held - 1, self.recording + 1, True
+                in_flight = False
+                self.in_flight, self.unrecorded = self.in_flight - 1, self.unrecorded + 1
                 self._refill_soon()
                 answered = (verdict.answer, took)
                 decision = decide(goal, verdict, self.clock(), self.rules,
@@ -198,10 +201,10 @@ class Deliverer:
             if decision.act is not Act.DROP:
                 await self.recorder.record(Record.of(goal, decision, answered))
         finally:
-            if recording:
-                self.recording -= 1
+            if in_flight:
+                self.in_flight -= 1
             else:
-                self.held -= 1
+                self.unrecorded -= 1
             self._refill_soon()
         return Delivery(goal.event_id, decision.act, decision.why, time.monotonic() - started)
 
