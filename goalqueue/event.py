@@ -100,25 +100,29 @@ class GoalEvent:
         return body
 
     def _check_types(self) -> None:
-        strings = (self.event_id, self.visitor_id, self.name)
-        if not all(isinstance(s, str) and s for s in strings):
-            raise ValueError("event id, visitor id and name must be non-empty strings")
-        if self.metadata is not None and not (
-            isinstance(self.metadata, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items())
-        ):
-            raise ValueError("metadata must map strings to strings")
-        if self.description is not None and not isinstance(self.description, str):
+        """Reject what is not a goal event (read back from Redis, it may be anything). Written
+        out field by field: it runs for every goal a worker takes."""
+        for text in (self.event_id, self.visitor_id, self.name):
+            if type(text) is not str or not text:
+                raise ValueError("event id, visitor id and name must be non-empty strings")
+        if self.metadata is not None:
+            if type(self.metadata) is not dict:
+                raise ValueError("metadata must map strings to strings")
+            for key, value in self.metadata.items():
+                if type(key) is not str or type(value) is not str:
+                    raise ValueError("metadata must map strings to strings")
+        if self.description is not None and type(self.description) is not str:
             raise ValueError("description must be a string")
-        if not _finite(self.enqueued_at) or not isinstance(self.attempts, int):
+        if not _finite(self.enqueued_at) or type(self.attempts) is not int:
             raise ValueError("enqueued_at and attempts must be numbers")
-        if not isinstance(self.unknown_attempts, int):
+        if type(self.unknown_attempts) is not int:
             raise ValueError("unknown_attempts must be an integer")
-        if not all(t is None or _finite(t) for t in (self.first_attempt_at, self.last_attempt_at)):
-            raise ValueError("attempt times must be numbers")
-        if self.last_status is not None and not isinstance(self.last_status, int):
+        for at in (self.first_attempt_at, self.last_attempt_at):
+            if at is not None and not _finite(at):
+                raise ValueError("attempt times must be numbers")
+        if self.last_status is not None and type(self.last_status) is not int:
             raise ValueError("last_status must be an integer")
-        if self.last_error is not None and not isinstance(self.last_error, str):
+        if self.last_error is not None and type(self.last_error) is not str:
             raise ValueError("last_error must be a string")
 
 
