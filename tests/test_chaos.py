@@ -91,7 +91,7 @@ HELD_BACK = frozenset({"429", "403", "401"})  # phases in which delivery is paus
 # delivery path retries its settle (see the README): the short form restarts Redis while
 # delivery is paused (403), the long form also mid-flow.
 SHORT = Form(
-    "short", goals=4000, bad_each=20, kills=10, rounds=1, phase_seconds=4.0, phases=PHASES[:-1]
+    "short", goals=3000, bad_each=20, kills=8, rounds=1, phase_seconds=2.5, phases=PHASES[:-1]
 )
 LONG = Form(
     "long",
