@@ -16,8 +16,9 @@ from click.testing import CliRunner, Result
 from goalqueue import GoalQueue
 from goalqueue.cli import main
 from goalqueue.config import get_settings
-from goalqueue.deadletters import DeadLetter, DeadLetters
+from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
+from tests.helpers.deadletters import kill
 from tests.helpers.settings import KEYS
 from tests.helpers.spool import spooled_rows
 
@@ -39,13 +40,7 @@ def run(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
 
 def bury(client: redis.Redis, queue: GoalQueue, visitor: str, status: int, reason: str) -> str:
     """Enqueue a goal and move it straight to the dead letters, as a worker would."""
-    event_id = queue.track_goal(visitor, "signup")
-    (raw,) = [r for r in client.zrange(KEYS.ledger, 0, -1) if event_id in r]
-    event = GoalEvent.from_json(raw).attempted(1000.0, status, "visitor has no pageviews")
-    client.zrem(KEYS.ledger, raw)
-    client.lpop(KEYS.queue)
-    client.hset(KEYS.dead, event_id, DeadLetter.of(event, reason).to_json())
-    return event_id
+    return kill(client, queue, visitor, status=status, reason=reason)
 
 
 def test_send_prints_the_event_id_of_the_enqueued_goal(run, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
@@ -251,6 +246,10 @@ def test_corrupt_dead_letters_are_reported_and_the_rest_listed_replayed_and_purg
         "misfiled": json.dumps({**misfiled, "event_id": "elsewhere"}),
     }
     redis_client.hset(KEYS.dead, mapping=corrupt)
+    # Written by hand, they are in no index: the commands say so, and recount indexes them
+    assert "3 dead letter(s) in no index" in run("dead", "list").stderr
+    recounted = run("dead", "recount")
+    assert recounted.stdout.strip() == "recounted: 3 index entr(ies) added, 0 removed"
 
     # When the operator lists them: the good ones as usual, the corrupt ones reported on stderr
     listed = run("dead", "list")

@@ -3,7 +3,8 @@
 State comes from :func:`goalqueue.stats.collect` (what ``goalqueue stats`` prints), counters and
 histograms from ``<ns>:metrics`` (:mod:`goalqueue.tally`), which the workers' SETTLE calls keep.
 Labels are few and fixed: outcome result and reason, answer status class, pause reason, dead
-letter reason. When Redis does not answer, the scrape says so in ``goalqueue_redis_up`` alone.
+letter reason, prune limit. Dead letters are counted by the sizes of their indexes, never by
+reading the letters. When Redis does not answer, the scrape says so in ``goalqueue_redis_up`` alone.
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ def _state(state: dict[str, object], dead: dict[str, int]) -> Iterator[Metric]:
     ):
         yield _gauge(f"goalqueue_{name}_goals", documentation, _number(state[name]))
     letters = GaugeMetricFamily(
-        "goalqueue_dead_letters", "Dead letters kept in Redis, by reason.", labels=["reason"]
+        "goalqueue_dead_letters",
+        "Dead letters kept in Redis, by reason (corrupt: not readable as one; unindexed: in no "
+        "reason's index, see goalqueue dead recount).",
+        labels=["reason"],
     )
-    for reason in sorted(set(tally.DEAD_REASONS) | set(dead)):
-        letters.add_metric([reason], dead.get(reason, 0))
+    for reason, count in sorted(dead.items()):
+        letters.add_metric([reason], count)
     yield letters
     for name, documentation in (
         ("oldest_waiting_age", "Age (since enqueue) of the waiting goal due first."),
@@ -133,6 +137,15 @@ def _counters(counters: tally.Counters) -> Iterator[Metric]:
     for status_class, value in sorted(counters.answers.items()):
         answers.add_metric([status_class], value)
     yield answers
+    pruned = CounterMetricFamily(
+        "goalqueue_dead_letters_pruned",
+        "Dead letters the workers deleted: older than GOALQUEUE_DEAD_RETENTION_DAYS "
+        "(retention), the oldest beyond GOALQUEUE_DEAD_MAX (max).",
+        labels=["limit"],
+    )
+    for limit, value in sorted(counters.pruned.items()):
+        pruned.add_metric([limit], value)
+    yield pruned
     yield _histogram(
         "goalqueue_datafast_request_duration_seconds",
         "How long DataFast took to answer a goal request.",
