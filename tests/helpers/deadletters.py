@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 import redis
 
@@ -29,21 +30,28 @@ def settle(
 
 
 def kill(
+    client: redis.Redis, queue: GoalQueue, visitor: str = "v", name: str = "signup", **how: Any
+) -> str:
+    """Enqueue a goal and dead-letter it as :func:`die` does; returns its event id."""
+    event_id = queue.track_goal(visitor, name)
+    die(client, event_id, **how)
+    return event_id
+
+
+def die(
     client: redis.Redis,
-    queue: GoalQueue,
-    visitor: str = "v",
-    name: str = "signup",
+    event_id: str,
     *,
     status: int | None = 404,
     reason: str = "unknown_visitor",
     dead_at: float | None = None,
     enqueued_at: float | None = None,
-) -> str:
-    """Enqueue a goal, take its message off the queue and dead-letter it at its first attempt,
-    as a worker would; returns its event id."""
-    event_id = queue.track_goal(visitor, name)
+) -> None:
+    """Take a queued goal's message off the queue and dead-letter it after one more attempt
+    answered ``status``, as a worker would."""
     (entry,) = [e for e in client.zrange(KEYS.ledger, 0, -1) if event_id in e]
-    client.lrem(KEYS.queue, 1, next(m for m in client.lrange(KEYS.queue, 0, -1) if event_id in m))
+    (message,) = [m for m in client.lrange(KEYS.queue, 0, -1) if event_id in m]
+    client.lrem(KEYS.queue, 1, message)
     event = GoalEvent.from_json(entry)
     if enqueued_at is not None:
         event = replace(event, enqueued_at=enqueued_at)
@@ -52,4 +60,3 @@ def kill(
     if dead_at is not None:
         letter = replace(letter, dead_at=dead_at)
     assert settle(client, [(entry, letter)]) == 1
-    return event_id
