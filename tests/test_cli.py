@@ -379,6 +379,9 @@ def test_a_dry_run_shows_the_count_and_the_oldest_letters_and_changes_nothing(  
     assert asked.exit_code == 1 and "1 dead letter(s) to purge:" in asked.stdout
     assert bad in asked.stdout and "Delete them for good?" in asked.stdout
     assert {key: raw.dump(key) for key in raw.scan_iter()} == before
+    # And with nothing to delete it says so and asks nothing
+    nothing = run("dead", "purge", "--reason", "expired")
+    assert (nothing.exit_code, nothing.stdout) == (0, "no dead letter to purge\n")
 
     # When purge runs for real with the same filters and a limit, it deletes those alone
     assert run("dead", "purge", "--status", "404", "--limit", "5", "--yes").stdout == (

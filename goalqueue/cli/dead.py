@@ -132,7 +132,7 @@ def dead_purge(
             )
         )
         _show_plan(found, "purge", and_corrupt)
-        if dry_run:
+        if dry_run or not (found.count or (and_corrupt and found.corrupt)):
             return
         click.confirm("Delete them for good?", abort=True)
 

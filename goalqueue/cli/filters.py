@@ -56,7 +56,7 @@ def filters(command: Callable[..., None]) -> Callable[..., None]:
                      show_default=True,
                      help="What --since and --until compare: when the letter died, or when its "
                      "goal was last enqueued."),
-        click.option("--limit", type=click.IntRange(min=1),
+        click.option("--limit", type=click.IntRange(min=1), metavar="N",
                      help="At most this many letters, the oldest."),
     ]  # fmt: skip
 
