@@ -1,4 +1,6 @@
-"""Dead letters: goals delivery gave up on, kept in Redis until an operator replays or purges them.
+"""Dead letters: goals delivery gave up on, kept in Redis until an operator replays or purges them,
+or the workers prune them (``GOALQUEUE_DEAD_MAX``, ``GOALQUEUE_DEAD_RETENTION_DAYS``). Each is
+indexed under its reason by when it died (see :mod:`goalqueue.keys`, ``lua/dead.lua``).
 
 Reasons:
 
