@@ -240,14 +240,25 @@ def _replay_ids(event_ids: Sequence[str]) -> None:
         sys.exit(1)
 
 
+@dataclass
+class Replayed:
+    """What a replay by filters did so far: letters selected, replayed, poison among them (no
+    goal to send), the corrupt ones met, and how many letters no index holds."""
+
+    selected: int = 0
+    replayed: int = 0
+    poison: int = 0
+    corrupt: list[CorruptLetter] = field(default_factory=list)
+    unindexed: int = 0
+
+
 def _replay_selection(selection: Selection, limit: int | None) -> None:
     """Replay the letters ``selection`` selects, in batches, resuming a run stopped before."""
-    replayed = Found(unindexed=0)
-    poison = 0
+    so_far = Replayed()
     begun = False
 
     def replay(client: redis.Redis, keys: Keys) -> None:
-        nonlocal poison, begun
+        nonlocal begun
         letters = DeadLetters(client, keys)
         run = ReplayRun.find(client, keys, selection, time.time())
         begun = True
@@ -261,31 +272,33 @@ def _replay_selection(selection: Selection, limit: int | None) -> None:
                 done = letters.requeue(dead)
                 if done:
                     run.replayed_more(client, len(done))
-                replayed.count += len(done)
-                replayed.dead += dead
-                replayed.corrupt += corrupt
-                poison += sum(letter.event is None for letter in dead)
+                so_far.selected += len(dead)
+                so_far.replayed += len(done)
+                so_far.poison += sum(letter.event is None for letter in dead)
+                so_far.corrupt += corrupt
                 bar.update(examined)
-        if limit is None or len(replayed.dead) < limit:
+        if limit is None or so_far.selected < limit:
             run.end(client)
-        replayed.unindexed = letters.unindexed()
+        so_far.unindexed = letters.unindexed()
 
     try:
         read(replay)
     except (click.ClickException, KeyboardInterrupt):
         if begun:
             click.echo(
-                f"stopped after replaying {replayed.count} dead letter(s): run the same "
+                f"stopped after replaying {so_far.replayed} dead letter(s): run the same "
                 "command again to go on",
                 err=True,
             )
         raise
-    met = len(replayed.dead) + len(replayed.corrupt)
-    click.echo(f"replayed {replayed.count} of {met} dead letter(s)")
-    if poison:
-        click.echo(f"not replayed: {poison} poison letter(s), with no goal to send", err=True)
-    _report(replayed.corrupt, "not replayed")
-    _unindexed(replayed.unindexed)
+    met = so_far.selected + len(so_far.corrupt)
+    click.echo(f"replayed {so_far.replayed} of {met} dead letter(s)")
+    if so_far.poison:
+        click.echo(
+            f"not replayed: {so_far.poison} poison letter(s), with no goal to send", err=True
+        )
+    _report(so_far.corrupt, "not replayed")
+    _unindexed(so_far.unindexed)
 
 
 def _resuming(run: ReplayRun) -> None:
