@@ -25,6 +25,7 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 BROKER_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MAX_REPLICAS = 100
 MAX_UNKNOWN_ATTEMPTS = 100
+MAX_DEAD_LETTERS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Settings:
     max_in_flight: int = 256
     max_rate: float | None = field(default=None, metadata={"parse": "rate"})
     max_unknown_attempts: int = 3
+    dead_max: int = 100_000
+    dead_retention_days: float = field(default=30.0, metadata={"parse": "days"})
     allow_insecure_api_url: bool = False
     metrics_basic_auth: str | None = field(default=None, repr=False)
 
@@ -82,6 +85,12 @@ class Settings:
                 "GOALQUEUE_MAX_UNKNOWN_ATTEMPTS must be a whole number from 1 to "
                 f"{MAX_UNKNOWN_ATTEMPTS}"
             )
+        if not 1 <= self.dead_max <= MAX_DEAD_LETTERS:
+            raise ConfigError(
+                f"GOALQUEUE_DEAD_MAX must be a whole number from 1 to {MAX_DEAD_LETTERS:,}"
+            )
+        if not (self.dead_retention_days > 0 and math.isfinite(self.dead_retention_days)):
+            raise ConfigError("GOALQUEUE_DEAD_RETENTION_DAYS must be a positive number of days")
         if self.max_rate is not None and not (self.max_rate > 0 and math.isfinite(self.max_rate)):
             raise ConfigError("GOALQUEUE_MAX_RATE must be a positive number of goals per second")
         if self.retry_max_seconds < self.retry_base_seconds:
@@ -183,6 +192,11 @@ class Settings:
         return user, password
 
     @property
+    def dead_retention_seconds(self) -> float:
+        """How long a dead letter is kept at most (``GOALQUEUE_DEAD_RETENTION_DAYS``)."""
+        return self.dead_retention_days * 86400
+
+    @property
     def probe_lease_ms(self) -> int:
         """How long the one probe goal after a pause may hold the way before another is sent."""
         return int(self.visibility_timeout_seconds * 1000)
@@ -219,6 +233,8 @@ ENV_NAMES: dict[str, str] = {
     "max_in_flight": "GOALQUEUE_MAX_IN_FLIGHT",
     "max_rate": "GOALQUEUE_MAX_RATE",
     "max_unknown_attempts": "GOALQUEUE_MAX_UNKNOWN_ATTEMPTS",
+    "dead_max": "GOALQUEUE_DEAD_MAX",
+    "dead_retention_days": "GOALQUEUE_DEAD_RETENTION_DAYS",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
     "metrics_basic_auth": "GOALQUEUE_METRICS_BASIC_AUTH",
 }
@@ -281,6 +297,7 @@ _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no"
 _PARSERS: dict[str, Callable[[str, str], object]] = {
     "float": _parse_number("seconds"),
     "rate": _parse_number("goals per second"),
+    "days": _parse_number("days"),
     "bool": _parse_flag,
     "int": _parse_count,
 }

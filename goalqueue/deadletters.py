@@ -1,4 +1,6 @@
-"""Dead letters: goals delivery gave up on, kept in Redis until an operator replays or purges them.
+"""Dead letters: goals delivery gave up on, kept in Redis until an operator replays or purges them,
+or the workers prune them (``GOALQUEUE_DEAD_MAX``, ``GOALQUEUE_DEAD_RETENTION_DAYS``). Each is
+indexed under its reason by when it died (see :mod:`goalqueue.keys`, ``lua/dead.lua``).
 
 Reasons:
 
@@ -22,10 +24,14 @@ asked for, so that one bad value never stops the commands that act on the rest.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import itertools
 import json
+import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -34,6 +40,7 @@ import redis
 from goalqueue.event import GoalEvent, dumps
 from goalqueue.keys import PER_CALL, Keys
 from goalqueue.scripts import Scripts
+from goalqueue.tally import CORRUPT, DEAD_REASONS, LETTER_REASONS
 
 RAW_LIMIT = 4096
 # What ``goalqueue dead list --json`` prints for each letter.
@@ -177,32 +184,81 @@ def read(event_id: str, raw: str | bytes) -> Letter:
 
 
 class DeadLetters:
-    """The dead letters of one namespace, in one Redis."""
+    """The dead letters of one namespace, in one Redis, read through the reasons' indexes
+    (event ids by when they died): oldest first, a page at a time."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
+        self.keys = keys
         self.key = keys.dead
         self.scripts = Scripts(client, keys)
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        """Every readable dead letter (see :meth:`scan` for the corrupt ones)."""
-        return iter(self.scan()[0])
-
-    def scan(self) -> tuple[list[DeadLetter], list[CorruptLetter]]:
-        """Every letter: the dead letters, and the values that are not."""
-        letters: list[DeadLetter] = []
-        corrupt: list[CorruptLetter] = []
-        for event_id, raw in self.redis.hscan_iter(self.key, count=PER_CALL):
-            letter = read(event_id, raw)
-            if isinstance(letter, DeadLetter):
-                letters.append(letter)
-            else:
-                corrupt.append(letter)
-        return letters, corrupt
+        """Every readable dead letter, oldest first."""
+        everything = self.pages(LETTER_REASONS, (-math.inf, math.inf), _any)
+        return (
+            letter for _, page in everything for letter in page if isinstance(letter, DeadLetter)
+        )
 
     def get(self, event_id: str) -> Letter | None:
         raw = self.redis.hget(self.key, event_id)
         return read(event_id, raw) if raw else None
+
+    def pages(
+        self,
+        reasons: Iterable[str],
+        window: tuple[float, float],
+        keep: Callable[[DeadLetter], bool],
+        size: int = PER_CALL,
+    ) -> Iterator[tuple[int, list[Letter]]]:
+        """The letters in ``reasons``' indexes that died within ``window`` (both included),
+        oldest first, a page at a time: how many index entries the page read, and the dead
+        letters among them ``keep`` wants with every corrupt one."""
+        low, high = window
+        entries = heapq.merge(*(self._entries(reason, low, high, size) for reason in reasons))
+        while page := list(itertools.islice(entries, size)):
+            ids = [event_id for _, event_id in page]
+            letters = [
+                read(event_id, raw)
+                for event_id, raw in zip(ids, self.redis.hmget(self.key, ids), strict=True)
+                if raw is not None
+            ]
+            yield (
+                len(page),
+                [
+                    letter
+                    for letter in letters
+                    if not isinstance(letter, DeadLetter) or keep(letter)
+                ],
+            )
+
+    def within(self, reasons: Iterable[str], window: tuple[float, float]) -> int:
+        """How many index entries :meth:`pages` reads for ``reasons`` and ``window``."""
+        low, high = (_score(bound) for bound in window)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for reason in reasons:
+                pipe.zcount(self.keys.dead_index(reason), low, high)
+            return sum(pipe.execute())
+
+    def _entries(
+        self, reason: str, low: float, high: float, size: int
+    ) -> Iterator[tuple[float, str]]:
+        """``reason``'s index entries from ``low`` to ``high``, by score then event id, read a
+        page at a time from the last score read: entries deleted meanwhile move nothing."""
+        index, start, stop = self.keys.dead_index(reason), _score(low), _score(high)
+        while True:
+            page = _scored(self.redis.zrangebyscore(index, start, stop, 0, size, withscores=True))
+            if len(page) < size:
+                yield from page
+                return
+            last = page[-1][0]
+            before = [entry for entry in page if entry[0] < last]
+            if before:
+                start = repr(last)
+            else:  # a whole page dead at one instant: read every entry of it
+                before = _scored(self.redis.zrangebyscore(index, last, last, withscores=True))
+                start = f"({last!r}"
+            yield from before
 
     def replay(self, event_ids: Iterable[str]) -> tuple[list[str], list[CorruptLetter]]:
         """Put each dead event back on the queue, same event id, fresh attempts and age.
@@ -210,37 +266,85 @@ class DeadLetters:
         Returns the ids replayed, and the corrupt letters met (left where they are); ids that
         are not dead letters, or poison without an event, are skipped.
         """
-        replayed, corrupt = [], []
-        for event_id in event_ids:
-            letter = self.get(event_id)
-            if isinstance(letter, CorruptLetter):
-                corrupt.append(letter)
-            if not isinstance(letter, DeadLetter) or letter.event is None:
-                continue
-            fresh = replace(
-                letter.event,
-                enqueued_at=round(time.time(), 3),
-                attempts=0,
-                first_attempt_at=None,
-                last_attempt_at=None,
-                last_status=None,
-                last_error=None,
-                unknown_attempts=0,
-            )
-            if self.scripts.replay(event_id, fresh.to_json()):
-                replayed.append(event_id)
-        return replayed, corrupt
+        ids = list(event_ids)
+        raws = self.redis.hmget(self.key, ids) if ids else []
+        letters = [read(i, raw) for i, raw in zip(ids, raws, strict=True) if raw is not None]
+        corrupt = [letter for letter in letters if isinstance(letter, CorruptLetter)]
+        return self.requeue([x for x in letters if isinstance(x, DeadLetter)]), corrupt
 
-    def all_ids(self) -> list[str]:
-        return [field for field, _ in self.redis.hscan_iter(self.key, count=PER_CALL)]
+    def requeue(self, letters: Iterable[DeadLetter]) -> list[str]:
+        """Put the goal of each letter (poison has none) back on the queue in one call, if it
+        is still dead; returns the event ids replayed."""
+        now = round(time.time(), 3)
+        goals = [
+            (letter.event_id, _fresh(letter.event, now).to_json())
+            for letter in letters
+            if letter.event is not None
+        ]
+        sequences = self.scripts.replay(goals) if goals else []
+        return [event_id for (event_id, _), seq in zip(goals, sequences, strict=True) if seq]
 
-    def purge(self, corrupt: bool = False) -> tuple[int, list[CorruptLetter]]:
-        """Delete every dead letter, and the corrupt ones only if asked; returns how many were
-        deleted, and the corrupt letters kept."""
-        letters, unreadable = self.scan()
-        doomed = [letter.event_id for letter in letters]
-        if corrupt:
-            doomed += [letter.event_id for letter in unreadable]
-        for start in range(0, len(doomed), PER_CALL):
-            self.redis.hdel(self.key, *doomed[start : start + PER_CALL])
-        return len(doomed), [] if corrupt else unreadable
+    def purge(self, event_ids: Sequence[str]) -> int:
+        """Delete these letters for good; returns how many there were."""
+        return self.scripts.purge(event_ids) if event_ids else 0
+
+    def unindexed(self) -> int:
+        """How many letters are in no reason's index: no command sees them until
+        :meth:`recount` indexes them."""
+        total, counts = self.scripts.dead_counts()
+        return max(0, total - sum(counts.values()))
+
+    def recount(self, now: float) -> tuple[int, int]:
+        """Put every letter in the index of its reason (a corrupt one in ``corrupt``'s, as
+        dead at ``now``) and no other, and drop index entries whose letter is gone; returns
+        how many entries were added and removed. Safe while workers write letters: each call
+        changes only letters still as read."""
+        added = removed = 0
+        letters = self.redis.hscan_iter(self.key, count=PER_CALL)
+        while chunk := list(itertools.islice(letters, PER_CALL)):
+            found = [_indexed(event_id, raw, now) for event_id, raw in chunk]
+            more, fewer = self.scripts.reindex(found)
+            added, removed = added + more, removed + fewer
+        for reason in LETTER_REASONS:
+            entries = self.redis.zscan_iter(self.keys.dead_index(reason), count=PER_CALL)
+            while chunk := list(itertools.islice(entries, PER_CALL)):
+                _, fewer = self.scripts.reindex([(event_id, "", 0, "") for event_id, _ in chunk])
+                removed += fewer
+        return added, removed
+
+
+def _fresh(event: GoalEvent, now: float) -> GoalEvent:
+    """``event`` as replayed: enqueued ``now``, with no attempts."""
+    return replace(
+        event,
+        enqueued_at=now,
+        attempts=0,
+        first_attempt_at=None,
+        last_attempt_at=None,
+        last_status=None,
+        last_error=None,
+        unknown_attempts=0,
+    )
+
+
+def _indexed(event_id: str, raw: str, now: float) -> tuple[str, str, float, str]:
+    """Where a stored letter belongs: event id, reason, dead at, and its text's digest."""
+    letter = read(event_id, raw)
+    digest = hashlib.sha1(raw.encode()).hexdigest()
+    if isinstance(letter, DeadLetter) and letter.reason in DEAD_REASONS:
+        return event_id, letter.reason, letter.dead_at, digest
+    return event_id, CORRUPT, now, digest
+
+
+def _scored(page: Any) -> list[tuple[float, str]]:
+    """A ZRANGEBYSCORE page with scores as (score, member) pairs."""
+    return [(float(score), str(member)) for member, score in page]
+
+
+def _score(bound: float) -> str:
+    """A time as an index score bound (Redis reads ``repr`` exactly)."""
+    return "-inf" if bound == -math.inf else "+inf" if bound == math.inf else repr(bound)
+
+
+def _any(letter: DeadLetter) -> bool:
+    return True

@@ -17,6 +17,11 @@ database and never see each other's goals, pauses, counters or dead letters. For
 <ns>:reconciled         string  Redis's time (TIME) when the reconciler last ran
 <ns>:waiting            zset    event JSON scored by the unix time it is due again
 <ns>:dead               hash    event id -> dead letter JSON
+<ns>:dead:<reason>      zset    the event ids of the reason's dead letters, scored by when they
+                                died (a reason of tally.LETTER_REASONS): written with the
+                                letters (lua/dead.lua); its size is the reason's count
+<ns>:replaying:<fp>     hash    started, since, until, replayed: a `goalqueue dead replay` by
+                                filters not finished yet (fp: its filters' fingerprint)
 <ns>:delivered:<id>     string  DataFast's event id for a delivered goal (with a TTL)
 <ns>:count:delivered    string  goals delivered, ever
 <ns>:metrics            hash    counters for monitoring, moved by the script that records each
@@ -103,6 +108,14 @@ class Keys:
         }
         for name, key in names.items():
             object.__setattr__(self, name, key)
+
+    def dead_index(self, reason: str) -> str:
+        """Key of the index of ``reason``'s dead letters (lua/dead.lua builds it the same way)."""
+        return f"{self.dead}:{reason}"
+
+    def replaying(self, fingerprint: str) -> str:
+        """Key of an unfinished ``goalqueue dead replay`` by the filters of ``fingerprint``."""
+        return f"{self.namespace}:replaying:{fingerprint}"
 
     def delivered(self, event_id: str) -> str:
         """Key of the marker that says ``event_id`` reached DataFast."""

@@ -25,8 +25,11 @@ from redis import Redis
 
 from goalqueue.keys import Keys
 from goalqueue.message import template
+from goalqueue.tally import LETTER_REASONS
 
 ScriptArg = str | int | float
+# The dead-letter scripts' first argument: every reason a letter may be indexed under.
+REASONS = " ".join(LETTER_REASONS)
 
 
 class EnqueueScript:
@@ -60,23 +63,46 @@ class EnqueueScript:
 
 class Scripts:
     """The CLI's and the exporter's scripts, on a blocking client, for the namespace of
-    ``keys``: REPLAY a dead letter, read STATE."""
+    ``keys``: REPLAY, PURGE and REINDEX dead letters, read STATE and DEAD_COUNTS."""
 
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.keys = keys
         self._template = template(keys)
-        self._replay = client.register_script(source("replay", "push"))
+        self._replay = client.register_script(source("replay", "push", "dead"))
+        self._purge = client.register_script(source("purge", "dead"))
+        self._reindex = client.register_script(source("reindex", "dead"))
         self._state = client.register_script(source("state"))
+        self._dead_counts = client.register_script(source("dead_counts", "dead"))
 
-    def replay(self, event_id: str, payload: str) -> int:
-        """A dead letter's goal back onto the queue: its new sequence, or 0 if already gone."""
+    def replay(self, goals: Sequence[tuple[str, str]]) -> list[int]:
+        """Dead letters' goals, ``(event id, payload)``, back onto the queue: each one's new
+        sequence, or 0 if it was no longer a dead letter."""
         keys = self.keys
-        return int(
-            self._replay(
-                keys=[keys.dead, keys.seq, keys.ledger, keys.queue, keys.pending],
-                args=[self._template, event_id, payload],
-            )
+        args: list[ScriptArg] = [self._template, REASONS]
+        for event_id, payload in goals:
+            args += (event_id, payload)
+        replies = self._replay(
+            keys=[keys.dead, keys.seq, keys.ledger, keys.queue, keys.pending], args=args
         )
+        return [int(seq) for seq in replies]
+
+    def purge(self, event_ids: Sequence[str]) -> int:
+        """Delete these dead letters; returns how many there were."""
+        return int(self._purge(keys=[self.keys.dead], args=[REASONS, *event_ids]))
+
+    def reindex(self, entries: Sequence[tuple[str, str, float, str]]) -> tuple[int, int]:
+        """Make each ``(event id, reason, dead at, digest)`` true of the indexes (see
+        ``lua/reindex.lua``); returns the entries added and removed."""
+        args: list[ScriptArg] = [REASONS]
+        for entry in entries:
+            args += entry
+        added, removed = self._reindex(keys=[self.keys.dead], args=args)
+        return int(added), int(removed)
+
+    def dead_counts(self) -> tuple[int, dict[str, int]]:
+        """The dead letters in the hash, and in each reason's index, at one instant."""
+        total, *counts = self._dead_counts(keys=[self.keys.dead], args=[REASONS])
+        return int(total), dict(zip(LETTER_REASONS, map(int, counts), strict=True))
 
     def state(self) -> list[Any]:
         """STATE's reading: queued, waiting, ledger entries, delivered, dead letters, the

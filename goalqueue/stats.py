@@ -9,9 +9,7 @@ exactly when an operator needs these figures. The state is one script flagged ``
 
 from __future__ import annotations
 
-import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +17,14 @@ import redis
 
 from goalqueue import message
 from goalqueue.event import GoalEvent
-from goalqueue.keys import PER_CALL, Keys
+from goalqueue.keys import Keys
 from goalqueue.scripts import Scripts
 
 # Redis counts as full within 1/FULL_MARGIN of its maxmemory.
 FULL_MARGIN = 100
-# A dead letter's reason, read without decoding the letter (it is written as compact JSON).
-_REASON = re.compile(r'"reason":"([a-z_]+)"')
+# Dead letters in no reason's index: kept by a goalqueue from before the indexes, or written by
+# hand. `goalqueue dead recount` indexes them.
+UNINDEXED = "unindexed"
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,11 @@ def collect(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[s
     }
 
 
-def dead_by_reason(client: redis.Redis, keys: Keys) -> Counter[str]:
-    """How many dead letters there are for each reason (a scan of every letter)."""
-    reasons: Counter[str] = Counter()
-    for _, letter in client.hscan_iter(keys.dead, count=PER_CALL):
-        found = _REASON.search(letter)
-        reasons[found.group(1) if found else "unknown"] += 1
-    return reasons
+def dead_by_reason(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """How many dead letters there are for each reason (``tally.LETTER_REASONS``), and
+    ``unindexed``: the sizes of the reasons' indexes, read at one instant, never the letters."""
+    total, counts = Scripts(client, keys).dead_counts()
+    return counts | {UNINDEXED: max(0, total - sum(counts.values()))}
 
 
 def _entry(client: redis.Redis, keys: Keys, raw: str | None) -> list[str]:

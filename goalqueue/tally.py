@@ -24,6 +24,9 @@ adds up one write's answers in Python and SETTLE adds each non-zero field once. 
     request:sum_us              their total duration, in microseconds
     latency:<i>, latency:sum_us the same for enqueue-to-delivered latency (LATENCY_BOUNDS),
                                 counted once per goal, by the copy that marks it delivered
+    pruned:<limit>              dead letters the workers' sweepers deleted (``lua/prune.lua``):
+                                retention (older than GOALQUEUE_DEAD_RETENTION_DAYS), max (the
+                                oldest beyond GOALQUEUE_DEAD_MAX)
 
 Goals delivered are counted in ``<ns>:count:delivered``, which ``goalqueue stats`` reports.
 """
@@ -45,6 +48,11 @@ LATENCY_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 3
 
 DEAD_REASONS = ("bad_request", "unknown_visitor", "client_error", "expired", "maybe_delivered",
                 "unexpected_response", "poison")  # fmt: skip
+# What each dead letter is indexed under (see keys.py), the index's size its count: its reason,
+# or corrupt for a value `goalqueue dead recount` found that is not a dead letter.
+CORRUPT = "corrupt"
+LETTER_REASONS = (*DEAD_REASONS, CORRUPT)
+PRUNE_LIMITS = ("retention", "max")
 DEFER_REASONS = ("rate_limited", "suspended", "auth", "redirect", "tls", "slow")
 ANSWER_CLASSES = ("2xx", "unexpected_2xx", "3xx", "4xx", "5xx", "timeout_before_send",
                   "timeout_after_send", "connection_refused", "connection_reset", "tls_error",
@@ -77,6 +85,7 @@ class Counters:
 
     outcomes: dict[tuple[str, str], int]
     answers: dict[str, int]
+    pruned: dict[str, int]
     request_seconds: Histogram
     latency_seconds: Histogram
 
@@ -92,15 +101,19 @@ def read(client: redis.Redis, keys: Keys) -> Counters:
     outcomes |= {("dead", reason): 0 for reason in DEAD_REASONS}
     outcomes |= {("deferred", reason): 0 for reason in DEFER_REASONS}
     answers = dict.fromkeys(ANSWER_CLASSES, 0)
+    pruned = dict.fromkeys(PRUNE_LIMITS, 0)
     for name, value in counts.items():
         kind, _, label = name.partition(":")
         if kind in ("dead", "deferred", "transient"):
             outcomes[kind, label] = value
         elif kind == "answers":
             answers[label] = value
+        elif kind == "pruned":
+            pruned[label] = value
     return Counters(
         outcomes,
         answers,
+        pruned,
         _histogram(counts, "request", REQUEST_BOUNDS),
         _histogram(counts, "latency", LATENCY_BOUNDS),
     )

@@ -7,6 +7,9 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,10 @@ from click.testing import CliRunner, Result
 from goalqueue import GoalQueue
 from goalqueue.cli import main
 from goalqueue.config import get_settings
-from goalqueue.deadletters import DeadLetter, DeadLetters
+from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
+from goalqueue.scripts import Scripts
+from tests.helpers.deadletters import die, kill
 from tests.helpers.settings import KEYS
 from tests.helpers.spool import spooled_rows
 
@@ -39,13 +44,7 @@ def run(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
 
 def bury(client: redis.Redis, queue: GoalQueue, visitor: str, status: int, reason: str) -> str:
     """Enqueue a goal and move it straight to the dead letters, as a worker would."""
-    event_id = queue.track_goal(visitor, "signup")
-    (raw,) = [r for r in client.zrange(KEYS.ledger, 0, -1) if event_id in r]
-    event = GoalEvent.from_json(raw).attempted(1000.0, status, "visitor has no pageviews")
-    client.zrem(KEYS.ledger, raw)
-    client.lpop(KEYS.queue)
-    client.hset(KEYS.dead, event_id, DeadLetter.of(event, reason).to_json())
-    return event_id
+    return kill(client, queue, visitor, status=status, reason=reason)
 
 
 def test_send_prints_the_event_id_of_the_enqueued_goal(run, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
@@ -251,6 +250,10 @@ def test_corrupt_dead_letters_are_reported_and_the_rest_listed_replayed_and_purg
         "misfiled": json.dumps({**misfiled, "event_id": "elsewhere"}),
     }
     redis_client.hset(KEYS.dead, mapping=corrupt)
+    # Written by hand, they are in no index: the commands say so, and recount indexes them
+    assert "3 dead letter(s) in no index" in run("dead", "list").stderr
+    recounted = run("dead", "recount")
+    assert recounted.stdout.strip() == "recounted: 3 index entr(ies) added, 0 removed"
 
     # When the operator lists them: the good ones as usual, the corrupt ones reported on stderr
     listed = run("dead", "list")
@@ -285,3 +288,148 @@ def test_corrupt_dead_letters_are_reported_and_the_rest_listed_replayed_and_purg
     assert set(redis_client.hkeys(KEYS.dead)) == set(corrupt)
     assert run("dead", "purge", "--yes", "--corrupt").stdout.strip() == "purged 3 dead letter(s)"
     assert redis_client.hlen(KEYS.dead) == 0
+
+
+# ------------------------------------------------------------------- dead letters by filters
+
+
+def dead_ids(run: Callable[..., Result], *args: str) -> list[str]:
+    """The event ids ``goalqueue dead list --json ARGS`` prints, in its order."""
+    result = run("dead", "list", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return [row["event_id"] for row in json.loads(result.stdout)]
+
+
+def test_each_filter_selects_the_dead_letters_it_names(  # type: ignore[no-untyped-def]
+    run, queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given dead letters of four reasons, two names and four statuses, dead hours apart, their
+    # goals enqueued in another order
+    now = time.time()
+
+    def ago(hours: float) -> float:
+        return now - hours * 3600
+
+    def letter(name: str, status: int | None, reason: str, died: float, enqueued: float) -> str:
+        return kill(
+            redis_client, queue, name=name, status=status, reason=reason,
+            dead_at=ago(died), enqueued_at=ago(enqueued),
+        )  # fmt: skip
+
+    a = letter("signup", 404, "unknown_visitor", died=50, enqueued=1)
+    b = letter("signup", 400, "bad_request", died=30, enqueued=60)
+    c = letter("purchase", 422, "client_error", died=20, enqueued=40)
+    d = letter("purchase", None, "maybe_delivered", died=10, enqueued=12)
+    e = letter("signup", 404, "unknown_visitor", died=2, enqueued=3)
+    local = datetime.fromtimestamp(ago(35)).isoformat(timespec="seconds")
+
+    # When they are listed with each filter, Then each selects its letters, oldest first
+    cases: dict[tuple[str, ...], list[str]] = {
+        (): [a, b, c, d, e],
+        ("--reason", "unknown_visitor"): [a, e],
+        ("--reason", "bad_request", "--reason", "client_error"): [b, c],
+        ("--name", "purchase"): [c, d],
+        ("--status", "404"): [a, e],
+        ("--status", "4xx"): [a, b, c, e],
+        ("--status", "none"): [d],
+        ("--since", "24h"): [c, d, e],
+        ("--until", "1d"): [a, b],
+        ("--since", local, "--until", f"{ago(15):.0f}"): [b, c],
+        ("--by", "enqueued", "--since", "24h"): [a, d, e],
+        ("--by", "enqueued", "--until", "24h"): [b, c],
+        ("--limit", "2"): [a, b],
+        ("--name", "signup", "--status", "4xx", "--since", "40h", "--limit", "1"): [b],
+        ("--reason", "expired"): [],
+    }
+    for args, selected in cases.items():
+        assert dead_ids(run, *args) == selected, args
+    # And a value that is not a filter is refused in one line, exit 2
+    for bad in [
+        ("--since", "yesterday"),
+        ("--status", "99"),
+        ("--reason", "lost"),
+        ("--limit", "0"),
+    ]:
+        refused = run("dead", "list", *bad)
+        assert refused.exit_code == 2 and f"Invalid value for '{bad[0]}'" in refused.output
+        assert "Traceback" not in refused.output
+
+
+def test_a_dry_run_shows_the_count_and_the_oldest_letters_and_changes_nothing(  # type: ignore[no-untyped-def]
+    run, queue: GoalQueue, redis_client: redis.Redis, redis_url: str
+) -> None:
+    # Given 12 dead letters for unknown visitors and one bad request
+    now = time.time()
+    unknown = [kill(redis_client, queue, f"v{i}", dead_at=now - 100 + i) for i in range(12)]
+    bad = kill(redis_client, queue, "w", status=400, reason="bad_request")
+    raw = redis.Redis.from_url(redis_url)
+    before = {key: raw.dump(key) for key in raw.scan_iter()}
+
+    # When replay and purge run with --dry-run
+    for verb in ("replay", "purge"):
+        result = run("dead", verb, "--status", "404", "--dry-run")
+        # Then each prints how many letters it would act on and the 10 oldest, as a table
+        assert result.exit_code == 0, result.output
+        heading, columns, *rows = result.stdout.splitlines()
+        assert heading == f"12 dead letter(s) to {verb}; the oldest 10:"
+        assert columns.split()[:3] == ["EVENT_ID", "DIED", "NAME"]
+        assert [row.split()[0] for row in rows] == unknown[:10]
+    # And purge asks first, showing the same; a no changes nothing either
+    asked = run("dead", "purge", "--reason", "bad_request", input="n\n")
+    assert asked.exit_code == 1 and "1 dead letter(s) to purge:" in asked.stdout
+    assert bad in asked.stdout and "Delete them for good?" in asked.stdout
+    assert {key: raw.dump(key) for key in raw.scan_iter()} == before
+    # And with nothing to delete it says so and asks nothing
+    nothing = run("dead", "purge", "--reason", "expired")
+    assert (nothing.exit_code, nothing.stdout) == (0, "no dead letter to purge\n")
+
+    # When purge runs for real with the same filters and a limit, it deletes those alone
+    assert run("dead", "purge", "--status", "404", "--limit", "5", "--yes").stdout == (
+        "purged 5 dead letter(s)\n"
+    )
+    assert dead_ids(run) == [*unknown[5:], bad]
+
+
+def test_an_interrupted_replay_goes_on_where_it_stopped_and_replays_nothing_twice(  # type: ignore[no-untyped-def]
+    run, queue: GoalQueue, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 260 goals dead in the last hour, and 5 dead before the window the filter names
+    now = time.time()
+    letters = [kill(redis_client, queue, f"v{i}", dead_at=now - 3600 + i) for i in range(260)]
+    older = [kill(redis_client, queue, f"o{i}", dead_at=now - 3 * 3600 + i) for i in range(5)]
+    replay = ("dead", "replay", "--since", "2h")
+
+    # When a first run replays the 50 oldest (--limit)
+    first = run(*replay, "--limit", "50")
+    assert first.exit_code == 0 and first.stdout == "replayed 50 of 50 dead letter(s)\n"
+    # And one of those goals dies again meanwhile
+    again = letters[0]
+    die(redis_client, again)
+    # And the next run loses its connection to Redis after one batch of 100
+    batches = []
+    replay_batch = Scripts.replay
+
+    def dropped(scripts: Scripts, goals: list[tuple[str, str]]) -> list[int]:
+        batches.append(len(goals))
+        if len(batches) > 1:
+            raise redis.ConnectionError("Connection reset by peer")
+        return replay_batch(scripts, goals)
+
+    monkeypatch.setattr(Scripts, "replay", dropped)
+    second = run(*replay)
+    monkeypatch.setattr(Scripts, "replay", replay_batch)
+    assert second.exit_code == 1 and batches == [100, 100]
+    assert "resuming the replay begun" in second.stderr
+    assert "stopped after replaying 100 dead letter(s): run the same command again" in (
+        second.stderr
+    )
+
+    # Then the same command once more replays the rest, and leaves the goal dead again since
+    # the first run for another run
+    third = run(*replay)
+    assert third.exit_code == 0 and third.stdout == "replayed 110 of 110 dead letter(s)\n"
+    queued = [json.loads(m)["headers"]["id"] for m in redis_client.lrange(KEYS.queue, 0, -1)]
+    assert len(queued) == len(set(queued)) == 259 and set(queued) == set(letters) - {again}
+    assert dead_ids(run) == [*older, again]
+    # And once a run has gone through every letter, the next one starts afresh
+    assert run(*replay).stdout == "replayed 1 of 1 dead letter(s)\n"

@@ -373,3 +373,34 @@ def test_unknown_attempts_default_to_three_and_are_read() -> None:
 @pytest.mark.parametrize("raw", ["0", "-1", "101", "two", "1.5"])
 def test_bad_unknown_attempts_are_refused_naming_the_variable(raw: str) -> None:
     assert "GOALQUEUE_MAX_UNKNOWN_ATTEMPTS" in config_error({"GOALQUEUE_MAX_UNKNOWN_ATTEMPTS": raw})
+
+
+# ---------------------------------------------------------------------------- dead letters
+
+
+def test_dead_letters_are_kept_up_to_100000_and_30_days_by_default_and_read() -> None:
+    # Given no setting, Then 100,000 letters for 30 days
+    assert (Settings().dead_max, Settings().dead_retention_days) == (100_000, 30.0)
+    # Given both set, Then they are read, the retention in days (fractions allowed)
+    env = {"GOALQUEUE_DEAD_MAX": " 500 ", "GOALQUEUE_DEAD_RETENTION_DAYS": "0.5"}
+    settings = Settings.from_env(env)
+    assert (settings.dead_max, settings.dead_retention_seconds) == (500, 43_200.0)
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "says"),
+    [
+        ("GOALQUEUE_DEAD_MAX", "0", "from 1 to 100,000,000"),
+        ("GOALQUEUE_DEAD_MAX", "100000001", "from 1 to 100,000,000"),
+        ("GOALQUEUE_DEAD_MAX", "1e5", "a whole number"),
+        ("GOALQUEUE_DEAD_RETENTION_DAYS", "0", "a positive number of days"),
+        ("GOALQUEUE_DEAD_RETENTION_DAYS", "-3", "a positive number of days"),
+        ("GOALQUEUE_DEAD_RETENTION_DAYS", "inf", "a positive number of days"),
+        ("GOALQUEUE_DEAD_RETENTION_DAYS", "a month", "a number of days"),
+    ],
+)
+def test_bad_dead_letter_limits_are_refused_naming_the_variable(
+    var: str, raw: str, says: str
+) -> None:
+    message = config_error({var: raw})
+    assert message.startswith(var) and says in message

@@ -27,6 +27,7 @@ from goalqueue import GoalQueue, NotEnqueued
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.sandbox import Sandbox
+from tests.helpers.deadletters import settle
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.settings import KEYS, quick_settings
 from tests.helpers.tls import self_signed_certificate
@@ -361,7 +362,7 @@ def test_dead_letters_and_stats_print_event_data_with_control_characters_escaped
         metadata={"note": f"meta{ESCAPES}"},
         description=f"description{ESCAPES}",
     ).attempted(time.time(), 400, f"DataFast says{ESCAPES}")
-    client.hset(KEYS.dead, "evil-1", DeadLetter.of(event, "bad_request").to_json())
+    settle(client, [("", DeadLetter.of(event, "bad_request"))])
     client.hset(KEYS.pause, mapping={"until": time.time() + 60, "reason": f"why{ESCAPES}"})
 
     # When the operator lists the dead letters and the stats, as a table and as JSON

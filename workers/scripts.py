@@ -17,7 +17,7 @@ from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.keys import TASK_NAME, Keys
 from goalqueue.message import template
-from goalqueue.scripts import ScriptArg, source
+from goalqueue.scripts import REASONS, ScriptArg, source
 from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, bucket, micros
 
 if TYPE_CHECKING:
@@ -87,7 +87,9 @@ class Settlement:
         self.outcomes += ["delivered", entry, event_id, remote_id, index, micros(latency)]
 
     def bury(self, entry: str, letter: DeadLetter) -> None:
-        self.outcomes += ["bury", entry, letter.event_id, letter.to_json(), letter.reason, 0]
+        self.outcomes += [
+            "bury", entry, letter.event_id, letter.to_json(), letter.reason, letter.dead_at
+        ]  # fmt: skip
         self.letters.append(letter)
 
     def park(self, entry: str, event: GoalEvent, due: float, outcome: str = "") -> None:
@@ -149,7 +151,7 @@ class WorkerScripts:
         self.bound = bound
         self._take = client.register_script(source("take", "pace", "pause", "push"))
         self._defer = client.register_script(source("defer", "pace"))
-        self._settle = client.register_script(source("settle"))
+        self._settle = client.register_script(source("settle", "dead"))
 
     async def take(
         self, now: float, *, goal: tuple[str, int] | None, claim: int, patient: bool
@@ -191,7 +193,7 @@ class WorkerScripts:
 
 
 class SweeperScripts:
-    """The sweeper's scripts, on a blocking client: SWEEP, RECONCILE, and SETTLE for the
+    """The sweeper's scripts, on a blocking client: SWEEP, RECONCILE, PRUNE, and SETTLE for the
     poison messages the consumer dead-letters."""
 
     def __init__(self, client: Redis, keys: Keys) -> None:
@@ -199,7 +201,8 @@ class SweeperScripts:
         self._template = template(keys)
         self._sweep = client.register_script(source("sweep", "pause", "push"))
         self._reconcile = client.register_script(source("reconcile", "push"))
-        self._settle = client.register_script(source("settle"))
+        self._settle = client.register_script(source("settle", "dead"))
+        self._prune = client.register_script(source("prune", "dead"))
 
     def sweep(
         self, now: float, limit: int, fingerprint: str, probe_lease_ms: int, cap: int = 0
@@ -227,6 +230,15 @@ class SweeperScripts:
                 args=[self._template, now, threshold, limit, stall],
             )
         )  # fmt: skip
+
+    def prune(self, cutoff: float, keep: int, limit: int) -> tuple[int, int]:
+        """Delete at most ``limit`` of the oldest dead letters: those that died before
+        ``cutoff``, then those beyond the newest ``keep``; returns how many of each."""
+        keys = self.keys
+        expired, over = self._prune(
+            keys=[keys.dead, keys.metrics], args=[REASONS, cutoff, keep, limit]
+        )
+        return int(expired), int(over)
 
     def settle(self, settlement: Settlement, marker_ttl_ms: int) -> int:
         """Record outcomes; returns how many ledger entries this call owned."""

@@ -1,18 +1,22 @@
-"""The sweeper: a thread in every worker that keeps waiting and lost goals moving.
+"""The sweeper: a thread in every worker that keeps waiting and lost goals moving, and dead
+letters within bounds.
 
 Each round it
 
 * moves due goals from the waiting set back onto the queue (only the single probe while
-  delivery is paused), and
+  delivery is paused),
 * re-queues ledger entries that a worker took off the queue but never settled, older than the
   visibility timeout: the goals a worker killed right after kombu's BRPOP would otherwise lose.
   That time runs only while Redis answers and workers sweep: after a stall the goals in flight
-  get the whole timeout again, so that the outcomes their writes were retrying land first.
+  get the whole timeout again, so that the outcomes their writes were retrying land first, and
+* prunes the oldest dead letters, at most ``PER_CALL`` a round: those older than
+  ``GOALQUEUE_DEAD_RETENTION_DAYS``, then those beyond ``GOALQUEUE_DEAD_MAX``.
 
-Both steps are single Lua calls, so any number of workers can sweep at once. Both run when Redis
+Each step is a single Lua call, so any number of workers can sweep at once. Each runs when Redis
 is full (their scripts are flagged ``allow-oom``): the reconciler brings back goals whose
-messages were freed, and goals waiting for a retry come back only while the queue holds fewer
-than ``PER_CALL`` messages, so that a sweep never fills Redis further than that. A round that
+messages were freed, a prune frees memory, and goals waiting for a retry come back only while
+the queue holds fewer than ``PER_CALL`` messages, so that a sweep never fills Redis further than
+that. A round that
 cannot reach Redis is reported to the process's :class:`~workers.outage.Outage`, which logs the
 outage once rather than every round.
 """
@@ -86,7 +90,21 @@ class Sweeper:
             logger.warning(
                 "re-queued %d goal(s) a lost worker had taken but not settled", recovered
             )
+        self.prune(now)
         return moved, recovered
+
+    def prune(self, now: float) -> tuple[int, int]:
+        """Delete the oldest dead letters past the retention or the cap, at most ``PER_CALL``;
+        returns how many went for each."""
+        settings = self.settings
+        cutoff = now - settings.dead_retention_seconds
+        expired, over = self.scripts.prune(cutoff, settings.dead_max, PER_CALL)
+        if expired or over:
+            logger.info(
+                "pruned %d dead letter(s) older than %g days and %d beyond the newest %d",
+                expired, settings.dead_retention_days, over, settings.dead_max,
+            )  # fmt: skip
+        return expired, over
 
     def _run(self) -> None:
         interval = self.settings.sweep_interval_seconds

@@ -15,7 +15,7 @@ local marker_ttl_ms, marker_prefix, answer_fields = ARGV[1], ARGV[2], tonumber(A
 -- ARGV[4 .. 3 + answer_fields]: field, amount pairs for the answers this call records.
 -- Then six fields per outcome:
 --   delivered, entry, event id, DataFast's event id, latency bucket, latency (us)   mark it
---   bury,      entry, event id, dead letter JSON,    reason,         0              dead-letter it
+--   bury,      entry, event id, dead letter JSON,    reason,         dead at        dead-letter it
 --                                                    (entry '': a poison message, no entry)
 --   park,      entry, due time, event JSON,          counter or '',  0              wait
 --   forget,    entry, event id, '',                  '',             0              drop the entry
@@ -42,7 +42,7 @@ for i = 4 + answer_fields, #ARGV, 6 do
       count('latency:sum_us', tonumber(ARGV[i + 5]))
     end
   elseif kind == 'bury' and (mine == 1 or entry == '') then
-    redis.call('HSET', dead_key, a, b)
+    bury_letter(dead_key, a, b, label, ARGV[i + 5])
     count('dead:' .. label, 1)
   elseif mine == 1 and kind == 'park' then
     redis.call('ZADD', waiting_key, a, b)

@@ -3,7 +3,8 @@
 State comes from :func:`goalqueue.stats.collect` (what ``goalqueue stats`` prints), counters and
 histograms from ``<ns>:metrics`` (:mod:`goalqueue.tally`), which the workers' SETTLE calls keep.
 Labels are few and fixed: outcome result and reason, answer status class, pause reason, dead
-letter reason. When Redis does not answer, the scrape says so in ``goalqueue_redis_up`` alone.
+letter reason, prune limit. Dead letters are counted by the sizes of their indexes, never by
+reading the letters. When Redis does not answer, the scrape says so in ``goalqueue_redis_up`` alone.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ def _state(state: dict[str, object], dead: dict[str, int]) -> Iterator[Metric]:
         ("in_flight", "Goals taken off the queue by a worker and not settled yet."),
     ):
         yield _gauge(f"goalqueue_{name}_goals", documentation, _number(state[name]))
-    letters = GaugeMetricFamily(
-        "goalqueue_dead_letters", "Dead letters kept in Redis, by reason.", labels=["reason"]
-    )
-    for reason in sorted(set(tally.DEAD_REASONS) | set(dead)):
-        letters.add_metric([reason], dead.get(reason, 0))
-    yield letters
+    yield _labelled(
+        GaugeMetricFamily("goalqueue_dead_letters",
+                          "Dead letters kept in Redis, by reason (corrupt: not readable as one; "
+                          "unindexed: in no reason's index, see goalqueue dead recount).",
+                          labels=["reason"]),
+        dead,
+    )  # fmt: skip
     for name, documentation in (
         ("oldest_waiting_age", "Age (since enqueue) of the waiting goal due first."),
         ("oldest_queued_age", "Age (since enqueue) of the goal next in line on the queue."),
@@ -124,15 +126,19 @@ def _counters(counters: tally.Counters) -> Iterator[Metric]:
     for (result, reason), value in sorted(counters.outcomes.items()):
         goals.add_metric([result, reason], value)
     yield goals
-    answers = CounterMetricFamily(
-        "goalqueue_datafast_answers",
-        "DataFast's answers to goal requests, by status class (timeouts and connection "
-        "errors as their own).",
-        labels=["status_class"],
-    )
-    for status_class, value in sorted(counters.answers.items()):
-        answers.add_metric([status_class], value)
-    yield answers
+    yield _labelled(
+        CounterMetricFamily("goalqueue_datafast_answers",
+                            "DataFast's answers to goal requests, by status class (timeouts and "
+                            "connection errors as their own).", labels=["status_class"]),
+        counters.answers,
+    )  # fmt: skip
+    yield _labelled(
+        CounterMetricFamily("goalqueue_dead_letters_pruned",
+                            "Dead letters the workers deleted: older than "
+                            "GOALQUEUE_DEAD_RETENTION_DAYS (retention), the oldest beyond "
+                            "GOALQUEUE_DEAD_MAX (max).", labels=["limit"]),
+        counters.pruned,
+    )  # fmt: skip
     yield _histogram(
         "goalqueue_datafast_request_duration_seconds",
         "How long DataFast took to answer a goal request.",
@@ -143,6 +149,13 @@ def _counters(counters: tally.Counters) -> Iterator[Metric]:
         "Time from enqueue to delivered, per goal delivered.",
         counters.latency_seconds,
     )
+
+
+def _labelled(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:
+    """``family`` (with one label) with a sample for each of ``values``, by label value."""
+    for label, value in sorted(values.items()):
+        family.add_metric([label], value)
+    return family
 
 
 def _histogram(name: str, documentation: str, histogram: tally.Histogram) -> Metric:
