@@ -318,30 +318,35 @@ def check_targets(rows: list[Row]) -> list[Target]:
         _at_least(
             "one process / client limit 1 process @50ms",
             versus("50ms", "goalqueue_process", "client_limit_process"),
-            0.7,
+            0.85,
         ),
         _at_least(
             "one node / client limit per core @50ms",
             versus("50ms", "goalqueue_node", "client_limit_node"),
-            0.7,
+            0.85,
         ),
         _at_least(
             "one process / plain threads -c 100 @50ms",
             versus("50ms", "goalqueue_process", "plain_threads100"),
-            3,
+            4,
             "x",
+        ),
+        _at_least(
+            "one process / client limit 1 process @0ms",
+            versus("0ms", "goalqueue_process", "client_limit_process"),
+            0.85,
         ),
         _at_least(
             "one node / client limit per core @0ms",
             versus("0ms", "goalqueue_node", "client_limit_node"),
-            0.7,
+            0.85,
         ),
         _at_most(
             "enqueue-to-delivered p50, idle (ms)",
             _value(rows, "latency", "goalqueue_process_p50"),
             10,
         ),
-        _at_most("worker CPU/goal / client limit CPU/request @50ms", cpu_ratio, 1.5),
+        _at_most("worker CPU/goal / client limit CPU/request @50ms", cpu_ratio, 1.1),
         _at_most(
             "track_goal / bare apply_async (time)",
             _ratio(single, _value(rows, "enqueue", "apply_async")),
