@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 REFILL = 32
 # ... unless the last claim found the queue empty, or delivery held, this long ago.
 DRY_SECONDS = 0.05
+_HELD = (Standing.HOLD, Standing.HALT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +103,12 @@ class Deliverer:
         started = time.monotonic()
         now, take = await self._take(event_id, seq)
         own, *claimed = take.copies
-        self._start(claimed, now, take.wait, started)
-        return await self._handle(own, now, take.wait, started)
+        self._start(claimed, now, take, started)
+        return await self._handle(own, now, take, started)
 
-    def _start(self, claimed: list[GoalCopy], now: float, wait: float, started: float) -> None:
+    def _start(self, claimed: list[GoalCopy], now: float, take: TakeReply, started: float) -> None:
         for copy in claimed:
-            task = asyncio.create_task(self._handle(copy, now, wait, started))
+            task = asyncio.create_task(self._handle(copy, now, take, started))
             self._claimed.add(task)
             task.add_done_callback(self._claimed_done)
 
@@ -129,8 +130,8 @@ class Deliverer:
             while not self.stopping and self.settings.max_in_flight - self.in_flight >= REFILL:
                 started, now = time.monotonic(), self.clock()
                 take = await self._take_once(None, now, patient=False)
-                self._start(take.copies, now, take.wait, started)
-                if not take.copies or any(t.standing is Standing.HOLD for t in take.copies):
+                self._start(take.copies, now, take, started)
+                if not take.copies or any(t.standing in _HELD for t in take.copies):
                     self._dry = time.monotonic() + DRY_SECONDS  # empty, paused or paced
                     return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -181,13 +182,15 @@ class Deliverer:
         elif self.announce is not None:
             self.announce(task.result())
 
-    async def _handle(self, goal: GoalCopy, now: float, wait: float, started: float) -> Delivery:
-        """Decide, send if so decided, decide on the answer, record: one goal, top to bottom.
-        Its room in flight is freed once DataFast has answered, not once the answer is
-        written (see ``REFILL``)."""
+    async def _handle(
+        self, goal: GoalCopy, now: float, take: TakeReply, started: float
+    ) -> Delivery:
+        """Decide (on what TAKE said of it), send if so decided, decide on the answer, record:
+        one goal, top to bottom. Its room in flight is freed once DataFast has answered, not
+        once the answer is written (see ``REFILL``)."""
         in_flight = True
         try:
-            decision = decide(goal, None, now, self.rules, wait=wait)
+            decision = decide(goal, None, now, self.rules, wait=take.wait, paused=take.paused)
             answered = None
             if decision.act is Act.SEND:
                 assert decision.event is not None
