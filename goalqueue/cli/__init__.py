@@ -10,15 +10,18 @@ which one to install.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
 
 import click
 
+from goalqueue import logs
 from goalqueue.cli.context import queue, read
 from goalqueue.cli.lazy import DEMO, METRICS, SANDBOX, LazyCommand, LazyGroup
-from goalqueue.errors import EnqueueError, InvalidGoal
+from goalqueue.config import get_settings
+from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
 from goalqueue.pausing import HandPause, describe
 from goalqueue.stats import collect
 from goalqueue.terminal import figures, printable
@@ -44,6 +47,12 @@ __all__ = ["main"]
 @click.version_option(package_name="goalqueue")
 def main() -> None:
     """Durable delivery of server-side DataFast goals through Celery on Redis."""
+    try:
+        log_format = get_settings().log_format
+    except ConfigError:
+        return  # a command that needs the settings says what is wrong with them
+    if log_format == logs.JSON:
+        logs.configure(log_format, logging.WARNING)
 
 
 @main.command()
