@@ -8,13 +8,16 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from goalqueue import GoalQueue
-from goalqueue.config import Settings
+from goalqueue.cli import main
+from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
 from goalqueue.logs import JsonFormatter
 from goalqueue.sandbox import Sandbox
@@ -35,6 +38,31 @@ def test_json_lines_carry_the_fields_passed_through_extra() -> None:
     assert line["logger"] == "workers.delivery" and line["time"].endswith("Z")
     assert (line["event_id"], line["status"], line["attempt"]) == ("e1", None, 2)
     assert "duration" not in line
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, its handlers and level put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_the_cli_logs_json_lines_when_told_to(
+    root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOALQUEUE_LOG_FORMAT", "json")
+    monkeypatch.setenv("GOALQUEUE_BROKER_URL", "redis://127.0.0.1:9/0")
+    get_settings.cache_clear()
+    try:
+        CliRunner().invoke(main, ["pause", "--for", "soon"])  # usage error: no Redis
+    finally:
+        get_settings.cache_clear()
+    (handler,) = root_logger.handlers
+    assert isinstance(handler.formatter, JsonFormatter)
+    assert root_logger.level == logging.WARNING
 
 
 @pytest.mark.integration  # starts goalqueue worker, which refuses to

@@ -104,14 +104,14 @@ def test_pause_update_resume_say_what_they_did(run: Run, redis_client: redis.Red
     assert redis_client.exists(KEYS.pause) and operator_gauge(redis_client) == 0
     assert json.loads(run("stats", "--json").output)["paused_by_hand"] is None
     # The ended pause is kept as a span for max age
-    assert len(spans_of(redis_client.hget(KEYS.operator_pause, "spans") or "")) == 1
+    assert len(spans_of(str(redis_client.hget(KEYS.operator_pause, "spans") or ""))) == 1
 
 
 def test_spans_stay_bounded(run: Run, redis_client: redis.Redis) -> None:
     for _ in range(20):
         run("pause")
         run("resume")
-    assert len(spans_of(redis_client.hget(KEYS.operator_pause, "spans") or "")) == 16
+    assert len(spans_of(str(redis_client.hget(KEYS.operator_pause, "spans") or ""))) == 16
 
 
 def test_pause_holds_every_worker_and_resume_delivers_everything_even_past_max_age(

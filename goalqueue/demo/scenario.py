@@ -30,7 +30,7 @@ from goalqueue.scripts import Scripts
 VALID_GOALS = (80, 20, 50, 50)
 """Valid goals per phase: a steady start, then while paused by hand, then during the 429 burst,
 then during the 503 burst."""
-PAUSED_SECONDS = 0.5
+PAUSED_SECONDS = 0.3
 """How long the pause by hand lasts once the worker holds its goals."""
 BURST_429 = 3
 BURST_503 = 10
