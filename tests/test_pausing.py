@@ -11,12 +11,13 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from goalqueue import GoalQueue
+from goalqueue import GoalQueue, pausing
 from goalqueue.cli import main
 from goalqueue.config import get_settings
 from goalqueue.metrics.collector import GoalQueueCollector
 from goalqueue.pausing import parse_duration, paused_between, spans_of
 from goalqueue.sandbox import Sandbox
+from goalqueue.scripts import Scripts
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
@@ -112,6 +113,27 @@ def test_spans_stay_bounded(run: Run, redis_client: redis.Redis) -> None:
         run("pause")
         run("resume")
     assert len(spans_of(str(redis_client.hget(KEYS.operator_pause, "spans") or ""))) == 16
+
+
+def test_a_span_is_kept_while_max_age_may_still_need_it(redis_client: redis.Redis) -> None:
+    scripts, hour = Scripts(redis_client, KEYS), 3600.0
+
+    def spans() -> tuple[tuple[float, float], ...]:
+        return spans_of(str(redis_client.hget(KEYS.operator_pause, "spans") or ""))
+
+    def pause(now: float) -> None:
+        pausing.pause(scripts, now, until=None, reason="", by="t", max_age=hour)
+
+    # A long pause is kept while less than max age of unpaused time follows it ...
+    pause(1000)
+    pausing.resume(scripts, 9000, hour)
+    pause(9000 + hour - 1)
+    assert spans() == ((1000, 9000),)
+    pausing.resume(scripts, 20000, hour)
+    assert spans() == ((1000, 9000), (9000 + hour - 1, 20000))
+    # ... and dropped once more than max age of unpaused time has followed it
+    pause(20000 + 2)
+    assert spans() == ((9000 + hour - 1, 20000),)
 
 
 def test_pause_holds_every_worker_and_resume_delivers_everything_even_past_max_age(
