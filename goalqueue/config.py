@@ -26,6 +26,7 @@ BROKER_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MAX_REPLICAS = 100
 MAX_UNKNOWN_ATTEMPTS = 100
 MAX_DEAD_LETTERS = 100_000_000
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Settings:
     dead_retention_days: float = field(default=30.0, metadata={"parse": "days"})
     allow_insecure_api_url: bool = False
     metrics_basic_auth: str | None = field(default=None, repr=False)
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for name in (
@@ -112,6 +114,8 @@ class Settings:
                 "GOALQUEUE_METRICS_BASIC_AUTH (or --basic-auth) must be user:password, both "
                 "non-empty"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"GOALQUEUE_LOG_FORMAT must be text or json, got {self.log_format!r}")
         _check_broker_url(self.broker_url)
         self._check_sentinel()
         _check_api_url(self.api_url, allow_insecure=self.allow_insecure_api_url)
@@ -237,6 +241,7 @@ ENV_NAMES: dict[str, str] = {
     "dead_retention_days": "GOALQUEUE_DEAD_RETENTION_DAYS",
     "allow_insecure_api_url": "GOALQUEUE_ALLOW_INSECURE_API_URL",
     "metrics_basic_auth": "GOALQUEUE_METRICS_BASIC_AUTH",
+    "log_format": "GOALQUEUE_LOG_FORMAT",
 }
 
 

@@ -30,6 +30,11 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 buckets, sum and count of the request duration and of the
                                 enqueue-to-delivered latency histograms
 <ns>:pause              hash    until, reason, streak, key: delivery paused for everyone
+<ns>:operator_pause     hash    since, until, reason, by, at: delivery paused by hand for everyone
+                                (`goalqueue pause`; until 0: until `goalqueue resume`), apart
+                                from DataFast's <ns>:pause, which never ends it; spans: the past
+                                pauses by hand max age still needs, "start:end ..." (see
+                                goalqueue/pausing.py)
 <ns>:probe              string  id of the one event allowed through when a pause ends
 <ns>:pace               hash    rate, tokens, at, ceiling, grown, dry: the shared send rate (a
                                 token bucket) after a 429 or a timeout after sending, or
@@ -76,6 +81,7 @@ class Keys:
     delivered_count: str = field(init=False)
     metrics: str = field(init=False)
     pause: str = field(init=False)
+    operator_pause: str = field(init=False)
     probe: str = field(init=False)
     pace: str = field(init=False)
     sent: str = field(init=False)
@@ -99,6 +105,7 @@ class Keys:
             "delivered_count": f"{ns}:count:delivered",
             "metrics": f"{ns}:metrics",
             "pause": f"{ns}:pause",
+            "operator_pause": f"{ns}:operator_pause",
             "probe": f"{ns}:probe",
             "pace": f"{ns}:pace",
             "sent": f"{ns}:sent",

@@ -63,7 +63,8 @@ class EnqueueScript:
 
 class Scripts:
     """The CLI's and the exporter's scripts, on a blocking client, for the namespace of
-    ``keys``: REPLAY, PURGE and REINDEX dead letters, read STATE and DEAD_COUNTS."""
+    ``keys``: REPLAY, PURGE and REINDEX dead letters, read STATE and DEAD_COUNTS, pause and
+    resume by HAND."""
 
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.keys = keys
@@ -72,6 +73,7 @@ class Scripts:
         self._purge = client.register_script(source("purge", "dead"))
         self._reindex = client.register_script(source("reindex", "dead"))
         self._state = client.register_script(source("state"))
+        self._hand = client.register_script(source("hand", "operator"))
         self._dead_counts = client.register_script(source("dead_counts", "dead"))
 
     def replay(self, goals: Sequence[tuple[str, str]]) -> list[int]:
@@ -107,15 +109,26 @@ class Scripts:
     def state(self) -> list[Any]:
         """STATE's reading: queued, waiting, ledger entries, delivered, dead letters, the
         pause's end and reason, the waiting goal due first, the message next in line, the send
-        rate (None for what is not there)."""
+        rate, and the pause by hand's since, until, reason, by and at (None for what is not
+        there)."""
         keys = self.keys
         state: list[Any] = self._state(
             keys=[
                 keys.queue, keys.waiting, keys.ledger, keys.delivered_count, keys.dead,
-                keys.pause, keys.pace,
+                keys.pause, keys.pace, keys.operator_pause,
             ]
         )  # fmt: skip
         return state
+
+    def hand(
+        self, op: str, now: float, until: float, reason: str, by: str, max_age: float
+    ) -> list[Any]:
+        """Pause by hand (``op`` pause) or resume (see ``lua/hand.lua``); returns the pause
+        before: since, until, reason, by, at, and 1 if it was in force."""
+        reply: list[Any] = self._hand(
+            keys=[self.keys.operator_pause], args=[op, now, until, reason, by, max_age]
+        )
+        return reply
 
 
 @cache

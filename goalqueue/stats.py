@@ -18,6 +18,7 @@ import redis
 from goalqueue import message
 from goalqueue.event import GoalEvent
 from goalqueue.keys import Keys
+from goalqueue.pausing import HandPause
 from goalqueue.scripts import Scripts
 
 # Redis counts as full within 1/FULL_MARGIN of its maxmemory.
@@ -55,13 +56,15 @@ def memory(client: redis.Redis) -> Memory | None:
 
 
 def collect(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, Any]:
-    """Counts of goals by state, the pause, the shared send rate, the ages of the oldest
-    waiting goal and of the goal next in line on the queue, and Redis's memory."""
+    """Counts of goals by state, DataFast's pause, the pause by hand (while in force), the
+    shared send rate, the ages of the oldest waiting goal and of the goal next in line on the
+    queue, and Redis's memory."""
     now = time.time() if now is None else now
     (
         queued, waiting, ledger, delivered, dead, paused_until, pause_reason, first_waiting,
-        next_up, rate,
+        next_up, rate, *hand_fields,
     ) = Scripts(client, keys).state()  # fmt: skip
+    hand = HandPause.of(hand_fields)
     used = memory(client)
     return {
         "queued": queued,
@@ -71,6 +74,7 @@ def collect(client: redis.Redis, keys: Keys, now: float | None = None) -> dict[s
         "dead": dead,
         "paused_until": float(paused_until) if paused_until else None,
         "pause_reason": pause_reason,
+        "paused_by_hand": hand.as_dict() if hand is not None and hand.in_force(now) else None,
         "oldest_waiting_age": _age([first_waiting] if first_waiting else [], now),
         "oldest_queued_age": _age(_entry(client, keys, next_up), now),
         "send_rate": round(float(rate), 3) if rate else None,

@@ -70,6 +70,43 @@ def test_before_sending(
     assert (decision.letter is not None) == (act is Act.DEAD)
 
 
+# Paused by hand: OLD (3601 s since enqueue, max age 3600 s) with a minute of it paused by hand.
+MINUTE_PAUSED = ((NOW - 1000, NOW - 940),)
+
+
+@pytest.mark.parametrize(
+    ("goal", "paused", "act", "why"),
+    [
+        (taken(Standing.HALT), (), Act.HOLD, "operator"),
+        (taken(Standing.HALT, OLD), (), Act.HOLD, "operator"),
+        (taken(Standing.HALT, OLD_UNKNOWN), (), Act.HOLD, "operator"),
+        (taken(Standing.SEND, OLD), MINUTE_PAUSED, Act.SEND, ""),
+        (taken(Standing.SEND, OLD), ((NOW - 9000, NOW - 8000),), Act.DEAD, "expired"),
+        (taken(Standing.SEND, OLD), ((NOW - 3602, NOW - 3601.5),), Act.DEAD, "expired"),
+        (taken(Standing.SEND, OLD), ((NOW - 3700, NOW - 3599),), Act.SEND, ""),
+        (taken(Standing.HOLD, OLD), MINUTE_PAUSED, Act.HOLD, "paused"),
+    ],
+    ids=[
+        "halted",
+        "halted-never-expires",
+        "halted-never-gives-up",
+        "paused-by-hand-time-left-out",
+        "pause-before-enqueue-counts-not",
+        "pause-before-enqueue-partly",
+        "pause-overlapping-enqueue",
+        "held-by-datafast-after-a-pause-by-hand",
+    ],
+)
+def test_max_age_leaves_out_time_paused_by_hand(
+    goal: GoalCopy, paused: tuple[tuple[float, float], ...], act: Act, why: str
+) -> None:
+    decision = decide(goal, None, NOW, RULES, paused=paused)
+    assert (decision.act, decision.why) == (act, why)
+    assert decision.letter is None if act is not Act.DEAD else decision.letter is not None
+    if act is Act.HOLD:
+        assert decision.until == NOW  # the sweepers bring it back once the pause ends
+
+
 def test_an_entry_that_does_not_parse_is_poison_and_frees_the_probe() -> None:
     goal = GoalCopy("e1", 7, Standing.PROBE, '{"i": "e1", "bogus": 1}', 0)
     decision = before(goal)

@@ -15,6 +15,8 @@
   channel as it does the plain one.
 * httpx's per-request INFO line is turned down to WARNING (unless the worker logs at DEBUG):
   Celery already logs each task.
+* ``GOALQUEUE_LOG_FORMAT=json`` has Celery's log handlers write one JSON object per line (see
+  :mod:`goalqueue.logs`), and leaves out its start banner.
 
 :func:`load_app` is what ``celery -A workers worker`` runs: the app for the settings in the
 environment, or, when they are bad, one that refuses to start with a line naming the variable.
@@ -25,13 +27,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import celery.apps.worker
 import redis
 from celery import Celery, bootsteps
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
-from celery.signals import worker_init, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_init,
+    worker_init,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from celery.utils.log import mlevel
 
-from goalqueue import connections
+from goalqueue import connections, logs
 from goalqueue.config import Settings, get_settings
 from goalqueue.errors import ConfigError
 from goalqueue.keys import TASK_NAME
@@ -123,8 +133,8 @@ def _dispatcher(app: Celery, hostname: str | None) -> Any:
 
 
 def _connect_signals(app: GoalqueueApp) -> None:
-    """The checks before a worker starts, and the end of its process's lifecycle (see
-    :class:`Lifecycle` for the start), for this app's workers only."""
+    """The checks before a worker starts, its log format, and the end of its process's
+    lifecycle (see :class:`Lifecycle` for the start), for this app's workers only."""
 
     def before_start(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
@@ -138,7 +148,24 @@ def _connect_signals(app: GoalqueueApp) -> None:
         if getattr(sender, "app", None) is app:
             app.process.stop()
 
+    def log_format(logger: logging.Logger | None = None, **_: Any) -> None:
+        if logger is not None:
+            logs.use(app.settings.log_format, logger.handlers)
+
+    def json_only(instance: Any = None, **_: Any) -> None:
+        """JSON lines alone: no banner; warnings (Celery's at start) logged, in JSON from the
+        start (Celery's own handlers take over once it sets its logging up); and the notices
+        Celery's signal handlers print (``worker: Warm shutdown``) written as JSON lines."""
+        if getattr(instance, "app", None) is app and app.settings.log_format == logs.JSON:
+            instance.quiet = True
+            logging.captureWarnings(True)
+            logs.configure(logs.JSON, logging.WARNING)
+            celery.apps.worker.safe_say = logs.say
+
     uid = f"goalqueue-{id(app)}"
+    after_setup_logger.connect(log_format, weak=False, dispatch_uid=uid)
+    after_setup_task_logger.connect(log_format, weak=False, dispatch_uid=uid)
+    celeryd_init.connect(json_only, weak=False, dispatch_uid=uid)
     worker_init.connect(before_start, weak=False, dispatch_uid=uid)
     worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid=uid)
     worker_shutdown.connect(stop, weak=False, dispatch_uid=uid)

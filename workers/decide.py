@@ -1,7 +1,7 @@
 """What becomes of one taken copy of a goal: a pure function of what TAKE said, DataFast's answer,
 the time and the rules.
 
-    decide(goal, None, now, rules, wait=...)          before sending: send it, or why not
+    decide(goal, None, now, rules, wait=..., paused=...)   before sending: send it, or why not
     decide(goal, verdict, now, rules, jitter=...)     after DataFast answered (workers.policy)
 
 ====================================  =====================================================
@@ -11,7 +11,10 @@ gone (stale copy)                      DROP
 poison (a sequence never handed out)   DEAD poison (the message, as it was)
 the entry does not parse               DEAD poison
 done (delivered before)                FORGET the entry
-older than GOALQUEUE_MAX_AGE_SECONDS   DEAD expired (maybe_delivered, unexpected_response)
+halt (paused by hand)                  HOLD until ``now``, for the sweepers to bring back once
+                                       the pause by hand ends (``operator``); never expired
+older than GOALQUEUE_MAX_AGE_SECONDS   DEAD expired (maybe_delivered, unexpected_response);
+  (time paused by hand left out)       the age leaves out TAKE's ``paused`` spans
 hold (paused, or no pace token)        HOLD until ``now + wait`` (0 while paused)
 send, probe                            SEND
 DELIVERED                              DELIVERED (+ resume, for the probe)
@@ -28,12 +31,14 @@ but a deferring one, and releases its slot when it is settled without a request.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
+from goalqueue.pausing import Span, paused_between
 from workers.policy import (
     Outcome,
     Verdict,
@@ -116,20 +121,24 @@ def decide(
     rules: Rules,
     *,
     wait: float = 0.0,
+    paused: Sequence[Span] = (),
     jitter: float = 0.5,
     sent: GoalEvent | None = None,
 ) -> Decision:
     """The decision for ``goal`` at ``now``: before sending (``verdict`` None; a held goal is
-    due after TAKE's ``wait``), or after DataFast's answer to ``sent`` (the event the decision
-    to send carried; parsed from the entry when not given) was classified as ``verdict``
-    (``jitter``, a draw from [0, 1), places a retry within its backoff)."""
+    due after TAKE's ``wait``; its age leaves out the time ``paused`` by hand), or after
+    DataFast's answer to ``sent`` (the event the decision to send carried; parsed from the entry
+    when not given) was classified as ``verdict`` (``jitter``, a draw from [0, 1), places a
+    retry within its backoff)."""
     if verdict is None:
-        return _before_sending(goal, now, rules, wait)
+        return _before_sending(goal, now, rules, wait, paused)
     event = sent if sent is not None else GoalEvent.from_json(goal.entry)
     return _answered(goal, event, verdict, now, rules, jitter)
 
 
-def _before_sending(goal: GoalCopy, now: float, rules: Rules, wait: float) -> Decision:
+def _before_sending(
+    goal: GoalCopy, now: float, rules: Rules, wait: float, paused: Sequence[Span]
+) -> Decision:
     if goal.standing is Standing.GONE:
         return Decision(Act.DROP)
     if goal.standing is Standing.POISON:
@@ -143,7 +152,9 @@ def _before_sending(goal: GoalCopy, now: float, rules: Rules, wait: float) -> De
         return Decision(Act.DEAD, why="poison", letter=letter, release=release)
     if goal.standing is Standing.DONE:
         return Decision(Act.FORGET, event)
-    if now - event.enqueued_at > rules.max_age:
+    if goal.standing is Standing.HALT:
+        return Decision(Act.HOLD, event, "operator", until=now)
+    if now - event.enqueued_at - paused_between(paused, event.enqueued_at, now) > rules.max_age:
         return _dead(event, give_up_reason(event), release=release)
     if goal.standing is Standing.HOLD:
         why = "paused" if wait == 0 else "pace"

@@ -30,7 +30,7 @@ import redis.asyncio
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
 from workers.client import post_goal
-from workers.decide import Act, Rules, decide
+from workers.decide import Act, Decision, Rules, decide
 from workers.outage import Outage
 from workers.policy import RETRY_AFTER_MAX_SECONDS, Verdict, classify
 from workers.recording import Record, Recorder, Writer
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 REFILL = 32
 # ... unless the last claim found the queue empty, or delivery held, this long ago.
 DRY_SECONDS = 0.05
+_HELD = (Standing.HOLD, Standing.HALT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +103,12 @@ class Deliverer:
         started = time.monotonic()
         now, take = await self._take(event_id, seq)
         own, *claimed = take.copies
-        self._start(claimed, now, take.wait, started)
-        return await self._handle(own, now, take.wait, started)
+        self._start(claimed, now, take, started)
+        return await self._handle(own, now, take, started)
 
-    def _start(self, claimed: list[GoalCopy], now: float, wait: float, started: float) -> None:
+    def _start(self, claimed: list[GoalCopy], now: float, take: TakeReply, started: float) -> None:
         for copy in claimed:
-            task = asyncio.create_task(self._handle(copy, now, wait, started))
+            task = asyncio.create_task(self._handle(copy, now, take, started))
             self._claimed.add(task)
             task.add_done_callback(self._claimed_done)
 
@@ -129,8 +130,8 @@ class Deliverer:
             while not self.stopping and self.settings.max_in_flight - self.in_flight >= REFILL:
                 started, now = time.monotonic(), self.clock()
                 take = await self._take_once(None, now, patient=False)
-                self._start(take.copies, now, take.wait, started)
-                if not take.copies or any(t.standing is Standing.HOLD for t in take.copies):
+                self._start(take.copies, now, take, started)
+                if not take.copies or any(t.standing in _HELD for t in take.copies):
                     self._dry = time.monotonic() + DRY_SECONDS  # empty, paused or paced
                     return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -181,14 +182,16 @@ class Deliverer:
         elif self.announce is not None:
             self.announce(task.result())
 
-    async def _handle(self, goal: GoalCopy, now: float, wait: float, started: float) -> Delivery:
-        """Decide, send if so decided, decide on the answer, record: one goal, top to bottom.
-        Its room in flight is freed once DataFast has answered, not once the answer is
-        written (see ``REFILL``)."""
+    async def _handle(
+        self, goal: GoalCopy, now: float, take: TakeReply, started: float
+    ) -> Delivery:
+        """Decide (on what TAKE said of it), send if so decided, decide on the answer, record:
+        one goal, top to bottom. Its room in flight is freed once DataFast has answered, not
+        once the answer is written (see ``REFILL``)."""
         in_flight = True
         try:
-            decision = decide(goal, None, now, self.rules, wait=wait)
-            answered = None
+            decision = decide(goal, None, now, self.rules, wait=take.wait, paused=take.paused)
+            answered, verdict = None, None
             if decision.act is Act.SEND:
                 assert decision.event is not None
                 verdict, took = await self._ask(decision.event)
@@ -200,6 +203,7 @@ class Deliverer:
                                   jitter=self.rand(), sent=decision.event)  # fmt: skip
             if decision.act is not Act.DROP:
                 await self.recorder.record(Record.of(goal, decision, answered))
+            _log_outcome(goal.event_id, decision, verdict, answered)
         finally:
             if in_flight:
                 self.in_flight -= 1
@@ -214,3 +218,36 @@ class Deliverer:
         answer = await post_goal(self.http, self.settings.api_url, event)
         took = time.monotonic() - sent
         return classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS), took
+
+
+# How loud each outcome is logged: a dead letter is news, a retry worth a line; a delivered,
+# held or already delivered goal only at DEBUG (the counters and Celery's task lines count
+# them).
+_LOUDNESS = {Act.DEAD: logging.WARNING, Act.WAIT: logging.INFO}
+
+
+def _log_outcome(
+    event_id: str,
+    decision: Decision,
+    verdict: Verdict | None,
+    answered: tuple[str, float] | None,
+) -> None:
+    """One line for a goal's outcome, once it is recorded: the goal, what became of it and
+    why, DataFast's status (or what went wrong), the attempt and the request's duration; the
+    same as fields in JSON (see :mod:`goalqueue.logs`)."""
+    level = _LOUDNESS.get(decision.act, logging.DEBUG)
+    if not logger.isEnabledFor(level):
+        return
+    event = decision.event
+    attempt = None if event is None else event.attempts + (decision.act is Act.DELIVERED)
+    status = None if verdict is None else verdict.status_code
+    duration = None if answered is None else round(answered[1], 6)
+    summary = f"{decision.act} ({decision.why})" if decision.why else str(decision.act)
+    answer = ""
+    if verdict is not None:
+        said = [str(status or verdict.answer), *([repr(verdict.error)] if verdict.error else [])]
+        answer = ": " + " ".join(said)
+    tried = "" if duration is None else f" on attempt {attempt}, in {duration * 1000:.0f} ms"
+    fields = {"event_id": event_id, "outcome": str(decision.act), "reason": decision.why,
+              "status": status, "attempt": attempt, "duration": duration}  # fmt: skip
+    logger.log(level, "goal %s %s%s%s", event_id, summary, answer, tried, extra=fields)

@@ -16,6 +16,7 @@ Settings are checked before anything starts, so a bad one is reported once, in o
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
+
+logger = logging.getLogger(__name__)
 
 RESTART_PAUSE_SECONDS = 1.0
 RESTART_PAUSE_MAX_SECONDS = 30.0
@@ -107,11 +110,11 @@ class Node:
                     else min(child.pause * 2, RESTART_PAUSE_MAX_SECONDS)
                 )
                 child.restart_at = now + child.pause
-                print(
-                    f"goalqueue worker: process {child.index} exited with "
-                    f"{child.process.returncode}; starting it again in {child.pause:.0f} s",
-                    file=sys.stderr,
-                    flush=True,
+                logger.warning(
+                    "goalqueue worker: process %d exited with %s; starting it again in %.0f s",
+                    child.index,
+                    child.process.returncode,
+                    child.pause,
                 )
             elif now >= child.restart_at:
                 child.start()

@@ -217,14 +217,8 @@ def _resolve(futures: list[asyncio.Future[None]], exc: Exception | None) -> None
 
 
 def _log(record: Record, slowed: str | None) -> None:
-    for letter in record.settlement.letters:
-        logger.warning(
-            "goal %s dead-lettered: %s (status %s) %r",
-            letter.event_id,
-            letter.reason,
-            letter.status_code,
-            letter.error or "",
-        )
+    """The pauses and resumptions a write recorded (each goal's outcome is its deliverer's to
+    log: :mod:`workers.delivery`)."""
     if record.resume:
         logger.warning("DataFast accepts goals again: delivery resumed")
     if record.pause is not None:
@@ -232,8 +226,10 @@ def _log(record: Record, slowed: str | None) -> None:
 
 
 def _log_pause(pause: Pause, slowed: str | None) -> None:
+    status = int(pause.answer) if pause.answer.isdigit() else None
+    fields = {"outcome": "paused", "reason": pause.reason, "status": status}
     if (message := _OPERATOR_ERRORS.get(pause.reason)) is not None:
-        logger.error(message + _KEPT, pause.answer, pause.error)
+        logger.error(message + _KEPT, pause.answer, pause.error, extra=fields)
         return
     logger.warning(
         "DataFast answered %s (%s): delivery paused for %.1f s%s",
@@ -241,6 +237,7 @@ def _log_pause(pause: Pause, slowed: str | None) -> None:
         pause.reason,
         pause.seconds,
         f"; sending resumes at {float(slowed):g} goals/s and speeds up" if slowed else "",
+        extra=fields,
     )
 
 

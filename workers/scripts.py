@@ -17,6 +17,7 @@ from goalqueue.deadletters import DeadLetter
 from goalqueue.event import GoalEvent
 from goalqueue.keys import TASK_NAME, Keys
 from goalqueue.message import template
+from goalqueue.pausing import Span, spans_of
 from goalqueue.scripts import REASONS, ScriptArg, source
 from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, bucket, micros
 
@@ -35,6 +36,7 @@ class Standing(StrEnum):
     SEND = "send"
     PROBE = "probe"
     HOLD = "hold"
+    HALT = "halt"
     DONE = "done"
     GONE = "gone"
     POISON = "poison"
@@ -54,11 +56,13 @@ class GoalCopy:
 
 @dataclass(frozen=True, slots=True)
 class TakeReply:
-    """TAKE's answer: the copies taken, and how long any held for the pace wait (seconds).
-    Nothing taken with a wait means no token yet: try again after the wait."""
+    """TAKE's answer: the copies taken, how long any held for the pace wait (seconds), and
+    the pauses by hand max age leaves out (see :mod:`goalqueue.pausing`). Nothing taken with a
+    wait means no token yet: try again after the wait."""
 
     wait: float
     copies: list[GoalCopy]
+    paused: tuple[Span, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +153,7 @@ class WorkerScripts:
     def __init__(self, client: AsyncRedis, keys: Keys, bound: Bound) -> None:
         self.keys = keys
         self.bound = bound
-        self._take = client.register_script(source("take", "pace", "pause", "push"))
+        self._take = client.register_script(source("take", "pace", "pause", "operator", "push"))
         self._defer = client.register_script(source("defer", "pace"))
         self._settle = client.register_script(source("settle", "dead"))
 
@@ -161,7 +165,7 @@ class WorkerScripts:
         reply = await self._take(
             keys=[
                 keys.queue, keys.taken, keys.ledger, keys.pause, keys.probe, keys.pace, keys.sent,
-                keys.seq,
+                keys.seq, keys.operator_pause,
             ],
             args=[
                 now, bound.fingerprint, bound.probe_lease_ms, claim, TASK_NAME,
@@ -170,9 +174,10 @@ class WorkerScripts:
         )  # fmt: skip
         copies = [
             GoalCopy(str(event_id), int(seq), Standing(state), entry, int(streak or 0))
-            for event_id, seq, state, entry, streak in _groups_of_five(reply[1:])
+            for event_id, seq, state, entry, streak in _groups_of_five(reply[2:])
         ]
-        return TakeReply(int(reply[0]) / 1000, copies)
+        paused = spans_of(reply[1]) if len(reply) > 1 and reply[1] else ()
+        return TakeReply(int(reply[0]) / 1000, copies, paused)
 
     async def settle(self, settlement: Settlement, pipe: Pipeline) -> None:
         """Queue SETTLE for ``settlement`` in ``pipe``."""
@@ -199,7 +204,7 @@ class SweeperScripts:
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.keys = keys
         self._template = template(keys)
-        self._sweep = client.register_script(source("sweep", "pause", "push"))
+        self._sweep = client.register_script(source("sweep", "pause", "operator", "push"))
         self._reconcile = client.register_script(source("reconcile", "push"))
         self._settle = client.register_script(source("settle", "dead"))
         self._prune = client.register_script(source("prune", "dead"))
@@ -212,7 +217,15 @@ class SweeperScripts:
         keys = self.keys
         return int(
             self._sweep(
-                keys=[keys.pause, keys.probe, keys.waiting, keys.seq, keys.ledger, keys.queue],
+                keys=[
+                    keys.pause,
+                    keys.probe,
+                    keys.waiting,
+                    keys.seq,
+                    keys.ledger,
+                    keys.queue,
+                    keys.operator_pause,
+                ],
                 args=[self._template, now, limit, fingerprint, probe_lease_ms, cap],
             )
         )

@@ -1,23 +1,28 @@
 """The ``goalqueue`` command: send goals, run workers, inspect and repair the queue.
 
-It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``dead``
-and ``spool`` need nothing more. Each subcommand but ``send`` and ``stats`` lives in a module of
-its own, imported when it is looked up (and by ``goalqueue --help``, to list it): ``worker``,
-``sandbox``, ``metrics`` and ``demo`` without their extra say in one line which one to install.
+It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``dead``,
+``spool``, ``pause`` and ``resume`` need nothing more. Each subcommand but ``send`` and ``stats``
+lives in a module of its own, imported when it is looked up (and by ``goalqueue --help``, to
+list it): ``worker``, ``sandbox``, ``metrics`` and ``demo`` without their extra say in one line
+which one to install.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
 
 import click
 
+from goalqueue import logs
 from goalqueue.cli.context import queue, read
 from goalqueue.cli.lazy import DEMO, METRICS, SANDBOX, LazyCommand, LazyGroup
-from goalqueue.errors import EnqueueError, InvalidGoal
+from goalqueue.config import get_settings
+from goalqueue.errors import ConfigError, EnqueueError, InvalidGoal
+from goalqueue.pausing import HandPause, describe
 from goalqueue.stats import collect
 from goalqueue.terminal import figures, printable
 
@@ -29,6 +34,8 @@ __all__ = ["main"]
     lazy={
         "dead": LazyCommand("goalqueue.cli.dead:dead"),
         "spool": LazyCommand("goalqueue.cli.spool:spool"),
+        "pause": LazyCommand("goalqueue.cli.pause:pause"),
+        "resume": LazyCommand("goalqueue.cli.pause:resume"),
         # Imports the worker package only when it runs, and names the worker extra if missing.
         "worker": LazyCommand("goalqueue.cli.worker:worker"),
         "sandbox": LazyCommand("goalqueue.sandbox:sandbox_command", SANDBOX),
@@ -40,6 +47,12 @@ __all__ = ["main"]
 @click.version_option(package_name="goalqueue")
 def main() -> None:
     """Durable delivery of server-side DataFast goals through Celery on Redis."""
+    try:
+        log_format = get_settings().log_format
+    except ConfigError:
+        return  # a command that needs the settings says what is wrong with them
+    if log_format == logs.JSON:
+        logs.configure(log_format, logging.WARNING)
 
 
 @main.command()
@@ -96,13 +109,17 @@ def _pairs(metadata: Sequence[str]) -> dict[str, str]:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(as_json: bool) -> None:
-    """Goals queued, waiting, delivered and dead, and whether delivery is paused."""
+    """Goals queued, waiting, delivered and dead, and whether delivery is paused (by
+    DataFast's answers, or by hand)."""
     values = read(collect)
     if as_json:
         click.echo(json.dumps(values))
         return
+    now = time.time()
     paused_until = values.get("paused_until")
     if paused_until is not None:
-        left = max(0.0, paused_until - time.time())
+        left = max(0.0, paused_until - now)
         values = {**values, "paused_until": f"{paused_until:.0f} (in {left:.0f} s)"}
+    if (hand := values.get("paused_by_hand")) is not None:
+        values = {**values, "paused_by_hand": describe(HandPause(**hand), now)}
     click.echo("\n".join(figures(values)))

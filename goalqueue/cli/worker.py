@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import click
 
+from goalqueue import logs
 from goalqueue.cli.lazy import WORKER
 from goalqueue.config import get_settings
 from goalqueue.errors import ConfigError
@@ -29,7 +30,9 @@ def worker(processes: int | None, celery_args: Sequence[str]) -> None:
         raise SystemExit(WORKER.explain(exc, "worker")) from None
 
     try:
-        get_settings().require_credentials()
+        settings = get_settings()
+        settings.require_credentials()
     except ConfigError as exc:
         raise SystemExit(f"goalqueue worker cannot start: {exc}") from None
+    logs.configure(settings.log_format)
     sys.exit(Node(processes or default_processes(), celery_args).run())

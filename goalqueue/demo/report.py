@@ -37,14 +37,13 @@ class Snapshot:
     @classmethod
     def read(cls, client: redis.Redis, sandbox: Sandbox) -> Snapshot:
         figures = collect(client, DEMO_KEYS)
-        until = figures["paused_until"]
         return cls(
             delivered=figures["delivered"],
             dead=figures["dead"],
             waiting=figures["waiting"],
             queued=figures["queued"],
             in_flight=figures["in_flight"],
-            paused=figures["pause_reason"] if until and until > time.time() else None,
+            paused=_paused(figures),
             answers=sandbox.stats().by_status,
         )
 
@@ -61,6 +60,15 @@ class Snapshot:
             f"waiting {self.waiting}  queued {self.queued}  in flight {self.in_flight}"
             f" | sandbox answered {answers or '-'}{pause}"
         )
+
+
+def _paused(figures: Mapping[str, object]) -> str | None:
+    """Why delivery is paused now: by hand, by DataFast's answer, or both; None if it runs."""
+    until = figures["paused_until"]
+    datafast = figures["pause_reason"] if isinstance(until, float) and until > time.time() else None
+    reasons = ["by hand"] if figures["paused_by_hand"] else []
+    reasons += [str(datafast)] if datafast else []
+    return ", ".join(reasons) or None
 
 
 class Progress:

@@ -1,8 +1,9 @@
 """The demo's scenario: its goals, its faults, and the one real worker that delivers them.
 
-Valid goals go out in three phases: a steady start, then during a burst of 429s with
+Valid goals go out in four phases: a steady start, then while delivery is paused by hand (the
+worker holds them and sends nothing until the demo resumes), then during a burst of 429s with
 ``Retry-After``, then during a burst of 503s; a bot's goal (400) and an unknown visitor's (404)
-go with the first phase. Each burst is armed only when the one before it is used up.
+go with the first phase. Each phase starts only when the one before it is over.
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from goalqueue import pausing
+from goalqueue.demo.brokers import DEMO_KEYS
 from goalqueue.demo.errors import DemoFailed, TimedOut
 from goalqueue.demo.processes import POLL_SECONDS, stop_process
 from goalqueue.demo.report import Progress, Sent, Snapshot
 from goalqueue.producer import GoalQueue
 from goalqueue.sandbox import DEFAULT_KEY, Sandbox, SandboxState
+from goalqueue.scripts import Scripts
 
-VALID_GOALS = (100, 50, 50)
-"""Valid goals per phase: a steady start, then during the 429 burst, then during the 503 burst."""
+VALID_GOALS = (80, 20, 50, 50)
+"""Valid goals per phase: a steady start, then while paused by hand, then during the 429 burst,
+then during the 503 burst."""
+PAUSED_SECONDS = 0.3
+"""How long the pause by hand lasts once the worker holds its goals."""
 BURST_429 = 3
 BURST_503 = 10
 RETRY_AFTER_SECONDS = 1
@@ -142,12 +149,13 @@ class Run:
 
     def play(self) -> None:
         """The scenario; each burst is armed only when the previous one is used up."""
-        steady, limited, failing = VALID_GOALS
+        steady, held, limited, failing = VALID_GOALS
         self.progress.note(f"Enqueued {steady} valid goals, a bot's goal and an unknown visitor's.")
         self.enqueue_valid(steady)
         self.sent.bot = self.queue.track_goal(BOT, "signup")
         self.sent.unknown = self.queue.track_goal(UNKNOWN_VISITOR, "signup")
         self.wait(lambda s: s.settled(self.sent.count), "the first goals to settle")
+        self.paused_by_hand(held)
         self.sandbox.fail_next(429, count=BURST_429, retry_after=RETRY_AFTER_SECONDS)
         self.progress.note(
             f"Rate limit: the next {BURST_429} requests get 429 with "
@@ -161,3 +169,20 @@ class Run:
         )
         self.enqueue_valid(failing)
         self.wait(lambda s: s.settled(self.sent.count), "every goal to be delivered or dead")
+
+    def paused_by_hand(self, count: int) -> None:
+        """``goalqueue pause``, ``count`` goals held without a request, ``goalqueue resume``."""
+        scripts, max_age = Scripts(self.queue.redis, DEMO_KEYS), self.queue.settings.max_age_seconds
+        by = "goalqueue demo"
+        pausing.pause(scripts, time.time(), until=None, reason="demo", by=by, max_age=max_age)
+        requests = sum(self.snapshot().answers.values())
+        self.progress.note(f"Paused by hand (goalqueue pause); enqueued {count} more valid goals.")
+        self.enqueue_valid(count)
+        self.wait(lambda s: s.waiting >= count and s.queued == 0, "the worker to hold the goals")
+        ends = time.monotonic() + PAUSED_SECONDS
+        self.wait(lambda s: time.monotonic() > ends, "the pause by hand")
+        if sum(self.snapshot().answers.values()) != requests:
+            raise DemoFailed("the worker sent a goal while delivery was paused by hand")
+        pausing.resume(scripts, time.time(), max_age)
+        self.progress.note("Resumed (goalqueue resume): no request was sent while paused.")
+        self.wait(lambda s: s.settled(self.sent.count), "the held goals to be delivered")

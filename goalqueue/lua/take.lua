@@ -3,12 +3,14 @@
 -- pace leaves no token for the task's own goal, it claims up to `claim` goal messages off the
 -- consuming end of the queue (no more than the tokens allow; anything that is not a goal's
 -- message goes back where it was, for kombu's consumer to deal with: see workers/transport.py),
--- then takes every goal. Returns the wait in ms, then five fields per goal: event id, seq,
--- standing, ledger entry, pause streak. A wait with no goals means no token yet: try again after
--- that long (a patient call changes nothing else). The standing is one of
+-- then takes every goal. Returns the wait in ms, the pauses by hand max age leaves out ("start:end
+-- ...", see operator.lua), then five fields per goal: event id, seq, standing, ledger entry,
+-- pause streak. A wait alone means no token yet: try again after that long (a patient call
+-- changes nothing else). The standing is one of
 --   gone  - the entry was settled or re-queued under another sequence, or the sequence is now
 --           another goal's (after a failover): drop this copy
 --   done  - the goal was already delivered: settle without sending
+--   halt  - delivery is paused by hand (`goalqueue pause`): park the goal in the waiting set
 --   hold  - delivery is paused for everyone, or (an impatient call) there is no token: park the
 --           goal in the waiting set, due after the wait
 --   probe - the pause is over and this goal is the one allowed to test the API
@@ -21,6 +23,7 @@
 -- and writes otherwise only keys of a fixed size (taken, probe, pace, sent).
 local queue_key, taken_key, ledger_key, pause_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local probe_key, pace_key, sent_key, seq_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local operator_key = KEYS[9]
 local now, fingerprint, probe_lease_ms = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local claim, task_name, marker_prefix = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local max_rate, patient = tonumber(ARGV[7]), ARGV[8] == '1'
@@ -63,8 +66,9 @@ local function owns(entry, event_id)
   return named == event_id or named == 'unreadable'
 end
 
-local function standing(event_id, pause, pace)
+local function standing(event_id, pause, pace, halted)
   if redis.call('EXISTS', marker_prefix .. event_id) == 1 then return 'done' end
+  if halted then return 'halt' end
   if pause[1] then
     local probe = redis.call('GET', probe_key)
     if probe == event_id then return 'probe' end
@@ -86,8 +90,10 @@ if pause[1] and outdated_pause(pause[2], pause[3], fingerprint) then
   redis.call('DEL', pause_key, probe_key)
   pause = {}
 end
+local operator = redis.call('HMGET', operator_key, 'since', 'until', 'spans')
+local halted = operator_paused(operator[1], operator[2], now)
 local wait, pace = 0, nil
-if not pause[1] then pace = pace_load(pace_key, now, max_rate, true) end
+if not (pause[1] or halted) then pace = pace_load(pace_key, now, max_rate, true) end
 if pace then
   if pace.tokens < #goals then
     wait = math.ceil((#goals - pace.tokens) / pace.rate * 1000)
@@ -105,7 +111,7 @@ end
 -- A `taken` no sequence reached (a stray write) is replaced, not kept for good.
 local highest = tonumber(redis.call('GET', taken_key) or '0') or 0
 if highest > last then highest = 0 end
-local replies, sends = {wait}, 0
+local replies, sends = {wait, operator_spans(operator[1], operator[2], operator[3], now)}, 0
 for _, goal in ipairs(goals) do
   local event_id, seq = goal[1], goal[2]
   local state, entry, streak = 'poison', goal[3], ''
@@ -113,8 +119,8 @@ for _, goal in ipairs(goals) do
     if seq > highest then highest = seq; redis.call('SET', taken_key, seq) end
     entry = redis.call('ZRANGEBYSCORE', ledger_key, seq, seq)[1]
     if entry and owns(entry, event_id) then
-      state = standing(event_id, pause, pace)
-      if pause[1] then streak = pause[4] or '' end
+      state = standing(event_id, pause, pace, halted)
+      if pause[1] and not halted then streak = pause[4] or '' end
     else
       state, entry = 'gone', ''
     end

@@ -27,6 +27,7 @@ from goalqueue.keys import Keys
 logger = logging.getLogger(__name__)
 
 PAUSE_REASONS = tally.DEFER_REASONS
+OPERATOR = "operator"  # the pause reason of a pause by hand (goalqueue pause)
 
 
 class GoalQueueCollector(Collector):
@@ -77,12 +78,14 @@ def _state(state: dict[str, object], dead: dict[str, int]) -> Iterator[Metric]:
     paused = GaugeMetricFamily(
         "goalqueue_paused",
         "1 while delivery is paused for everyone, with the pause's reason (auth: a 401, "
-        "the API key is wrong).",
+        "the API key is wrong; operator: paused by hand with goalqueue pause, which may be in "
+        "force beside one of DataFast's).",
         labels=["reason"],
     )
     reason = str(state["pause_reason"] or "")
     for known in sorted({*PAUSE_REASONS, *([reason] if reason else [])}):
         paused.add_metric([known], 1 if known == reason else 0)
+    paused.add_metric([OPERATOR], 0 if state["paused_by_hand"] is None else 1)
     yield paused
     if state["send_rate"] is not None:
         yield _gauge(
