@@ -6,15 +6,16 @@
 -- anything. Returns, for each goal, its sequence number, or 0 when its id was known.
 local seq_key, ledger_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
 local pending_key, dead_key = KEYS[4], KEYS[5]
-local template, marker_prefix = ARGV[1], ARGV[2]
+local template, markers_key = ARGV[1], ARGV[2]
 -- ARGV[3..]: event id, payload; event id, payload; ...
 
+local live = marker_window(markers_key, marker_now_ms())
 local fresh, seen = {}, {}
 for i = 3, #ARGV, 2 do
   local event_id = ARGV[i]
   fresh[i] = not seen[event_id]
     and redis.call('SISMEMBER', pending_key, event_id) == 0
-    and redis.call('EXISTS', marker_prefix .. event_id) == 0
+    and not marker_find(live, marker_field(event_id))
     and redis.call('HEXISTS', dead_key, event_id) == 0
   seen[event_id] = true
 end

@@ -1,0 +1,153 @@
+-- Shared by every script that reads or writes delivered markers (see goalqueue/keys.py and
+-- goalqueue/markers.py). A marker is one field of a small hash: the markers of a time bucket
+-- are spread over shards that each stay in Redis's compact listpack encoding (at most 128
+-- fields of at most 64 bytes, Redis's defaults), and expire together, a bucket at a time.
+--   registry  `reg` (hash): '<bucket start ms>:<expiry ms>' -> markers in the bucket
+--   shard     `reg:<start>:<shard>` (hash): field -> value, expiring at the bucket's expiry
+-- field: a canonical (lowercase) UUID as its 16 bytes; any other event id as its SHA-1 (20
+-- bytes). value: a kind byte (0: no DataFast id, 1: DataFast's 24-hex id packed in 12 bytes,
+-- 2: DataFast's id as text), the delivery time in ms after the bucket's start (4 bytes), the id.
+-- A bucket's shards grow by linear hashing: with n shards, a field's shard is its hash modulo
+-- the largest power of two `low` <= n, or modulo 2 * low when that lands on a shard already
+-- split; a new marker that takes the bucket past MARKER_LOAD markers a shard splits the next
+-- shard in line. A lookup reads the registry once per call and one shard per live bucket.
+local MARKER_LOAD = 48
+local MARKER_REMOTE_MAX = 48  -- a longer DataFast id (never seen) is not kept
+
+-- A marker lives `ttl_ms` after its bucket ends: about 12 buckets a lifetime, so that a lookup
+-- reads 13 or 14 shards, and a marker outlives its time by a twelfth at most.
+local function marker_bucket_ms(ttl_ms)
+  return math.max(1000, math.ceil(ttl_ms / 12))
+end
+
+local function marker_now_ms()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+
+local function marker_unhex(hex)
+  local words = {}
+  for i = 1, #hex, 8 do table.insert(words, tonumber(string.sub(hex, i, i + 7), 16)) end
+  return struct.pack('>' .. string.rep('I4', #words), unpack(words))
+end
+
+local UUID_PATTERN = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+
+local function marker_field(event_id)
+  if #event_id == 36 and string.find(event_id, UUID_PATTERN)
+     and not string.find(event_id, '%u') then
+    return marker_unhex(string.gsub(event_id, '%-', ''))
+  end
+  return marker_unhex(redis.sha1hex(event_id))
+end
+
+local function marker_hash(field)
+  return tonumber(string.sub(redis.sha1hex(field), 1, 8), 16)
+end
+
+local function marker_shards(count)
+  local n = math.max(1, math.ceil(count / MARKER_LOAD))
+  local low = 1
+  while low * 2 <= n do low = low * 2 end
+  return n, low
+end
+
+local function marker_shard(h, bucket)
+  local shard = h % bucket.low
+  if shard < bucket.n - bucket.low then shard = h % (2 * bucket.low) end
+  return bucket.prefix .. shard
+end
+
+local function marker_bucket(reg, name, count)
+  local start, expires = string.match(name, '^(%d+):(%d+)$')
+  local n, low = marker_shards(count)
+  return {name = name, start = tonumber(start), expires = tonumber(expires), count = count,
+          n = n, low = low, prefix = reg .. ':' .. start .. ':'}
+end
+
+-- The live buckets (newest first) and the names of expired ones, read once per call.
+local function marker_window(reg, now_ms)
+  local fields = redis.call('HGETALL', reg)
+  local live, expired = {}, {}
+  for i = 1, #fields, 2 do
+    local bucket = marker_bucket(reg, fields[i], tonumber(fields[i + 1]))
+    if bucket.expires and bucket.expires > now_ms then
+      table.insert(live, bucket)
+    else
+      table.insert(expired, fields[i])
+    end
+  end
+  table.sort(live, function(a, b) return a.start > b.start end)
+  return live, expired
+end
+
+-- The bucket and value of `field`'s marker, or nil.
+local function marker_find(live, field)
+  local h = marker_hash(field)
+  for _, bucket in ipairs(live) do
+    local value = redis.call('HGET', marker_shard(h, bucket), field)
+    if value then return bucket, value end
+  end
+  return nil
+end
+
+-- A marker's delivery time (ms) and DataFast's id ('' when not kept).
+local function marker_read(bucket, value)
+  local kind, offset_ms = struct.unpack('>BI4', value)
+  local remote = string.sub(value, 6)
+  if kind == 1 then
+    remote = string.format('%08x%08x%08x', struct.unpack('>I4I4I4', remote))
+  end
+  return bucket.start + offset_ms, remote
+end
+
+local function marker_split(bucket)
+  local low, old = bucket.low, bucket.n - bucket.low
+  local from, to = bucket.prefix .. old, bucket.prefix .. bucket.n
+  local entries = redis.call('HGETALL', from)
+  for i = 1, #entries, 2 do
+    if marker_hash(entries[i]) % (2 * low) == bucket.n then
+      redis.call('HSET', to, entries[i], entries[i + 1])
+      redis.call('HDEL', from, entries[i])
+    end
+  end
+  if redis.call('EXISTS', to) == 1 then redis.call('PEXPIREAT', to, bucket.expires) end
+  bucket.n, bucket.low = marker_shards(bucket.count)
+end
+
+local function marker_value(offset_ms, remote)
+  local kind = 0
+  if #remote == 24 and not string.find(remote, '[^0-9a-f]') then
+    kind, remote = 1, marker_unhex(remote)
+  elseif remote ~= '' and #remote <= MARKER_REMOTE_MAX then
+    kind = 2
+  else
+    remote = ''
+  end
+  return struct.pack('>BI4', kind, offset_ms) .. remote
+end
+
+-- Marks `field` delivered at now_ms (DataFast's id `remote`) in the current bucket of
+-- `bucket_ms`, whose markers expire `ttl_ms` after it ends. The caller checked marker_find.
+local function marker_add(reg, live, now_ms, bucket_ms, ttl_ms, field, remote)
+  local start = math.floor(now_ms / bucket_ms) * bucket_ms
+  local name = string.format('%.0f:%.0f', start, start + bucket_ms + ttl_ms)
+  local bucket
+  for _, candidate in ipairs(live) do
+    if candidate.name == name then bucket = candidate end
+  end
+  if not bucket then
+    bucket = marker_bucket(reg, name, 0)
+    table.insert(live, 1, bucket)
+  end
+  bucket.count = redis.call('HINCRBY', reg, name, 1)
+  if math.ceil(bucket.count / MARKER_LOAD) > bucket.n then marker_split(bucket) end
+  local shard = marker_shard(marker_hash(field), bucket)
+  redis.call('HSET', shard, field, marker_value(now_ms - start, remote))
+  redis.call('PEXPIREAT', shard, bucket.expires)
+end
+
+-- Forgets the registry's expired buckets (their shards expired with them).
+local function marker_prune(reg, expired)
+  if #expired > 0 then redis.call('HDEL', reg, unpack(expired)) end
+end
