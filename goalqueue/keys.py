@@ -30,7 +30,7 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 packed (a UUID's 16 bytes, else its SHA-1's 20) -> when it was
                                 delivered and DataFast's event id, packed; every shard of a
                                 bucket expires GOALQUEUE_DELIVERED_TTL_SECONDS after the bucket
-                                ends (a twelfth of that TTL long). Shards split as a bucket fills,
+                                ends (a sixth of that TTL long). Shards split as a bucket fills,
                                 so that each stays in Redis's compact listpack encoding: about
                                 40 B a delivered goal (see lua/marker.lua, goalqueue/markers.py)
 <ns>:attempts:<id>      list    the goal's last 10 attempts (goalqueue/attempts.py), oldest

@@ -1,7 +1,7 @@
 """Delivered markers: which goals reached DataFast, when, and under which DataFast event id.
 
 A marker says that a goal was delivered: while it lives (``GOALQUEUE_DELIVERED_TTL_SECONDS``,
-24 h by default, and at most a twelfth more), an enqueue of the same event id adds nothing and a
+24 h by default, and at most a sixth more), an enqueue of the same event id adds nothing and a
 queued copy of the goal is dropped without being sent. The worker's SETTLE writes a marker in
 the call that records the delivery; ENQUEUE and TAKE look them up. All of them share
 ``lua/marker.lua``, which keeps markers packed in time-bucketed, sharded hashes small enough for
