@@ -1,6 +1,6 @@
 """The ``goalqueue`` command: send goals, run workers, inspect and repair the queue.
 
-It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``dead``
+It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``show``, ``dead``
 and ``spool`` need nothing more. Each subcommand but ``send`` and ``stats`` lives in a module of
 its own, imported when it is looked up (and by ``goalqueue --help``, to list it): ``worker``,
 ``sandbox``, ``metrics`` and ``demo`` without their extra say in one line which one to install.
@@ -29,6 +29,7 @@ __all__ = ["main"]
     lazy={
         "dead": LazyCommand("goalqueue.cli.dead:dead"),
         "spool": LazyCommand("goalqueue.cli.spool:spool"),
+        "show": LazyCommand("goalqueue.cli.show:show"),
         # Imports the worker package only when it runs, and names the worker extra if missing.
         "worker": LazyCommand("goalqueue.cli.worker:worker"),
         "sandbox": LazyCommand("goalqueue.sandbox:sandbox_command", SANDBOX),
