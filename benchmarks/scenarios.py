@@ -460,13 +460,19 @@ def enqueue_costs(n: int, repeats: int) -> list[Row]:
 # --------------------------------------------------------------------------- memory
 
 
+DELIVERED_TTL_MS = 24 * 3600 * 1000  # GOALQUEUE_DELIVERED_TTL_SECONDS's default
+
+
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
 def memory(n: int) -> list[Row]:
     """Redis bytes per queued goal: goalqueue ready and waiting, plain Celery ready."""
-    rows = [*_goalqueue_memory(n), _goalqueue_single_memory(n), _plain_memory(n)]
+    rows = [
+        *_goalqueue_memory(n), _goalqueue_single_memory(n), _goalqueue_delivered_memory(n),
+        _plain_memory(n),
+    ]  # fmt: skip
     flush(GOALQUEUE_URL)
     flush(PLAIN_URL)
     return rows
@@ -540,6 +546,46 @@ def _goalqueue_single_memory(n: int) -> Row:
         "B/goal",
         {"n": n, "keys_bytes_per_goal": round(by_keys / n)},
     )
+
+
+def _goalqueue_delivered_memory(n: int) -> Row:
+    """What Redis keeps per delivered goal once the queue has drained: each goal enqueued, then
+    settled as delivered at its first attempt, as a worker does (its marker, and no attempt
+    log). At least 25,000 goals: the markers' hashes grow in steps."""
+    n = max(n, 25_000)
+    flush(GOALQUEUE_URL)
+    client = redis.Redis.from_url(GOALQUEUE_URL, decode_responses=True)
+    queue = GoalQueue(broker_url=GOALQUEUE_URL, client=client)
+    try:
+        empty = used_memory(client)
+        for start in range(0, n, BULK_BATCH):
+            queue.track_goals([goal_fields() for _ in range(min(BULK_BATCH, n - start))])
+        client.delete(KEYS.queue)  # taken by the workers
+        _deliver_everything(client)
+        delivered = used_memory(client)
+        by_keys = keys_bytes(client)
+    finally:
+        client.close()
+    return Row(
+        "memory",
+        "goalqueue_delivered",
+        "goalqueue, delivered (marker + attempt log, after the queue drains)",
+        round((delivered - empty) / n),
+        "B/goal",
+        {"n": n, "keys_bytes_per_goal": round(by_keys / n)},
+    )
+
+
+def _deliver_everything(client: redis.Redis) -> None:
+    """Settle every ledger entry as delivered, with a DataFast event id, as a worker does."""
+    scripts = SweeperScripts(client, KEYS)
+    entries: list[str] = client.zrange(KEYS.ledger, 0, -1)  # type: ignore[assignment]
+    for start in range(0, len(entries), BULK_BATCH):
+        settlement = Settlement()
+        for entry in entries[start : start + BULK_BATCH]:
+            event_id = GoalEvent.from_json(entry).event_id
+            settlement.delivered(entry, event_id, os.urandom(12).hex(), 0.5)
+        scripts.settle(settlement, DELIVERED_TTL_MS)
 
 
 def _usage(client: redis.Redis, key: str) -> int:

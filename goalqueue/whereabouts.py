@@ -103,7 +103,7 @@ def _with(found: Whereabouts, attempts: list[Attempt]) -> Whereabouts:
 
 def _attempts(client: redis.Redis, keys: Keys, event_id: str) -> list[Attempt]:
     found = []
-    for raw in client.lrange(keys.attempts(event_id), 0, -1):  # type: ignore[union-attr]
+    for raw in client.lrange(keys.attempts(event_id), 0, -1):
         try:
             found.append(Attempt.from_json(raw))
         except ValueError:
@@ -125,7 +125,7 @@ def _queued(client: redis.Redis, keys: Keys, event_id: str, worker: str) -> Wher
     if found is None:
         return None
     entry, seq = found
-    taken = int(client.get(keys.taken) or 0)  # type: ignore[arg-type]
+    taken = int(client.get(keys.taken) or 0)
     state = "in_flight" if seq <= taken else "queued"
     return Whereabouts(event_id, state, seq=int(seq), worker=worker, event=_event(entry))
 

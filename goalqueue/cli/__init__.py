@@ -1,9 +1,10 @@
 """The ``goalqueue`` command: send goals, run workers, inspect and repair the queue.
 
-It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``show``, ``dead``
-and ``spool`` need nothing more. Each subcommand but ``send`` and ``stats`` lives in a module of
-its own, imported when it is looked up (and by ``goalqueue --help``, to list it): ``worker``,
-``sandbox``, ``metrics`` and ``demo`` without their extra say in one line which one to install.
+It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``show``,
+``dead`` and ``spool`` need nothing more. Each subcommand but ``send`` and ``stats`` lives in a
+module of its own, imported when it is looked up (and by ``goalqueue --help``, to list it):
+``worker``, ``sandbox``, ``metrics`` and ``demo`` without their extra say in one line which one
+to install.
 """
 
 from __future__ import annotations
