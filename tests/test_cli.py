@@ -223,7 +223,9 @@ def test_help_lists_every_command_without_any_extra() -> None:
     result = goalqueue_without(blocked, "--help")
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
-    assert listed == {"dead", "demo", "metrics", "sandbox", "send", "spool", "stats", "worker"}
+    assert listed == {
+        "dead", "demo", "metrics", "sandbox", "send", "show", "spool", "stats", "worker"
+    }  # fmt: skip
     assert "Not installed: pip install 'goalqueue[metrics]'" in result.stdout
     assert "Not installed: pip install 'goalqueue[sandbox]'" in result.stdout
     assert "Not installed: pip install 'goalqueue[demo]'" in result.stdout
