@@ -33,6 +33,13 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 ends (a sixth of that TTL long). Shards split as a bucket fills,
                                 so that each stays in Redis's compact listpack encoding: about
                                 40 B a delivered goal (see lua/marker.lua, goalqueue/markers.py)
+<ns>:visitors           hash    the visitor index's time buckets, as <ns>:delivered's
+<ns>:visitors:<start ms>:<shard>
+                        hash    the goals enqueued in the last hour (VISITOR_WINDOW_SECONDS), a
+                                bucket of ten minutes at a time, sharded by a hash of the visitor:
+                                the event id packed as in the markers -> the visitor's hash and
+                                the enqueue time, packed (lua/visitors.lua): what
+                                `goalqueue show --visitor` reads
 <ns>:attempts:<id>      list    the goal's last 10 attempts (goalqueue/attempts.py), oldest
                                 first, for a goal that needed more than one, or waits, or died;
                                 kept for the dead-letter retention once it is dead, else for
@@ -65,6 +72,7 @@ import re
 from dataclasses import dataclass, field
 
 TASK_NAME = "goalqueue.deliver"
+VISITOR_WINDOW_SECONDS = 3600  # how long the visitor index keeps a goal (lua/visitors.lua)
 # Items one Redis call carries at most (goals per enqueue or sweep script, fields per HSCAN,
 # keys per DEL): large enough to amortise the round trip, small enough that no call holds
 # Redis for long.
@@ -88,6 +96,7 @@ class Keys:
     waiting: str = field(init=False)
     dead: str = field(init=False)
     delivered: str = field(init=False)
+    visitors: str = field(init=False)
     attempts_prefix: str = field(init=False)
     delivered_count: str = field(init=False)
     metrics: str = field(init=False)
@@ -112,6 +121,7 @@ class Keys:
             "waiting": f"{ns}:waiting",
             "dead": f"{ns}:dead",
             "delivered": f"{ns}:delivered",
+            "visitors": f"{ns}:visitors",
             "attempts_prefix": f"{ns}:attempts:",
             "delivered_count": f"{ns}:count:delivered",
             "metrics": f"{ns}:metrics",

@@ -13,6 +13,9 @@ A goal is, in the order looked for:
 The ledger and the waiting set are found by a server-side scan for the goal's entry (``ZSCAN``
 matching its id): quick for the thousands a healthy queue holds, a second or so for a backlog
 of millions.
+
+A visitor's goals come from the visitor index, which keeps the goals enqueued in the last hour
+(:data:`~goalqueue.keys.VISITOR_WINDOW_SECONDS`), each then located as above.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL, Keys
 from goalqueue.markers import Markers
+from goalqueue.scripts import source
+
+VISITS_SHOWN = 100  # a visitor's newest goals that --visitor shows
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 
@@ -96,6 +102,22 @@ def locate(client: redis.Redis, keys: Keys, event_id: str) -> Whereabouts:
     return _with(Whereabouts(event_id, "unknown", worker=worker), attempts)
 
 
+def visits(client: redis.Redis, keys: Keys, visitor_id: str) -> list[tuple[float, Whereabouts]]:
+    """``visitor_id``'s goals in the visitor index, newest first (at most ``VISITS_SHOWN``):
+    when each was enqueued, and where it is now."""
+    visited = client.register_script(source("visited", "marker", "visitors"))
+    replies = visited(keys=[keys.visitors], args=[visitor_id])
+    goals = sorted(
+        ((int(replies[i + 1]) / 1000, _text(replies[i])) for i in range(0, len(replies), 2)),
+        reverse=True,
+    )[:VISITS_SHOWN]
+    return [(enqueued, locate(client, keys, event_id)) for enqueued, event_id in goals]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _with(found: Whereabouts, attempts: list[Attempt]) -> Whereabouts:
     found.attempts.extend(attempts)
     return found
@@ -115,8 +137,7 @@ def _entry(client: redis.Redis, key: str, event_id: str) -> tuple[str, float] | 
     """The member of the zset ``key`` that is ``event_id``'s stored event, and its score."""
     pattern = '{"i":"' + _GLOB.sub(r"\\\1", event_id) + '"*'
     for member, score in client.zscan_iter(key, match=pattern, count=PER_CALL):
-        text = member.decode() if isinstance(member, bytes) else str(member)
-        return text, float(score)
+        return _text(member), float(score)
     return None
 
 

@@ -10,6 +10,7 @@ import redis
 
 from goalqueue import GoalQueue
 from goalqueue.markers import Markers
+from goalqueue.whereabouts import visits
 from tests.helpers.markers import DAY
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
@@ -74,3 +75,21 @@ def test_a_full_bucket_splits_into_listpack_shards_within_64_bytes_a_goal(
     usage = sum(redis_client.memory_usage(key, samples=0) or 0 for key in keys)
     assert usage / len(ids) <= 64
     assert len(markers.find(ids[::7])) == len(ids[::7])
+
+
+def test_the_visitor_index_keeps_a_busy_hour_in_listpack_shards(
+    redis_client: redis.Redis, queue: GoalQueue
+) -> None:
+    # Given 3,000 goals of 300 visitors enqueued (and one visitor with an awkward id)
+    goals = [{"visitor_id": f"visitor-{n % 300}", "name": "signup"} for n in range(3000)]
+    for start in range(0, len(goals), 500):
+        queue.track_goals(goals[start : start + 500])
+    awkward = queue.track_goal('vis"itor\\', "signup")
+    keys = list(redis_client.scan_iter(match=KEYS.visitors + ":*", count=1000))
+    # Then the index stays listpack-encoded, and each visitor finds its own goals
+    assert len(keys) > 40
+    assert {redis_client.object("encoding", key) for key in keys} == {"listpack"}
+    usage = sum(redis_client.memory_usage(key, samples=0) or 0 for key in keys)
+    assert usage / 3001 <= 48
+    assert len(visits(redis_client, KEYS, "visitor-7")) == 10
+    assert [found.event_id for _, found in visits(redis_client, KEYS, 'vis"itor\\')] == [awkward]

@@ -129,3 +129,28 @@ def test_show_finds_a_dead_letter_made_without_a_worker(
 ) -> None:
     event_id = kill(redis_client, queue, "v", status=404, reason="unknown_visitor")
     assert shown(show, event_id)["state"] == "dead"
+
+
+def test_show_visitor_lists_the_visitors_recent_goals_and_where_each_is(
+    show: Any, queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
+) -> None:
+    # Given a visitor with a goal delivered, one refused, and another visitor's goal
+    workers.start()
+    delivered = queue.track_goal("alice", "signup")
+    wait_for(lambda: marker(redis_client, delivered), 20)
+    sandbox.fail_next(400)
+    refused = queue.track_goal("alice", "upgrade")
+    wait_for(lambda: redis_client.hexists(KEYS.dead, refused), 20)
+    queue.track_goal("bob", "signup")
+    # Then --visitor lists alice's goals, newest first, each with its state
+    result = show("--visitor", "alice", "--json")
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert listed["visitor_id"] == "alice"
+    goals = [(g["event_id"], g["state"]) for g in listed["goals"]]
+    assert goals == [(refused, "dead"), (delivered, "delivered")]
+    assert all(g["enqueued_at"] == pytest.approx(time.time(), abs=60) for g in listed["goals"])
+    human = show("--visitor", "alice").output
+    assert refused in human and "dead" in human and "delivered" in human
+    assert "no goals" in show("--visitor", "carol").output
+    assert show().exit_code == 2

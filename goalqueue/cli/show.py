@@ -8,16 +8,24 @@ import time
 import click
 
 from goalqueue.cli.context import read
-from goalqueue.terminal import figures, table
-from goalqueue.whereabouts import Whereabouts, canonical_id, locate
+from goalqueue.terminal import figures, printable, table
+from goalqueue.whereabouts import Whereabouts, canonical_id, locate, visits
 
 
 @click.command()
-@click.argument("event_id")
+@click.argument("event_id", required=False)
+@click.option("--visitor", help="Show this visitor's goals of the last hour instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def show(event_id: str, as_json: bool) -> None:
+def show(event_id: str | None, visitor: str | None, as_json: bool) -> None:
     """Where the goal EVENT_ID is now (queued, in flight, waiting, delivered, dead), and its
-    attempts; exits 1 if the queue knows nothing of it."""
+    attempts; exits 1 if the queue knows nothing of it. With --visitor: where each of the
+    visitor's goals enqueued in the last hour is now."""
+    if (event_id is None) == (visitor is None):
+        raise click.UsageError("give an EVENT_ID or --visitor, not both")
+    if visitor is not None:
+        _show_visitor(visitor, as_json)
+        return
+    assert event_id is not None
     try:
         event_id = canonical_id(event_id)
     except ValueError:
@@ -29,6 +37,23 @@ def show(event_id: str, as_json: bool) -> None:
         click.echo("\n".join(_lines(found)))
     if found.state == "unknown":
         raise SystemExit(1)
+
+
+def _show_visitor(visitor: str, as_json: bool) -> None:
+    goals = read(lambda client, keys: visits(client, keys, visitor))
+    if as_json:
+        listed = [{**found.as_dict(), "enqueued_at": at} for at, found in goals]
+        click.echo(json.dumps({"visitor_id": visitor, "goals": listed}))
+        return
+    if not goals:
+        click.echo(f"no goals of visitor {printable(visitor)!r} enqueued in the last hour")
+        return
+    rows = [
+        (found.event_id, _when(at), found.state.replace("_", " "), _when(found.at or found.until),
+         found.why or None)
+        for at, found in goals
+    ]  # fmt: skip
+    click.echo("\n".join(table(("event id", "enqueued", "state", "at/until", "why"), rows)))
 
 
 def _lines(found: Whereabouts) -> list[str]:

@@ -111,12 +111,13 @@ local function marker_read(bucket, value)
   return bucket.start + offset_ms, remote
 end
 
-local function marker_split(bucket)
+-- Splits the next shard in line; `hash_of(field, value)` is the hash that places an entry.
+local function marker_split(bucket, hash_of)
   local low, old = bucket.low, bucket.n - bucket.low
   local from, to = bucket.prefix .. old, bucket.prefix .. bucket.n
   local entries = redis.call('HGETALL', from)
   for i = 1, #entries, 2 do
-    if marker_hash(entries[i]) % (2 * low) == bucket.n then
+    if hash_of(entries[i], entries[i + 1]) % (2 * low) == bucket.n then
       redis.call('HSET', to, entries[i], entries[i + 1])
       redis.call('HDEL', from, entries[i])
     end
@@ -138,9 +139,10 @@ local function marker_value(offset_ms, remote)
   return struct.pack('>BI4', kind, offset_ms) .. remote
 end
 
--- Marks `field` delivered at now_ms (DataFast's id `remote`) in the current bucket of
--- `bucket_ms`, whose markers expire `ttl_ms` after it ends. The caller checked marker_find.
-local function marker_add(reg, live, now_ms, bucket_ms, ttl_ms, field, remote)
+-- Adds `field` = value(offset in ms from its bucket's start) to the current bucket of
+-- `bucket_ms` in `reg`, its shard placed by `h`, entries by `hash_of` (see marker_split); the
+-- bucket expires `ttl_ms` after it ends.
+local function bucketed_add(reg, live, now_ms, bucket_ms, ttl_ms, field, value, h, hash_of)
   local start = math.floor(now_ms / bucket_ms) * bucket_ms
   local name = string.format('%.0f:%.0f', start, start + bucket_ms + ttl_ms)
   local bucket
@@ -152,13 +154,22 @@ local function marker_add(reg, live, now_ms, bucket_ms, ttl_ms, field, remote)
     table.insert(live, 1, bucket)
   end
   bucket.count = redis.call('HINCRBY', reg, name, 1)
-  if math.ceil(bucket.count / MARKER_LOAD) > bucket.n then marker_split(bucket) end
-  local shard = marker_shard(marker_hash(field), bucket)
-  redis.call('HSET', shard, field, marker_value(now_ms - start, remote))
+  if math.ceil(bucket.count / MARKER_LOAD) > bucket.n then marker_split(bucket, hash_of) end
+  local shard = marker_shard(h, bucket)
+  redis.call('HSET', shard, field, value(now_ms - start))
   redis.call('PEXPIREAT', shard, bucket.expires)
+end
+
+-- Marks `field` delivered at now_ms (DataFast's id `remote`) in the current bucket of
+-- `bucket_ms`, whose markers expire `ttl_ms` after it ends. The caller checked marker_find.
+local function marker_add(reg, live, now_ms, bucket_ms, ttl_ms, field, remote)
+  local value = function(offset_ms) return marker_value(offset_ms, remote) end
+  bucketed_add(reg, live, now_ms, bucket_ms, ttl_ms, field, value, marker_hash(field),
+               marker_hash)
 end
 
 -- Forgets the registry's expired buckets (their shards expired with them).
 local function marker_prune(reg, expired)
   if #expired > 0 then redis.call('HDEL', reg, unpack(expired)) end
 end
+
