@@ -36,7 +36,7 @@ EXPECTED_ROWS = {
         "goalqueue_ready_single",
         "goalqueue_delivered",
         "plain_ready",
-    },  # fmt: skip
+    },
     "latency": {
         f"{system}_{p}"
         for system in ("goalqueue_process", "plain_threads100")
