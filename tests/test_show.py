@@ -36,6 +36,18 @@ def show(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     get_settings.cache_clear()
 
 
+def deliver_and_refuse(
+    queue: GoalQueue, sandbox: Sandbox, client: redis.Redis, visitors: tuple[str, str]
+) -> tuple[str, str]:
+    """A goal of the first visitor delivered, then one of the second refused with a 400."""
+    delivered = queue.track_goal(visitors[0], "signup")
+    wait_for(lambda: marker(client, delivered), 20)
+    sandbox.fail_next(400)
+    refused = queue.track_goal(visitors[1], "upgrade")
+    wait_for(lambda: client.hexists(KEYS.dead, refused), 20)
+    return delivered, refused
+
+
 def shown(show: Any, event_id: str) -> dict[str, Any]:
     result = show(event_id, "--json")
     assert result.exit_code == 0, result.output
@@ -47,17 +59,12 @@ def test_show_follows_goals_delivered_retried_and_dead_through_a_real_worker(
     show: Any, queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
 ) -> None:
     workers.start()
-    # Given a goal delivered at its first attempt
-    first = queue.track_goal("v1", "signup")
-    wait_for(lambda: marker(redis_client, first), 20)
+    # Given a goal delivered at its first attempt, and one that DataFast refused with a 400
+    first, refused = deliver_and_refuse(queue, sandbox, redis_client, ("v1", "v3"))
     # And one that got a 503, then a 200
     sandbox.fail_next(503)
     retried = queue.track_goal("v2", "signup")
     wait_for(lambda: marker(redis_client, retried), 20)
-    # And one that DataFast refused with a 400
-    sandbox.fail_next(400)
-    refused = queue.track_goal("v3", "signup")
-    wait_for(lambda: redis_client.hexists(KEYS.dead, refused), 20)
 
     # Then the first is delivered, with DataFast's event id, and keeps no attempt log
     delivered = shown(show, first)
@@ -136,11 +143,7 @@ def test_show_visitor_lists_the_visitors_recent_goals_and_where_each_is(
 ) -> None:
     # Given a visitor with a goal delivered, one refused, and another visitor's goal
     workers.start()
-    delivered = queue.track_goal("alice", "signup")
-    wait_for(lambda: marker(redis_client, delivered), 20)
-    sandbox.fail_next(400)
-    refused = queue.track_goal("alice", "upgrade")
-    wait_for(lambda: redis_client.hexists(KEYS.dead, refused), 20)
+    delivered, refused = deliver_and_refuse(queue, sandbox, redis_client, ("alice", "alice"))
     queue.track_goal("bob", "signup")
     # Then --visitor lists alice's goals, newest first, each with its state
     result = show("--visitor", "alice", "--json")
