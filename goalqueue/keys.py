@@ -42,9 +42,10 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 `goalqueue show --visitor` reads
 <ns>:attempts:<id>      list    the goal's last 10 attempts (goalqueue/attempts.py), oldest
                                 first, for a goal that needed more than one, or waits, or died;
-                                kept for the dead-letter retention once it is dead, else for
-                                the longer of GOALQUEUE_DELIVERED_TTL_SECONDS and
-                                GOALQUEUE_MAX_AGE_SECONDS after its last attempt
+                                kept after its last attempt for GOALQUEUE_DELIVERED_TTL_SECONDS
+                                once it is delivered, for the dead-letter retention once it is
+                                dead, else (waiting) for the longer of that TTL and
+                                GOALQUEUE_MAX_AGE_SECONDS; about 400 B a goal with two attempts
 <ns>:count:delivered    string  goals delivered, ever
 <ns>:metrics            hash    counters for monitoring, moved by the script that records each
                                 outcome (see goalqueue/tally.py for the fields): goals by

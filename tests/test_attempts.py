@@ -56,3 +56,16 @@ def test_only_goals_with_a_failed_attempt_log_a_delivery_or_a_hold() -> None:
     pause = Pause("rate_limited", 60.0, 59.0, 0, True)
     paused = attempt_of(Decision(Act.WAIT, tried, "rate_limited", pause=pause), 429, 0.1, "w", 1)
     assert (Attempt.from_json(paused).decision, Attempt.from_json(paused).until) == ("pause", 60)
+
+
+def test_a_delivered_goals_log_lives_as_long_as_its_marker(
+    redis_client: redis.Redis, queue: GoalQueue
+) -> None:
+    event_id = queue.track_goal("v", "signup")
+    (entry,) = redis_client.zrange(KEYS.ledger, 0, -1)
+    tried = GoalEvent.from_json(entry).attempted(time.time(), 503, "HTTP 503")
+    settlement = Settlement()
+    logged = attempt_of(Decision(Act.DELIVERED, tried), 200, 0.1, "w", time.time())
+    settlement.delivered(entry, event_id, "a" * 24, 0.2, logged)
+    SweeperScripts(redis_client, KEYS).settle(settlement, HOUR_MS, (MONTH_MS, MONTH_MS))
+    assert 0 < redis_client.pttl(KEYS.attempts(event_id)) <= HOUR_MS

@@ -152,9 +152,9 @@ class Bound:
 
 
 def log_ttls(settings: Settings) -> tuple[int, int]:
-    """How long (ms) an attempt log is kept after its last attempt: a live or delivered goal's
-    (the longer of the markers' lifetime and the goals' maximum age), a dead goal's (the
-    dead-letter retention)."""
+    """How long (ms) an attempt log is kept after its last attempt: a waiting goal's (the
+    longer of the markers' lifetime and the goals' maximum age), a dead goal's (the
+    dead-letter retention). A delivered goal's lives as long as its marker."""
     live = max(settings.delivered_ttl_seconds, settings.max_age_seconds)
     return int(live * 1000), int(settings.dead_retention_seconds * 1000)
 

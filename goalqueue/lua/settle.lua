@@ -23,7 +23,8 @@ local log_ttl_ms, dead_log_ttl_ms, answer_fields = ARGV[4], ARGV[5], tonumber(AR
 --                                                    (it was delivered before)
 -- attempt: the attempt (goalqueue/attempts.py) to add to the goal's log, '' for none: a goal
 -- delivered at its first attempt keeps no log. A log keeps the goal's last ATTEMPTS_KEPT
--- attempts, for the dead-letter retention once the goal is dead, else for `log_ttl_ms`.
+-- attempts: as long as its marker once the goal is delivered, for the dead-letter retention once
+-- it is dead, else for `log_ttl_ms` (a waiting goal's).
 local ATTEMPTS_KEPT = 10
 local bucket_ms = marker_bucket_ms(marker_ttl_ms)
 
@@ -73,7 +74,13 @@ for i = 7 + answer_fields, #ARGV, 7 do
   local attempt = ARGV[i + 6]
   if attempt ~= '' then
     local event_id = kind == 'park' and ARGV[i + 5] or a
-    log_attempt(event_id, attempt, kind == 'bury' and dead_log_ttl_ms or log_ttl_ms)
+    local ttl_ms = log_ttl_ms
+    if kind == 'bury' then
+      ttl_ms = dead_log_ttl_ms
+    elseif kind == 'delivered' then
+      ttl_ms = marker_ttl_ms
+    end
+    log_attempt(event_id, attempt, ttl_ms)
   end
 end
 if owned + marked > 0 then
