@@ -27,8 +27,9 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 next SETTLE)
 <ns>:delivered:<start ms>:<shard>
                         hash    a bucket's delivered markers, one shard of them: the event id
-                                packed (a UUID's 16 bytes, else its SHA-1's 20) -> when it was
-                                delivered and DataFast's event id, packed; every shard of a
+                                packed (a UUID's 16 bytes; an id of another form goes as it is
+                                to the bucket's shard `x`) -> when it was delivered and
+                                DataFast's event id, packed; every shard of a
                                 bucket expires GOALQUEUE_DELIVERED_TTL_SECONDS after the bucket
                                 ends (a sixth of that TTL long). Shards split as a bucket fills,
                                 so that each stays in Redis's compact listpack encoding: about

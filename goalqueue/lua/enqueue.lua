@@ -26,13 +26,13 @@ local replies = {}
 for i = 4, #ARGV, 2 do
   if fresh[i] then
     redis.call('SADD', pending_key, ARGV[i])
-    local visitor = visitor_of(ARGV[i + 1])
-    if visitor then
+    local visitor, field = visitor_of(ARGV[i + 1]), marker_uuid(ARGV[i])
+    if visitor and field then
       if not visited then
         visited, expired = marker_window(visitors_key, now_ms)
         marker_prune(visitors_key, expired)
       end
-      visitor_add(visitors_key, visited, now_ms, visitor, marker_field(ARGV[i]))
+      visitor_add(visitors_key, visited, now_ms, visitor, field)
     end
     table.insert(replies, push(seq_key, ledger_key, queue_key, template, ARGV[i], ARGV[i + 1]))
   else

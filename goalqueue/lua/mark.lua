@@ -9,10 +9,10 @@ local live, expired = marker_window(markers_key, now_ms)
 marker_prune(markers_key, expired)
 local added = 0
 for i = 2, #ARGV, 2 do
-  local field = marker_field(ARGV[i])
-  if not marker_find(live, field) then
+  local field, packed = marker_field(ARGV[i])
+  if not marker_find(live, field, packed) then
     marker_add(markers_key, live, now_ms, marker_bucket_ms(marker_ttl_ms), marker_ttl_ms, field,
-               ARGV[i + 1])
+               packed, ARGV[i + 1])
     added = added + 1
   end
 end

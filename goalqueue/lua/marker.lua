@@ -3,16 +3,18 @@
 -- are spread over shards that each stay in Redis's compact listpack encoding (at most 128
 -- fields of at most 64 bytes, Redis's defaults), and expire together, a bucket at a time.
 --   registry  `reg` (hash): '<bucket start ms>:<expiry ms>' -> markers in the bucket
---   shard     `reg:<start>:<shard>` (hash): field -> value, expiring at the bucket's expiry
--- field: a canonical (lowercase) UUID as its 16 bytes; any other event id as its SHA-1 (20
--- bytes). value: a kind byte (0: no DataFast id, 1: DataFast's 24-hex id packed in 12 bytes,
--- 2: DataFast's id as text), the delivery time in ms after the bucket's start (4 bytes), the id.
+--   shard     `reg:<start>:<shard>` (hash): a canonical (lowercase) UUID's 16 bytes -> value
+--   others    `reg:<start>:x` (hash): any other event id (poison letters', tests'), as it is
+-- value: a kind byte (0: no DataFast id, 1: DataFast's 24-hex id packed in 12 bytes, 2:
+-- DataFast's id as text), the delivery time in ms after the bucket's start (4 bytes), the id.
 -- A bucket's shards grow by linear hashing: with n shards, a field's shard is its hash modulo
 -- the largest power of two `low` <= n, or modulo 2 * low when that lands on a shard already
 -- split; a new marker that takes the bucket past MARKER_LOAD markers a shard splits the next
 -- shard in line. A lookup reads the registry once per call and one shard per live bucket.
+-- Redis's `struct` packs when there is one (fakeredis, which the demo may run on, has none).
 local MARKER_LOAD = 48
 local MARKER_REMOTE_MAX = 48  -- a longer DataFast id (never seen) is not kept
+local OTHERS = 'x'
 
 -- A marker lives `ttl_ms` after its bucket ends: 6 buckets a lifetime, so that a lookup that
 -- finds nothing (most of them) reads 7 shards, and a marker outlives its time by a sixth at most
@@ -26,15 +28,41 @@ local function marker_now_ms()
   return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 end
 
-local function marker_unhex(hex)
-  local words = {}
-  for i = 1, #hex, 8 do table.insert(words, tonumber(string.sub(hex, i, i + 7), 16)) end
-  return struct.pack('>' .. string.rep('I4', #words), unpack(words))
+local byte, sub, char, floor = string.byte, string.sub, string.char, math.floor
+local unpack = unpack or table.unpack
+
+-- `n` (a whole number below 2^(8 * size)) in `size` bytes, big-endian.
+local function pack_be(n, size)
+  local bytes = {}
+  for i = size, 1, -1 do
+    bytes[i] = n % 256
+    n = floor(n / 256)
+  end
+  return char(unpack(bytes))
 end
 
-local byte, sub = string.byte, string.sub
+local function unpack_be(text, from, size)
+  local n = 0
+  for i = from, from + size - 1 do n = n * 256 + byte(text, i) end
+  return n
+end
 
-local function marker_field(event_id)
+local pack_u32 = function(n) return pack_be(n, 4) end
+local unpack_u32 = function(text, from) return unpack_be(text, from, 4) end
+local pack_uuid = function(a, b, c, d, e, f)
+  return pack_be(a, 4) .. pack_be(b, 2) .. pack_be(c, 2) .. pack_be(d, 2) .. pack_be(e, 2)
+    .. pack_be(f, 4)
+end
+if struct then
+  pack_u32 = function(n) return struct.pack('>I4', n) end
+  unpack_u32 = function(text, from) return (struct.unpack('>I4', text, from)) end
+  pack_uuid = function(a, b, c, d, e, f)
+    return struct.pack('>I4I2I2I2I2I4', a, b, c, d, e, f)
+  end
+end
+
+-- A canonical UUID's 16 bytes, or nil for an id of any other form.
+local function marker_uuid(event_id)
   if #event_id == 36 and byte(event_id, 9) == 45 and byte(event_id, 14) == 45
      and byte(event_id, 19) == 45 and byte(event_id, 24) == 45
      and not string.find(event_id, '[^0-9a-f-]') then
@@ -45,14 +73,23 @@ local function marker_field(event_id)
     if a and b and c and d and e and f and byte(event_id, 1) ~= 45 and byte(event_id, 10) ~= 45
        and byte(event_id, 15) ~= 45 and byte(event_id, 20) ~= 45 and byte(event_id, 25) ~= 45
        and byte(event_id, 29) ~= 45 then
-      return struct.pack('>I4I2I2I2I2I4', a, b, c, d, e, f)
+      return pack_uuid(a, b, c, d, e, f)
     end
   end
-  return marker_unhex(redis.sha1hex(event_id))
+  return nil
 end
 
+-- The field that stands for `event_id`, and whether it is a packed UUID.
+local function marker_field(event_id)
+  local packed = marker_uuid(event_id)
+  if packed then return packed, true end
+  return event_id, false
+end
+
+-- Where a packed UUID goes: its first and last four bytes added up (random in a UUID of
+-- version 4; in version 1, the first vary with time; in version 7, the last are random).
 local function marker_hash(field)
-  return tonumber(string.sub(redis.sha1hex(field), 1, 8), 16)
+  return (unpack_u32(field, 1) + unpack_u32(field, 13)) % 4294967296
 end
 
 local function marker_shards(count)
@@ -91,8 +128,15 @@ local function marker_window(reg, now_ms)
   return live, expired
 end
 
--- The bucket and value of `field`'s marker, or nil.
-local function marker_find(live, field)
+-- The bucket and value of the marker of `field` (a packed UUID if `packed`), or nil.
+local function marker_find(live, field, packed)
+  if not packed then
+    for _, bucket in ipairs(live) do
+      local value = redis.call('HGET', bucket.prefix .. OTHERS, field)
+      if value then return bucket, value end
+    end
+    return nil
+  end
   local h = marker_hash(field)
   for _, bucket in ipairs(live) do
     local value = redis.call('HGET', marker_shard(h, bucket), field)
@@ -103,10 +147,11 @@ end
 
 -- A marker's delivery time (ms) and DataFast's id ('' when not kept).
 local function marker_read(bucket, value)
-  local kind, offset_ms = struct.unpack('>BI4', value)
-  local remote = string.sub(value, 6)
+  local kind, offset_ms = byte(value, 1), unpack_u32(value, 2)
+  local remote = sub(value, 6)
   if kind == 1 then
-    remote = string.format('%08x%08x%08x', struct.unpack('>I4I4I4', remote))
+    remote = string.format('%08x%08x%08x', unpack_u32(remote, 1), unpack_u32(remote, 5),
+                           unpack_u32(remote, 9))
   end
   return bucket.start + offset_ms, remote
 end
@@ -130,18 +175,20 @@ end
 local function marker_value(offset_ms, remote)
   local kind = 0
   if #remote == 24 and not string.find(remote, '[^0-9a-f]') then
-    kind, remote = 1, marker_unhex(remote)
+    kind = 1
+    remote = pack_u32(tonumber(sub(remote, 1, 8), 16))
+      .. pack_u32(tonumber(sub(remote, 9, 16), 16)) .. pack_u32(tonumber(sub(remote, 17, 24), 16))
   elseif remote ~= '' and #remote <= MARKER_REMOTE_MAX then
     kind = 2
   else
     remote = ''
   end
-  return struct.pack('>BI4', kind, offset_ms) .. remote
+  return char(kind) .. pack_u32(offset_ms) .. remote
 end
 
 -- Adds `field` = value(offset in ms from its bucket's start) to the current bucket of
--- `bucket_ms` in `reg`, its shard placed by `h`, entries by `hash_of` (see marker_split); the
--- bucket expires `ttl_ms` after it ends.
+-- `bucket_ms` in `reg`, its shard placed by `h` (nil: the bucket's others), entries by `hash_of`
+-- (see marker_split); the bucket expires `ttl_ms` after it ends.
 local function bucketed_add(reg, live, now_ms, bucket_ms, ttl_ms, field, value, h, hash_of)
   local start = math.floor(now_ms / bucket_ms) * bucket_ms
   local name = string.format('%.0f:%.0f', start, start + bucket_ms + ttl_ms)
@@ -155,17 +202,18 @@ local function bucketed_add(reg, live, now_ms, bucket_ms, ttl_ms, field, value, 
   end
   bucket.count = redis.call('HINCRBY', reg, name, 1)
   if math.ceil(bucket.count / MARKER_LOAD) > bucket.n then marker_split(bucket, hash_of) end
-  local shard = marker_shard(h, bucket)
+  local shard = h and marker_shard(h, bucket) or bucket.prefix .. OTHERS
   redis.call('HSET', shard, field, value(now_ms - start))
   redis.call('PEXPIREAT', shard, bucket.expires)
 end
 
--- Marks `field` delivered at now_ms (DataFast's id `remote`) in the current bucket of
--- `bucket_ms`, whose markers expire `ttl_ms` after it ends. The caller checked marker_find.
-local function marker_add(reg, live, now_ms, bucket_ms, ttl_ms, field, remote)
+-- Marks `field` (a packed UUID if `packed`) delivered at now_ms (DataFast's id `remote`) in the
+-- current bucket of `bucket_ms`, whose markers expire `ttl_ms` after it ends. The caller checked
+-- marker_find.
+local function marker_add(reg, live, now_ms, bucket_ms, ttl_ms, field, packed, remote)
   local value = function(offset_ms) return marker_value(offset_ms, remote) end
-  bucketed_add(reg, live, now_ms, bucket_ms, ttl_ms, field, value, marker_hash(field),
-               marker_hash)
+  local h = packed and marker_hash(field) or nil
+  bucketed_add(reg, live, now_ms, bucket_ms, ttl_ms, field, value, h, marker_hash)
 end
 
 -- Forgets the registry's expired buckets (their shards expired with them).

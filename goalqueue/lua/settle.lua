@@ -51,14 +51,14 @@ for i = 7 + answer_fields, #ARGV, 7 do
     redis.call('SREM', pending_key, a)
   end
   if kind == 'delivered' then
-    local field = marker_field(a)
+    local field, packed = marker_field(a)
     if not live then
       local expired
       live, expired = marker_window(markers_key, now_ms)
       marker_prune(markers_key, expired)
     end
-    if not marker_find(live, field) then
-      marker_add(markers_key, live, now_ms, bucket_ms, marker_ttl_ms, field, b)
+    if not marker_find(live, field, packed) then
+      marker_add(markers_key, live, now_ms, bucket_ms, marker_ttl_ms, field, packed, b)
       redis.call('INCR', count_key)
       marked = marked + 1
       count('latency:' .. label, 1)
