@@ -42,7 +42,7 @@ from benchmarks.systems import (
 from benchmarks.workload import goal_body, goal_fields
 from goalqueue import GoalQueue
 from goalqueue.event import GoalEvent
-from goalqueue.keys import Keys
+from goalqueue.keys import VISITOR_WINDOW_SECONDS, Keys
 from goalqueue.message import template
 from workers.scripts import Settlement, SweeperScripts
 
@@ -460,26 +460,42 @@ def enqueue_costs(n: int, repeats: int) -> list[Row]:
 # --------------------------------------------------------------------------- memory
 
 
+DELIVERED_TTL_MS = 24 * 3600 * 1000  # GOALQUEUE_DELIVERED_TTL_SECONDS's default
+
+
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
 def memory(n: int) -> list[Row]:
     """Redis bytes per queued goal: goalqueue ready and waiting, plain Celery ready."""
-    rows = [*_goalqueue_memory(n), _goalqueue_single_memory(n), _plain_memory(n)]
+    rows = [
+        *_goalqueue_memory(n), _goalqueue_single_memory(n), _goalqueue_delivered_memory(n),
+        _plain_memory(n),
+    ]  # fmt: skip
     flush(GOALQUEUE_URL)
     flush(PLAIN_URL)
     return rows
 
 
-def _goalqueue_memory(n: int) -> list[Row]:
+def _fresh_queue() -> tuple[redis.Redis, GoalQueue]:
+    """A client and a queue on the benchmark's emptied goalqueue database."""
     flush(GOALQUEUE_URL)
     client = redis.Redis.from_url(GOALQUEUE_URL, decode_responses=True)
-    queue = GoalQueue(broker_url=GOALQUEUE_URL, client=client)
+    return client, GoalQueue(broker_url=GOALQUEUE_URL, client=client)
+
+
+def _enqueue(queue: GoalQueue, n: int) -> None:
+    """``n`` goals, ``BULK_BATCH`` at a time."""
+    for start in range(0, n, BULK_BATCH):
+        queue.track_goals([goal_fields() for _ in range(min(BULK_BATCH, n - start))])
+
+
+def _goalqueue_memory(n: int) -> list[Row]:
+    client, queue = _fresh_queue()
     try:
         empty = used_memory(client)
-        for start in range(0, n, BULK_BATCH):
-            queue.track_goals([goal_fields() for _ in range(min(BULK_BATCH, n - start))])
+        _enqueue(queue, n)
         ready = used_memory(client)
         message: str = client.lindex(KEYS.queue, 0)  # type: ignore[assignment]
         entry: str = client.zrange(KEYS.ledger, 0, 0)[0]  # type: ignore[assignment]
@@ -540,6 +556,63 @@ def _goalqueue_single_memory(n: int) -> Row:
         "B/goal",
         {"n": n, "keys_bytes_per_goal": round(by_keys / n)},
     )
+
+
+def _goalqueue_delivered_memory(n: int) -> Row:
+    """What Redis keeps per delivered goal once the queue has drained: each goal enqueued, then
+    settled as delivered at its first attempt, as a worker does (its marker, and no attempt
+    log). At least 25,000 goals: the markers' hashes grow in steps. The visitor index, which
+    keeps a goal an hour (not the markers' 24), is measured apart, and left out of the value."""
+    n = max(n, 25_000)
+    client, queue = _fresh_queue()
+    try:
+        _enqueue(queue, BULK_BATCH)  # load the scripts, and size the connection's buffers
+        client.delete(KEYS.queue)
+        _deliver_everything(client)
+        empty = used_memory(client) - _usage_under(client, KEYS.delivered)
+        _enqueue(queue, n)
+        client.delete(KEYS.queue)  # taken by the workers
+        _deliver_everything(client)
+        delivered = used_memory(client)
+        visitors = _usage_under(client, KEYS.visitors)
+        markers = _usage_under(client, KEYS.delivered)
+        by_keys = keys_bytes(client)
+    finally:
+        client.close()
+    window = VISITOR_WINDOW_SECONDS * 1000 / DELIVERED_TTL_MS
+    kept = n + BULK_BATCH  # the goals whose keys MEMORY USAGE counts: the warm-up's too
+    return Row(
+        "memory",
+        "goalqueue_delivered",
+        "goalqueue, delivered (marker + attempt log, after the queue drains)",
+        round((delivered - empty - visitors) / n),
+        "B/goal",
+        {
+            "n": n,
+            "keys_bytes_per_goal": round((by_keys - visitors) / kept, 1),
+            "marker_key_bytes_per_goal": round(markers / kept, 1),
+            "visitor_index_bytes_per_goal": round(visitors / kept, 1),
+            "visitor_index_bytes_per_goal_over_24h": round(visitors / kept * window, 1),
+        },
+    )
+
+
+def _usage_under(client: redis.Redis, key: str) -> int:
+    """``MEMORY USAGE`` of ``key`` and of every key under ``key:``."""
+    under = client.scan_iter(match=key + ":*", count=1000)
+    return _usage(client, key) + sum(_usage(client, each) for each in under)
+
+
+def _deliver_everything(client: redis.Redis) -> None:
+    """Settle every ledger entry as delivered, with a DataFast event id, as a worker does."""
+    scripts = SweeperScripts(client, KEYS)
+    entries: list[str] = client.zrange(KEYS.ledger, 0, -1)  # type: ignore[assignment]
+    for start in range(0, len(entries), BULK_BATCH):
+        settlement = Settlement()
+        for entry in entries[start : start + BULK_BATCH]:
+            event_id = GoalEvent.from_json(entry).event_id
+            settlement.delivered(entry, event_id, os.urandom(12).hex(), 0.5)
+        scripts.settle(settlement, DELIVERED_TTL_MS)
 
 
 def _usage(client: redis.Redis, key: str) -> int:

@@ -22,7 +22,31 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 letters (lua/dead.lua); its size is the reason's count
 <ns>:replaying:<fp>     hash    started, since, until, replayed: a `goalqueue dead replay` by
                                 filters not finished yet (fp: its filters' fingerprint)
-<ns>:delivered:<id>     string  DataFast's event id for a delivered goal (with a TTL)
+<ns>:delivered          hash    the delivered markers' time buckets: '<start ms>:<expiry ms>'
+                                -> markers in the bucket (expired buckets are dropped by the
+                                next SETTLE)
+<ns>:delivered:<start ms>:<shard>
+                        hash    a bucket's delivered markers, one shard of them: the event id
+                                packed (a UUID's 16 bytes; an id of another form goes as it is
+                                to the bucket's shard `x`) -> when it was delivered and
+                                DataFast's event id, packed; every shard of a
+                                bucket expires GOALQUEUE_DELIVERED_TTL_SECONDS after the bucket
+                                ends (a sixth of that TTL long). Shards split as a bucket fills,
+                                so that each stays in Redis's compact listpack encoding: about
+                                40 B a delivered goal (see lua/marker.lua, goalqueue/markers.py)
+<ns>:visitors           hash    the visitor index's time buckets, as <ns>:delivered's
+<ns>:visitors:<start ms>:<shard>
+                        hash    the goals enqueued in the last hour (VISITOR_WINDOW_SECONDS), a
+                                bucket of ten minutes at a time, sharded by a hash of the visitor:
+                                the event id packed as in the markers -> the visitor's hash and
+                                the enqueue time, packed (lua/visitors.lua): what
+                                `goalqueue show --visitor` reads
+<ns>:attempts:<id>      list    the goal's last 10 attempts (goalqueue/attempts.py), oldest
+                                first, for a goal that needed more than one, or waits, or died;
+                                kept after its last attempt for GOALQUEUE_DELIVERED_TTL_SECONDS
+                                once it is delivered, for the dead-letter retention once it is
+                                dead, else (waiting) for the longer of that TTL and
+                                GOALQUEUE_MAX_AGE_SECONDS; about 400 B a goal with two attempts
 <ns>:count:delivered    string  goals delivered, ever
 <ns>:metrics            hash    counters for monitoring, moved by the script that records each
                                 outcome (see goalqueue/tally.py for the fields): goals by
@@ -55,6 +79,7 @@ import re
 from dataclasses import dataclass, field
 
 TASK_NAME = "goalqueue.deliver"
+VISITOR_WINDOW_SECONDS = 3600  # how long the visitor index keeps a goal (lua/visitors.lua)
 # Items one Redis call carries at most (goals per enqueue or sweep script, fields per HSCAN,
 # keys per DEL): large enough to amortise the round trip, small enough that no call holds
 # Redis for long.
@@ -77,7 +102,9 @@ class Keys:
     reconciled: str = field(init=False)
     waiting: str = field(init=False)
     dead: str = field(init=False)
-    delivered_prefix: str = field(init=False)
+    delivered: str = field(init=False)
+    visitors: str = field(init=False)
+    attempts_prefix: str = field(init=False)
     delivered_count: str = field(init=False)
     metrics: str = field(init=False)
     pause: str = field(init=False)
@@ -101,7 +128,9 @@ class Keys:
             "reconciled": f"{ns}:reconciled",
             "waiting": f"{ns}:waiting",
             "dead": f"{ns}:dead",
-            "delivered_prefix": f"{ns}:delivered:",
+            "delivered": f"{ns}:delivered",
+            "visitors": f"{ns}:visitors",
+            "attempts_prefix": f"{ns}:attempts:",
             "delivered_count": f"{ns}:count:delivered",
             "metrics": f"{ns}:metrics",
             "pause": f"{ns}:pause",
@@ -124,9 +153,9 @@ class Keys:
         """Key of an unfinished ``goalqueue dead replay`` by the filters of ``fingerprint``."""
         return f"{self.namespace}:replaying:{fingerprint}"
 
-    def delivered(self, event_id: str) -> str:
-        """Key of the marker that says ``event_id`` reached DataFast."""
-        return self.delivered_prefix + event_id
+    def attempts(self, event_id: str) -> str:
+        """Key of ``event_id``'s attempt log."""
+        return self.attempts_prefix + event_id
 
     def kombu_transport_options(self) -> dict[str, str]:
         """kombu's bookkeeping keys for this namespace (Redis transport options)."""

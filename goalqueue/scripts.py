@@ -42,11 +42,11 @@ class EnqueueScript:
     """
 
     def __init__(self, keys: Keys) -> None:
-        self.source = source("enqueue", "push")
+        self.source = source("enqueue", "push", "marker", "visitors")
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
         keys_and_head: list[ScriptArg] = [
             keys.seq, keys.ledger, keys.queue, keys.pending, keys.dead,
-            template(keys), keys.delivered_prefix,
+            template(keys), keys.delivered, keys.visitors,
         ]  # fmt: skip
         self.numkeys = 5
         self._head = keys_and_head

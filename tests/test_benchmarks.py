@@ -30,7 +30,13 @@ EXPECTED_ROWS = {
     "enqueue": {"track_goal", "track_goals", "apply_async", "raw_lpush", "track_goal_vs_lpush"},
     "producers": {"async_rate", "threads_p50", "threads_p99", "hang_worst"},
     "throughput_50ms": THROUGHPUT_ROWS,
-    "memory": {"goalqueue_ready", "goalqueue_waiting", "goalqueue_ready_single", "plain_ready"},
+    "memory": {
+        "goalqueue_ready",
+        "goalqueue_waiting",
+        "goalqueue_ready_single",
+        "goalqueue_delivered",
+        "plain_ready",
+    },
     "latency": {
         f"{system}_{p}"
         for system in ("goalqueue_process", "plain_threads100")
@@ -55,6 +61,7 @@ EXPECTED_TARGETS = [
     "async producer, one process (goals/s)",
     "memory per ready goal (B)",
     "memory per waiting goal (B)",
+    "memory per delivered goal (B)",
 ]
 
 

@@ -55,6 +55,7 @@ from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
 from goalqueue.sandbox import Sandbox
+from tests.helpers.markers import marker
 from tests.helpers.messages import pop_message
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.settings import API_KEY, KEYS, quick_settings
@@ -479,7 +480,8 @@ def test_delivered_counter_counts_a_goal_whose_delivering_copy_lost_the_ledger_r
 
     # Then the goal is settled, and counted once
     assert client.zcard(KEYS.ledger) + client.zcard(KEYS.waiting) == 0
-    assert client.get(KEYS.delivered(event_id)) == "e" * 24
+    assert (found := marker(client, event_id)) is not None
+    assert found.remote_id == "e" * 24
     assert client.get(KEYS.delivered_count) == "1"
 
 

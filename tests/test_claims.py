@@ -21,6 +21,7 @@ from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetter
 from goalqueue.message import template
 from tests.helpers.datafast import FakeDataFast, error, ok
+from tests.helpers.markers import marker
 from tests.helpers.messages import pop_message
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
@@ -155,8 +156,8 @@ def test_answers_are_recorded_as_they_arrive_not_after_the_slowest_request(
     engine = engines(settings, answer)
     own = engine.submit(*pop_message(redis_client))
     # Then the fast goal is on record while the slow one is still in flight
-    wait_for(lambda: redis_client.exists(KEYS.delivered(fast)), 5)
-    assert not redis_client.exists(KEYS.delivered(slow))
+    wait_for(lambda: marker(redis_client, fast), 5)
+    assert marker(redis_client, slow) is None
     gate.set()
     assert own.result(timeout=10).summary == "delivered"
 

@@ -231,6 +231,7 @@ def test_help_lists_every_command_without_any_extra() -> None:
         "resume",
         "sandbox",
         "send",
+        "show",
         "spool",
         "stats",
         "worker",

@@ -16,6 +16,7 @@ from goalqueue.config import Settings
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
 from tests.helpers.datafast import FakeDataFast, error, ok
+from tests.helpers.markers import mark, marker
 from tests.helpers.messages import pop_message
 from tests.helpers.settings import API_KEY, KEYS
 from workers.engine import Engine
@@ -92,7 +93,8 @@ def test_a_delivered_goal_is_posted_once_with_auth_and_idempotency_key(
         "metadata": {"plan": "pro"},
     }
     # And the goal is settled: marker set, counted, nothing left waiting
-    assert redis_client.get(KEYS.delivered(event_id)) == "e" * 24
+    assert (found := marker(redis_client, event_id)) is not None
+    assert found.remote_id == "e" * 24
     assert redis_client.get(KEYS.delivered_count) == "1"
     assert redis_client.zcard(KEYS.ledger) == 0
     assert redis_client.zcard(KEYS.waiting) == 0
@@ -314,7 +316,7 @@ def test_an_unexpected_2xx_is_retried_then_dead_lettered_with_the_body(
     worker = deliverer(capped, api, clock)
     # When it is tried, it is not delivered but retried after backoff
     assert run_next(worker, redis_client) == "waiting (unexpected_response)"
-    assert not redis_client.exists(KEYS.delivered(event_id))
+    assert marker(redis_client, event_id) is None
     ((_, due),) = redis_client.zrange(KEYS.waiting, 0, -1, withscores=True)
     Sweeper(capped, redis_client).sweep_once(due)
     # Then the second such answer dead-letters it, with what the body began with
@@ -501,7 +503,7 @@ def test_a_marked_goal_still_in_the_ledger_is_settled_without_a_request(
 ) -> None:
     # Given a goal delivered by a copy that died before settling its ledger entry
     event_id = enqueue(queue, clock)
-    redis_client.set(KEYS.delivered(event_id), "x")
+    mark(redis_client, event_id, "x")
     api = FakeDataFast()
     assert run_next(deliverer(settings, api, clock), redis_client) == "already delivered"
     assert api.requests == []

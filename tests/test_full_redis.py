@@ -192,7 +192,9 @@ def test_every_script_a_worker_runs_runs_on_a_full_redis_and_the_sweep_holds_bac
 
     async def worker_side() -> tuple[int, int]:
         worker = redis.asyncio.Redis.from_url(full.url, decode_responses=True)
-        scripts = WorkerScripts(worker, KEYS, Bound(settings.key_fingerprint, 1000, 0, 60_000))
+        scripts = WorkerScripts(
+            worker, KEYS, Bound(settings.key_fingerprint, 1000, 0, 60_000, (60_000, 60_000))
+        )
         try:
             # When a worker takes goals (TAKE claims them off the queue)
             take = await scripts.take(now, goal=None, claim=10, patient=False)

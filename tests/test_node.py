@@ -15,6 +15,7 @@ from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
 from goalqueue.sandbox import Sandbox
+from tests.helpers.markers import marker
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
@@ -92,4 +93,4 @@ def test_sigterm_at_the_capped_reconnect_back_off_stops_the_node_within_10_s_los
         for key in (KEYS.ledger, KEYS.waiting)
         for entry in client.zrange(key, 0, -1)
     }
-    assert {i for i in ids if i not in kept and not client.exists(KEYS.delivered(i))} == set()
+    assert {i for i in ids if i not in kept and marker(client, i) is None} == set()

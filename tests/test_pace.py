@@ -39,7 +39,7 @@ class Pace:
         self.worker_client = redis.asyncio.Redis.from_url(
             settings.broker_url, decode_responses=True
         )
-        bound = Bound(settings.key_fingerprint, 1000, max_rate, 0)
+        bound = Bound(settings.key_fingerprint, 1000, max_rate, 0, (0, 0))
         self.scripts = WorkerScripts(self.worker_client, KEYS, bound)
 
     def close(self) -> None:

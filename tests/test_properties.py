@@ -320,8 +320,10 @@ def assert_enqueued(
     client: fakeredis.FakeRedis, event_ids: list[str], goals: list[dict[str, Any]]
 ) -> None:
     """Exactly one queue message, one ledger entry and one pending id per goal, holding the
-    validated fields."""
-    assert set(client.keys("*")) == {KEYS.queue, KEYS.ledger, KEYS.seq, KEYS.pending}
+    validated fields, and the visitor index's entries."""
+    index = {key for key in client.keys("*") if key.startswith(KEYS.visitors)}
+    assert set(client.keys("*")) - index == {KEYS.queue, KEYS.ledger, KEYS.seq, KEYS.pending}
+    assert sum(int(count) for count in client.hvals(KEYS.visitors)) == len(goals)
     assert client.smembers(KEYS.pending) == set(event_ids)
     assert client.llen(KEYS.queue) == len(goals)
     assert client.zcard(KEYS.ledger) == len(goals)

@@ -43,6 +43,7 @@ from goalqueue.keys import Keys
 from goalqueue.sandbox import Sandbox
 from goalqueue.sentinel import SentinelURL
 from goalqueue.urls import redact
+from tests.helpers.markers import mark
 from tests.helpers.messages import pop_message
 from tests.helpers.ports import free_port
 from tests.helpers.redis_server import RedisServer
@@ -296,7 +297,7 @@ def test_a_copy_whose_sequence_now_names_another_goal_leaves_that_goal_alone(
     first = queue.track_goal("v", "signup")
     held, seq = pop_message(redis_client)
     redis_client.flushdb()  # the promoted replica never saw A
-    redis_client.set(KEYS.delivered(first), "remote-id")
+    mark(redis_client, first, "remote-id")
     # And goal B, which the new primary took under the same sequence
     second = queue.track_goal("w", "signup")
     assert pop_message(redis_client)[1] == seq

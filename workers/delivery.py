@@ -27,13 +27,14 @@ import httpx
 import redis
 import redis.asyncio
 
+from goalqueue.attempts import worker_name
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
 from workers.client import post_goal
 from workers.decide import Act, Decision, Rules, decide
 from workers.outage import Outage
 from workers.policy import RETRY_AFTER_MAX_SECONDS, Verdict, classify
-from workers.recording import Record, Recorder, Writer
+from workers.recording import Record, Recorder, Writer, attempt_of
 from workers.scripts import Bound, GoalCopy, Standing, TakeReply, WorkerScripts
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Deliverer:
         self.clock = clock
         self.rand = rand
         self.announce = announce
+        self.name = worker_name()  # this process, as attempt logs name it
         self.in_flight = 0  # goals taken (or being taken) that DataFast has not answered yet
         self.stopping = False
         self.unrecorded = 0  # goals answered, their outcome not recorded yet
@@ -191,18 +193,19 @@ class Deliverer:
         in_flight = True
         try:
             decision = decide(goal, None, now, self.rules, wait=take.wait, paused=take.paused)
-            answered, verdict = None, None
+            answered, verdict, status, took = None, None, None, None
             if decision.act is Act.SEND:
                 assert decision.event is not None
                 verdict, took = await self._ask(decision.event)
                 in_flight = False
                 self.in_flight, self.unrecorded = self.in_flight - 1, self.unrecorded + 1
                 self._refill_soon()
-                answered = (verdict.answer, took)
-                decision = decide(goal, verdict, self.clock(), self.rules,
+                answered, status, now = (verdict.answer, took), verdict.status_code, self.clock()
+                decision = decide(goal, verdict, now, self.rules,
                                   jitter=self.rand(), sent=decision.event)  # fmt: skip
             if decision.act is not Act.DROP:
-                await self.recorder.record(Record.of(goal, decision, answered))
+                attempt = attempt_of(decision, status, took, self.name, now)
+                await self.recorder.record(Record.of(goal, decision, answered, attempt))
             _log_outcome(goal.event_id, decision, verdict, answered)
         finally:
             if in_flight:

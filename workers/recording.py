@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import redis
 import redis.asyncio
 
+from goalqueue import attempts
+from goalqueue.attempts import Attempt
 from goalqueue.config import Settings
 from workers.decide import Act, Decision, Pause
 from workers.outage import Outage
@@ -45,26 +47,33 @@ class Record:
 
     @classmethod
     def of(
-        cls, goal: GoalCopy, decision: Decision, answered: tuple[str, float] | None = None
+        cls,
+        goal: GoalCopy,
+        decision: Decision,
+        answered: tuple[str, float] | None = None,
+        attempt: str = "",
     ) -> Record:
         """What ``decision`` about ``goal`` writes; ``answered``: DataFast's answer (its class)
-        and how long it took, for the counters."""
+        and how long it took, for the counters; ``attempt``: what to add to the goal's attempt
+        log (see :func:`attempt_of`), if anything."""
         record = cls(pause=decision.pause, resume=decision.resume, release=decision.release)
         settlement = record.settlement
         if answered is not None:
             settlement.answered(*answered)
         act, event = decision.act, decision.event
         if act is Act.DELIVERED:
-            settlement.delivered(goal.entry, goal.event_id, decision.remote_id, decision.latency)
+            settlement.delivered(
+                goal.entry, goal.event_id, decision.remote_id, decision.latency, attempt
+            )
         elif act is Act.DEAD and decision.letter is not None:
             # a poison message's entry is the message itself: it has no ledger entry to free
             entry = "" if goal.standing is Standing.POISON else goal.entry
-            settlement.bury(entry, decision.letter)
+            settlement.bury(entry, decision.letter, attempt)
         elif act is Act.WAIT and event is not None:
             counter = f"deferred:{decision.why}" if decision.pause else "transient"
-            settlement.park(goal.entry, event, due=decision.until, outcome=counter)
+            settlement.park(goal.entry, event, decision.until, counter, attempt)
         elif act is Act.HOLD and event is not None:
-            settlement.park(goal.entry, event, due=decision.until)
+            settlement.park(goal.entry, event, decision.until, attempt=attempt)
         elif act is Act.FORGET:
             settlement.forget(goal.entry, goal.event_id)
         return record
@@ -79,6 +88,31 @@ class Record:
             merged.resume |= record.resume
             merged.release |= record.release
         return merged
+
+
+def attempt_of(
+    decision: Decision, status: int | None, seconds: float | None, worker: str, at: float
+) -> str:
+    """What ``decision`` (taken at ``at`` on ``worker``, after DataFast answered ``status``
+    in ``seconds``, if it was asked) adds to the goal's attempt log, as JSON: nothing for a
+    goal delivered or held before any failed attempt, so that most goals keep no log."""
+    act, event = decision.act, decision.event
+    if act is Act.DELIVERED or act is Act.HOLD:
+        if event is None or not event.attempts:
+            return ""
+        name = attempts.DELIVERED if act is Act.DELIVERED else attempts.HOLD
+        until = None if act is Act.DELIVERED else decision.until
+        return Attempt(at, worker, name, status, None, seconds, decision.why, until).to_json()
+    error = None if event is None else event.last_error
+    if act is Act.DEAD:
+        return Attempt(at, worker, attempts.DEAD, status, error, seconds, decision.why).to_json()
+    if act is Act.WAIT:
+        pause = decision.pause
+        name, until = (
+            (attempts.WAIT, decision.until) if pause is None else (attempts.PAUSE, pause.until)
+        )
+        return Attempt(at, worker, name, status, error, seconds, decision.why, until).to_json()
+    return ""
 
 
 class Recorder:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
     from redis.asyncio.client import Pipeline
 
-OUTCOME_FIELDS = 6  # fields per outcome in SETTLE's arguments
+OUTCOME_FIELDS = 7  # fields per outcome in SETTLE's arguments
 
 
 class Standing(StrEnum):
@@ -85,24 +85,30 @@ class Settlement:
         self.letters: list[DeadLetter] = []
         self.answers: dict[str, int] = {}
 
-    def delivered(self, entry: str, event_id: str, remote_id: str, latency: float) -> None:
-        """Delivered ``latency`` seconds after it was enqueued."""
+    def delivered(
+        self, entry: str, event_id: str, remote_id: str, latency: float, attempt: str = ""
+    ) -> None:
+        """Delivered ``latency`` seconds after it was enqueued. Each outcome may add an
+        ``attempt`` (:class:`goalqueue.attempts.Attempt`, as JSON) to the goal's log."""
         index = bucket(LATENCY_BOUNDS, latency)
-        self.outcomes += ["delivered", entry, event_id, remote_id, index, micros(latency)]
+        self.outcomes += ["delivered", entry, event_id, remote_id, index, micros(latency), attempt]
 
-    def bury(self, entry: str, letter: DeadLetter) -> None:
+    def bury(self, entry: str, letter: DeadLetter, attempt: str = "") -> None:
         self.outcomes += [
-            "bury", entry, letter.event_id, letter.to_json(), letter.reason, letter.dead_at
+            "bury", entry, letter.event_id, letter.to_json(), letter.reason, letter.dead_at,
+            attempt,
         ]  # fmt: skip
         self.letters.append(letter)
 
-    def park(self, entry: str, event: GoalEvent, due: float, outcome: str = "") -> None:
+    def park(
+        self, entry: str, event: GoalEvent, due: float, outcome: str = "", attempt: str = ""
+    ) -> None:
         """Into the waiting set until ``due``; ``outcome`` is the counter it moves (a
         ``tally`` field: ``transient``, ``deferred:<reason>``), none for a goal held back."""
-        self.outcomes += ["park", entry, due, event.to_json(), outcome, 0]
+        self.outcomes += ["park", entry, due, event.to_json(), outcome, event.event_id, attempt]
 
     def forget(self, entry: str, event_id: str) -> None:
-        self.outcomes += ["forget", entry, event_id, "", "", 0]
+        self.outcomes += ["forget", entry, event_id, "", "", 0, ""]
 
     def answered(self, answer: str, seconds: float) -> None:
         """DataFast gave ``answer`` (a status class) after ``seconds``."""
@@ -129,12 +135,14 @@ class Settlement:
 class Bound:
     """What the worker's scripts take from the settings, read once: the key's fingerprint (a
     401 pause names the key it was for), how long a probe may hold the way, the deployment's
-    rate cap (0: none) and how long a delivered marker lives."""
+    rate cap (0: none), how long a delivered marker lives, and how long an attempt log is
+    kept (:func:`log_ttls`)."""
 
     fingerprint: str
     probe_lease_ms: int
     max_rate: float
     marker_ttl_ms: int
+    log_ttls: tuple[int, int]
 
     @classmethod
     def of(cls, settings: Settings) -> Bound:
@@ -143,7 +151,16 @@ class Bound:
             settings.probe_lease_ms,
             settings.max_rate or 0,
             int(settings.delivered_ttl_seconds * 1000),
+            log_ttls(settings),
         )
+
+
+def log_ttls(settings: Settings) -> tuple[int, int]:
+    """How long (ms) an attempt log is kept after its last attempt: a waiting goal's (the
+    longer of the markers' lifetime and the goals' maximum age), a dead goal's (the
+    dead-letter retention). A delivered goal's lives as long as its marker."""
+    live = max(settings.delivered_ttl_seconds, settings.max_age_seconds)
+    return int(live * 1000), int(settings.dead_retention_seconds * 1000)
 
 
 class WorkerScripts:
@@ -153,9 +170,11 @@ class WorkerScripts:
     def __init__(self, client: AsyncRedis, keys: Keys, bound: Bound) -> None:
         self.keys = keys
         self.bound = bound
-        self._take = client.register_script(source("take", "pace", "pause", "operator", "push"))
+        self._take = client.register_script(
+            source("take", "pace", "pause", "operator", "push", "marker")
+        )
         self._defer = client.register_script(source("defer", "pace"))
-        self._settle = client.register_script(source("settle", "dead"))
+        self._settle = client.register_script(source("settle", "dead", "marker"))
 
     async def take(
         self, now: float, *, goal: tuple[str, int] | None, claim: int, patient: bool
@@ -169,7 +188,7 @@ class WorkerScripts:
             ],
             args=[
                 now, bound.fingerprint, bound.probe_lease_ms, claim, TASK_NAME,
-                keys.delivered_prefix, bound.max_rate, int(patient), *(goal or ()),
+                keys.delivered, bound.max_rate, int(patient), *(goal or ()),
             ],
         )  # fmt: skip
         copies = [
@@ -181,7 +200,8 @@ class WorkerScripts:
 
     async def settle(self, settlement: Settlement, pipe: Pipeline) -> None:
         """Queue SETTLE for ``settlement`` in ``pipe``."""
-        args = _settle_args(self.keys, settlement, self.bound.marker_ttl_ms)
+        bound = self.bound
+        args = _settle_args(self.keys, settlement, bound.marker_ttl_ms, bound.log_ttls)
         await self._settle(keys=_settle_keys(self.keys), args=args, client=pipe)
 
     async def defer(self, defer: Defer, now: float, pipe: Pipeline) -> None:
@@ -206,7 +226,7 @@ class SweeperScripts:
         self._template = template(keys)
         self._sweep = client.register_script(source("sweep", "pause", "operator", "push"))
         self._reconcile = client.register_script(source("reconcile", "push"))
-        self._settle = client.register_script(source("settle", "dead"))
+        self._settle = client.register_script(source("settle", "dead", "marker"))
         self._prune = client.register_script(source("prune", "dead"))
 
     def sweep(
@@ -253,9 +273,11 @@ class SweeperScripts:
         )
         return int(expired), int(over)
 
-    def settle(self, settlement: Settlement, marker_ttl_ms: int) -> int:
+    def settle(
+        self, settlement: Settlement, marker_ttl_ms: int, log_ttls: tuple[int, int] = (0, 0)
+    ) -> int:
         """Record outcomes; returns how many ledger entries this call owned."""
-        args = _settle_args(self.keys, settlement, marker_ttl_ms)
+        args = _settle_args(self.keys, settlement, marker_ttl_ms, log_ttls)
         return int(self._settle(keys=_settle_keys(self.keys), args=args))
 
 
@@ -289,11 +311,16 @@ def _settle_keys(keys: Keys) -> list[str]:
     return [keys.ledger, keys.delivered_count, keys.dead, keys.waiting, keys.metrics, keys.pending]
 
 
-def _settle_args(keys: Keys, settlement: Settlement, marker_ttl_ms: int) -> list[ScriptArg]:
+def _settle_args(
+    keys: Keys, settlement: Settlement, marker_ttl_ms: int, log_ttls: tuple[int, int]
+) -> list[ScriptArg]:
     answers: list[ScriptArg] = []
     for name, amount in settlement.answers.items():
         answers += [name, amount]
-    return [marker_ttl_ms, keys.delivered_prefix, len(answers), *answers, *settlement.outcomes]
+    return [
+        marker_ttl_ms, keys.delivered, keys.attempts_prefix, *log_ttls, len(answers), *answers,
+        *settlement.outcomes,
+    ]  # fmt: skip
 
 
 def _groups_of_five(fields: list[Any]) -> list[tuple[Any, ...]]:

@@ -25,7 +25,7 @@ local queue_key, taken_key, ledger_key, pause_key = KEYS[1], KEYS[2], KEYS[3], K
 local probe_key, pace_key, sent_key, seq_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local operator_key = KEYS[9]
 local now, fingerprint, probe_lease_ms = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local claim, task_name, marker_prefix = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local claim, task_name, markers_key = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local max_rate, patient = tonumber(ARGV[7]), ARGV[8] == '1'
 local goals = {}  -- ARGV[9..]: event id, seq of the task's own goal (none for a claim alone)
 for i = 9, #ARGV, 2 do
@@ -66,8 +66,10 @@ local function owns(entry, event_id)
   return named == event_id or named == 'unreadable'
 end
 
+local live = nil  -- the delivered markers' buckets, read at the first goal that needs them
 local function standing(event_id, pause, pace, halted)
-  if redis.call('EXISTS', marker_prefix .. event_id) == 1 then return 'done' end
+  live = live or marker_window(markers_key, marker_now_ms())
+  if marker_find(live, marker_field(event_id)) then return 'done' end
   if halted then return 'halt' end
   if pause[1] then
     local probe = redis.call('GET', probe_key)
