@@ -10,12 +10,13 @@ Redis's listpack encoding: about 40 B a delivered goal, where one string key a g
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis import Redis
 
-from goalqueue.keys import Keys
+from goalqueue.keys import PER_CALL, Keys
 from goalqueue.scripts import ScriptArg, source
 
 
@@ -32,6 +33,7 @@ class Markers:
     """Read and write delivered markers on a blocking client, for the namespace of ``keys``."""
 
     def __init__(self, client: Redis, keys: Keys) -> None:
+        self.redis = client
         self.keys = keys
         self._marked = client.register_script(source("marked", "marker"))
         self._mark = client.register_script(source("mark", "marker"))
@@ -45,8 +47,7 @@ class Markers:
         for i, event_id in enumerate(event_ids):
             at, remote = replies[2 * i], replies[2 * i + 1]
             if at is not None:
-                remote_id = remote.decode() if isinstance(remote, bytes) else str(remote)
-                found[event_id] = Marker(event_id, int(at) / 1000, remote_id)
+                found[event_id] = Marker(event_id, int(at) / 1000, _text(remote))
         return found
 
     def get(self, event_id: str) -> Marker | None:
@@ -60,3 +61,37 @@ class Markers:
         for event_id, remote_id in delivered:
             args += (event_id, remote_id)
         return int(self._mark(keys=[self.keys.delivered], args=args))
+
+    def adopt_legacy(self, default_ttl_seconds: float) -> int:
+        """Pack the markers a goalqueue from before packed markers kept, one string key a goal
+        (``<ns>:delivered:<event id>``, DataFast's id as its value), then delete those keys;
+        returns how many. Each guards at least as long as it had left (``default_ttl_seconds``
+        if it had no expiry). Safe while workers run: a goal is marked before its old key goes."""
+        legacy = self.redis.scan_iter(
+            match=f"{self.keys.delivered}:*", count=PER_CALL, _type="STRING"
+        )
+        adopted = 0
+        while chunk := list(itertools.islice(legacy, PER_CALL)):
+            pipe = self.redis.pipeline(transaction=False)
+            for key in chunk:
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = pipe.execute()
+            prefix = len(self.keys.delivered) + 1
+            found = [
+                (_text(key)[prefix:], _text(value), ttl_ms)
+                for key, value, ttl_ms in zip(chunk, replies[::2], replies[1::2], strict=True)
+                if ttl_ms != -2
+            ]
+            if not found:
+                continue
+            longest = max(default_ttl_seconds * 1000 if ttl < 0 else ttl for *_, ttl in found)
+            self.mark([(event_id, remote) for event_id, remote, _ in found], longest / 1000)
+            self.redis.delete(*chunk)
+            adopted += len(found)
+        return adopted
+
+
+def _text(value: bytes | str | None) -> str:
+    """A reply as text, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else (value or "")

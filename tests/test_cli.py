@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from goalqueue.cli import main
 from goalqueue.config import get_settings
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
+from goalqueue.markers import Markers
 from goalqueue.scripts import Scripts
 from tests.helpers.deadletters import die, kill
 from tests.helpers.settings import KEYS
@@ -234,6 +236,7 @@ def test_help_lists_every_command_without_any_extra() -> None:
         "show",
         "spool",
         "stats",
+        "upgrade",
         "worker",
     }
     assert "Not installed: pip install 'goalqueue[metrics]'" in result.stdout
@@ -445,3 +448,29 @@ def test_an_interrupted_replay_goes_on_where_it_stopped_and_replays_nothing_twic
     assert dead_ids(run) == [*older, again]
     # And once a run has gone through every letter, the next one starts afresh
     assert run(*replay).stdout == "replayed 1 of 1 dead letter(s)\n"
+
+
+def test_upgrade_packs_the_delivered_markers_an_older_goalqueue_kept(  # type: ignore[no-untyped-def]
+    run, redis_client: redis.Redis, queue: GoalQueue
+) -> None:
+    # Given delivered markers as goalqueue kept them before packing: a string key a goal
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for n, event_id in enumerate(ids[:2]):
+        redis_client.set(f"{KEYS.delivered}:{event_id}", f"{n:024x}", px=3_600_000)
+    redis_client.set(f"{KEYS.delivered}:{ids[2]}", "")  # one with no expiry
+
+    # When goalqueue upgrade runs
+    result = run("upgrade")
+
+    # Then each is a packed marker with DataFast's id, and the old keys are gone
+    assert "delivered markers packed: 3" in result.output, result.output
+    found = Markers(redis_client, KEYS).find(ids)
+    assert {i: m.remote_id for i, m in found.items()} == {
+        ids[0]: f"{0:024x}", ids[1]: f"{1:024x}", ids[2]: ""
+    }  # fmt: skip
+    assert not list(redis_client.scan_iter(match=f"{KEYS.delivered}:*", _type="STRING"))
+    # And enqueueing one of them again adds nothing
+    queue.track_goal("v", "signup", event_id=ids[0])
+    assert redis_client.zcard(KEYS.ledger) == 0
+    # And a second run finds nothing more to do
+    assert "delivered markers packed: 0" in run("upgrade").output

@@ -1,10 +1,10 @@
 """The ``goalqueue`` command: send goals, run workers, inspect and repair the queue.
 
 It starts with the core install alone (what a web app installs): ``send``, ``stats``, ``show``,
-``dead``, ``spool``, ``pause`` and ``resume`` need nothing more. Each subcommand but ``send`` and
-``stats`` lives in a module of its own, imported when it is looked up (and by ``goalqueue
---help``, to list it): ``worker``, ``sandbox``, ``metrics`` and ``demo`` without their extra say
-in one line which one to install.
+``dead``, ``spool``, ``pause``, ``resume`` and ``upgrade`` need nothing more. Each subcommand but
+``send`` and ``stats`` lives in a module of its own, imported when it is looked up (and by
+``goalqueue --help``, to list it): ``worker``, ``sandbox``, ``metrics`` and ``demo`` without
+their extra say in one line which one to install.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = ["main"]
         "pause": LazyCommand("goalqueue.cli.pause:pause"),
         "resume": LazyCommand("goalqueue.cli.pause:resume"),
         "show": LazyCommand("goalqueue.cli.show:show"),
+        "upgrade": LazyCommand("goalqueue.cli.upgrade:upgrade"),
         # Imports the worker package only when it runs, and names the worker extra if missing.
         "worker": LazyCommand("goalqueue.cli.worker:worker"),
         "sandbox": LazyCommand("goalqueue.sandbox:sandbox_command", SANDBOX),
