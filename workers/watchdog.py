@@ -167,7 +167,7 @@ class Watchdog:
 
     def _stalled(self, stall: Stall, shut_down: Callable[[], None]) -> None:
         logger.error(
-            "consumer stalled: no task message in %.0f s while %d goals were queued, Redis "
+            "consumer stalled: no task message in %.1f s while %d goals were queued, Redis "
             "answered and this process had room (GOALQUEUE_CONSUMER_STALL_SECONDS=%g): shutting "
             "down with status %d once the goals in flight are recorded, for its supervisor to "
             "start it again",
