@@ -261,45 +261,55 @@ class Session:
         wait_for(lambda: probe in accepted_keys(self.sandbox), 30)
 
 
-def a_busy_process_is_not_stalled(session: Session) -> None:
-    """Both task threads wait 5 s for DataFast (longer than the 3 s stall limit) while a third
-    goal stays queued: the process has no room for another message, and is not stalled."""
-    session.sandbox.set_faults(latency_ms=5000)
-    session.enqueue("busy", 3)
-    wait_for(lambda: len(accepted_keys(session.sandbox)) >= 2, 20)
-    assert STALLED not in session.node.output()
+def node_log_has_one_stall(node: WorkerProcess) -> bool:
+    return node.output().count(STALLED) == 1
 
 
-def a_cancelled_consumer_is_a_stall(
+def a_cancelled_consumer_is_a_stall_once_it_has_room(
     session: Session, settings: Settings, client: redis.Redis
 ) -> None:
-    """Its consumer stops reading the queue (Celery's remote control) while one task thread
-    sends the third goal, and goals are queued: a stall, then a fresh process."""
+    """Its consumer stops reading the queue (Celery's remote control) while both task threads
+    wait for DataFast, and goals are queued: no stall while they wait (no room for another
+    message), a stall 3 s after one is free, and then a fresh process."""
     sandbox, node = session.sandbox, session.node
-    wait_for(lambda: sandbox.stats().in_flight == 1, 5)
-    (in_flight,) = session.ids - accepted_keys(sandbox)
+    # Both task threads busy for 5 s or more (longer than the 3 s stall limit): one sends its
+    # goal, the other waits for the one connection (GOALQUEUE_MAX_IN_FLIGHT=1)
+    sandbox.set_faults(latency_ms=5000)
+    held = set(session.enqueue("busy", 3)[:2])
+
+    def both_busy() -> bool:
+        """one goal is sent, and both task threads hold one"""
+        log = node.output()
+        return sandbox.stats().in_flight == 1 and all(f"[{i}] received" in log for i in held)
+
+    wait_for(both_busy, 10)
     (reply,) = create_app(settings).control.cancel_consumer(
         KEYS.queue, destination=[f"test01@{socket.gethostname()}"], reply=True
     )
     assert "ok" in next(iter(reply.values())), reply
-    started = time.monotonic()
     session.enqueue("queued", 20)
-    # Within the stall limit (and a check) one line says why, and the stall is counted, with
-    # the third goal still in flight
-    wait_for(lambda: STALLED in node.output(), STALL_SECONDS + 5)
-    session.figures["stall-noticed"] = round(time.monotonic() - started, 1)
+    # While both wait, goals queued and no message received is no stall
+    wait_for(lambda: held & accepted_keys(sandbox), 10)
+    room = time.monotonic()
+    assert STALLED not in node.output()
+    (second,) = held - accepted_keys(sandbox)
+    # Once a task thread is free, within the stall limit (and a check) one line says why and
+    # the stall is counted, with the second goal in flight
+    wait_for(lambda: STALLED in node.output(), STALL_SECONDS + 2)
+    stalled = time.monotonic()
+    session.figures["stall-noticed"] = round(stalled - room, 1)
     assert sandbox.stats().in_flight == 1
     (line,) = [line for line in node.output().splitlines() if STALLED in line]
-    assert "while 20 goals were queued" in line, line
+    assert "while 21 goals were queued" in line, line
     assert stalls(client) == 1
     # The process exits with status 1 once that goal is delivered and recorded
     wait_for(lambda: "exited with 1; starting it again" in node.output(), 30)
-    session.figures["exited"] = round(time.monotonic() - started, 1)
-    assert client.exists(KEYS.delivered(in_flight))
+    session.figures["exited-after-stall"] = round(time.monotonic() - stalled, 1)
+    assert client.exists(KEYS.delivered(second))
     # And the node starts it again, and it delivers the queued goals
     sandbox.set_faults(latency_ms=0)
     wait_for(lambda: session.ids <= accepted_keys(sandbox), 30)
-    session.figures["queued-delivered"] = round(time.monotonic() - started, 1)
+    session.figures["delivered-after-stall"] = round(time.monotonic() - stalled, 1)
     assert "still running" not in node.output()
 
 
@@ -336,13 +346,23 @@ def test_a_stalled_worker_restarts_and_one_busy_or_cut_off_from_redis_does_not(
         private_workers.start_node(1, "-c", "2", env=env), GoalQueue(settings=settings), sandbox
     )
     client = server.client()
-    # When it is busy, it is not stalled; when its consumer is cancelled, it is
-    a_busy_process_is_not_stalled(session)
-    a_cancelled_consumer_is_a_stall(session, settings, client)
+    # When Redis restarts (its AOF keeps the queue) with goals in flight to a DataFast that
+    # answers in 100 ms, and then when every connection the worker has is killed, it consumes
+    # again within 30 s of Redis answering
+    sandbox.set_faults(latency_ms=100)
+    session.enqueue("restart", 10)
+    server.restart()
+    client = server.client()
+    session.consumes_again("after-restart")
+    session.enqueue("kill", 10)
+    kinds = ("normal", "pubsub")
+    assert sum(client.client_kill_filter(_type=kind, skipme=True) for kind in kinds) >= 3
+    session.consumes_again("after-kill")
+    # When its consumer is cancelled, it is stalled once it has room to take goals
+    a_cancelled_consumer_is_a_stall_once_it_has_room(session, settings, client)
 
-    # When Redis freezes, with goals in flight to a DataFast that answers in 300 ms (the
-    # freeze's length is the point: no polling)
-    sandbox.set_faults(latency_ms=300)
+    # When Redis freezes with goals in flight (the freeze's length is the point: no polling)
+    sandbox.set_faults(latency_ms=100)
     session.enqueue("freeze", 10)
     assert server.process is not None
     server.process.send_signal(signal.SIGSTOP)
@@ -351,16 +371,6 @@ def test_a_stalled_worker_restarts_and_one_busy_or_cut_off_from_redis_does_not(
     # Then it consumes again within 30 s of Redis answering, without taking the freeze for a
     # stall of its consumer
     session.consumes_again("after-freeze")
-    # When every connection it has is killed, and then when Redis restarts (its AOF keeps the
-    # queue), it consumes again within 30 s
-    session.enqueue("kill", 10)
-    kinds = ("normal", "pubsub")
-    assert sum(client.client_kill_filter(_type=kind, skipme=True) for kind in kinds) >= 3
-    session.consumes_again("after-kill")
-    session.enqueue("restart", 10)
-    server.restart()
-    client = server.client()
-    session.consumes_again("after-restart")
 
     # And nothing is lost, and only the cancel was a stall
     wait_for(lambda: session.ids <= accepted_keys(sandbox), 60)
@@ -371,5 +381,6 @@ def test_a_stalled_worker_restarts_and_one_busy_or_cut_off_from_redis_does_not(
     # still running when its channel closes, and the copy may be sent before the first is
     # recorded)
     assert duplicates <= 2 * 2
+    assert node_log_has_one_stall(session.node)
     assert stalls(client) == 1
     assert session.node.process.poll() is None, session.node.output()[-3000:]
