@@ -10,7 +10,6 @@ stopped process again) with a 3 s stall limit. The Redis scenarios' short form f
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import socket
@@ -27,6 +26,8 @@ from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.sandbox import Sandbox
 from goalqueue.tally import CONSUMER_STALLS
+from tests.helpers.clock import Clock
+from tests.helpers.forms import short_and_long
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
@@ -47,14 +48,6 @@ ENV = {
 
 
 # ------------------------------------------------------------------------------ the judgement
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -150,12 +143,11 @@ class Consumer:
         return True
 
 
-@pytest.fixture
-def stalled_watchdog(
+def test_a_stall_is_one_line_a_count_and_a_warm_shutdown_then_if_need_be_a_hard_exit(
     caplog: pytest.LogCaptureFixture,
-) -> Iterator[tuple[Watchdog, fakeredis.FakeRedis, list[str], list[int]]]:
-    """A watchdog of 0.5 s stalls (a 2 s visibility timeout) over 7 queued goals, started; what
-    it asked to shut down and the status it exited with."""
+) -> None:
+    # Given a watchdog of 0.5 s stalls (a 2 s visibility timeout), started, whose consumer
+    # receives nothing while 7 goals are queued
     caplog.set_level(logging.INFO, logger="workers.watchdog")
     settings = Settings(
         consumer_stall_seconds=0.5,
@@ -170,52 +162,34 @@ def stalled_watchdog(
     watchdog = Watchdog(settings, client, Outage(60), exit=exits.append)
     watchdog.start(Consumer(), lambda: shut_down.append("claim nothing more"))
     try:
-        yield watchdog, client, shut_down, exits
+        # When the stall limit has passed
+        wait_for(lambda: shut_down, 5)
+        # Then it logged one line, counted the stall, stopped claiming and asked Celery for a
+        # warm shutdown with status 1
+        (line,) = [record.getMessage() for record in caplog.records]
+        assert re.fullmatch(
+            r"consumer stalled: no task message in 0\.[5-9] s while 7 goals were queued, Redis "
+            r"answered and this process had room \(GOALQUEUE_CONSUMER_STALL_SECONDS=0\.5\): "
+            r"shutting down with status 1 once the goals in flight are recorded, for its "
+            r"supervisor to start it again",
+            line,
+        ), line
+        assert client.hget(KEYS.metrics, CONSUMER_STALLS) == "1"
+        assert celery_state.should_stop == EXIT_STALLED
+        # And when the process still runs the visibility timeout later, it exits at once, with
+        # status 70 and a second line
+        wait_for(lambda: exits, 5)
+        assert exits == [EXIT_STUCK]
+        assert (
+            caplog.records[-1]
+            .getMessage()
+            .startswith(
+                "still running 2 s after its consumer stalled: exiting at once with status 70"
+            )
+        )
     finally:
         watchdog.stop()
         celery_state.should_stop = None
-
-
-def test_a_stall_is_one_line_a_count_and_a_warm_shutdown_with_status_1(
-    stalled_watchdog: tuple[Watchdog, fakeredis.FakeRedis, list[str], list[int]],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # Given a started watchdog whose consumer receives nothing while 7 goals are queued
-    watchdog, client, shut_down, exits = stalled_watchdog
-    # When the stall limit has passed
-    wait_for(lambda: shut_down, 5)
-    # Then it logged one line, counted the stall, stopped claiming and asked Celery to exit 1
-    (line,) = [record.getMessage() for record in caplog.records]
-    assert re.fullmatch(
-        r"consumer stalled: no task message in 0\.[5-9] s while 7 goals were queued, Redis "
-        r"answered and this process had room \(GOALQUEUE_CONSUMER_STALL_SECONDS=0\.5\): shutting "
-        r"down with status 1 once the goals in flight are recorded, for its supervisor to start "
-        r"it again",
-        line,
-    ), line
-    assert client.hget(KEYS.metrics, CONSUMER_STALLS) == "1"
-    assert celery_state.should_stop == EXIT_STALLED
-    # And once the process stops (the goals in flight recorded), it does not exit by itself
-    watchdog.stop()
-    assert exits == []
-
-
-def test_a_process_still_running_a_visibility_timeout_after_its_stall_exits_at_once(
-    stalled_watchdog: tuple[Watchdog, fakeredis.FakeRedis, list[str], list[int]],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # Given a watchdog that found a stall, in a process whose warm shutdown does not end it
-    _, _, shut_down, exits = stalled_watchdog
-    wait_for(lambda: shut_down, 5)
-    # When the visibility timeout (2 s) has passed
-    wait_for(lambda: exits, 5)
-    # Then it exits at once, with status 70 and a second line
-    assert exits == [EXIT_STUCK]
-    assert (
-        caplog.records[-1]
-        .getMessage()
-        .startswith("still running 2 s after its consumer stalled: exiting at once with status 70")
-    )
 
 
 # --------------------------------------------------------------------------- a real worker
@@ -313,24 +287,7 @@ def a_cancelled_consumer_is_a_stall_once_it_has_room(
     assert "still running" not in node.output()
 
 
-@pytest.mark.parametrize(
-    "freeze_seconds",
-    [
-        pytest.param(20.0, id="short", marks=pytest.mark.timeout(120)),
-        pytest.param(
-            60.0,
-            id="long",
-            marks=[
-                pytest.mark.timeout(240),
-                pytest.mark.slow,
-                pytest.mark.skipif(
-                    os.environ.get("GOALQUEUE_CHAOS") != "long",
-                    reason="the long freeze needs GOALQUEUE_CHAOS=long",
-                ),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("freeze_seconds", short_and_long(20.0, 60.0, 120, 240))
 def test_a_stalled_worker_restarts_and_one_busy_or_cut_off_from_redis_does_not(
     server: RedisServer,
     private_workers: Workers,
