@@ -147,14 +147,12 @@ class Watchdog:
         return self.judge.check(queued, room, consumer.received)
 
     def _run(self, consumer: Consumption, shut_down: Callable[[], None]) -> None:
-        while not self._stop.wait(self.judge.interval):
-            if self.stopping:
-                return
-            if (stall := self.check(consumer)) is not None:
-                self._stalled(stall, shut_down)
-                break
-        else:
+        stall = None
+        while stall is None and not self._stop.wait(self.judge.interval) and not self.stopping:
+            stall = self.check(consumer)
+        if stall is None:
             return
+        self._stalled(stall, shut_down)
         grace = self.settings.visibility_timeout_seconds
         if not self._stop.wait(grace):
             logger.error(
