@@ -52,6 +52,7 @@ class Settings:
     sweep_interval_seconds: float = 1.0
     outage_reminder_seconds: float = 60.0
     reconnect_max_seconds: float = 30.0
+    consumer_stall_seconds: float = 60.0
     delivered_ttl_seconds: float = 24 * 3600.0
     enqueue_timeout_seconds: float = 2.0
     spool_dir: str | None = None
@@ -74,6 +75,7 @@ class Settings:
             "sweep_interval_seconds",
             "outage_reminder_seconds",
             "reconnect_max_seconds",
+            "consumer_stall_seconds",
             "delivered_ttl_seconds",
             "enqueue_timeout_seconds",
         ):
@@ -103,6 +105,11 @@ class Settings:
             raise ConfigError(
                 "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS must exceed GOALQUEUE_HTTP_TIMEOUT_SECONDS: "
                 "a goal still being delivered would otherwise be sent twice"
+            )
+        if self.consumer_stall_seconds <= self.reconnect_max_seconds:
+            raise ConfigError(
+                "GOALQUEUE_CONSUMER_STALL_SECONDS must exceed GOALQUEUE_RECONNECT_MAX_SECONDS: a "
+                "worker waiting to reconnect would otherwise be taken for a stalled one"
             )
         if not NAMESPACE_PATTERN.fullmatch(self.namespace):
             raise ConfigError(
@@ -231,6 +238,7 @@ ENV_NAMES: dict[str, str] = {
     "sweep_interval_seconds": "GOALQUEUE_SWEEP_INTERVAL_SECONDS",
     "outage_reminder_seconds": "GOALQUEUE_OUTAGE_REMINDER_SECONDS",
     "reconnect_max_seconds": "GOALQUEUE_RECONNECT_MAX_SECONDS",
+    "consumer_stall_seconds": "GOALQUEUE_CONSUMER_STALL_SECONDS",
     "delivered_ttl_seconds": "GOALQUEUE_DELIVERED_TTL_SECONDS",
     "enqueue_timeout_seconds": "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
     "spool_dir": "GOALQUEUE_SPOOL_DIR",

@@ -27,6 +27,10 @@ adds up one write's answers in Python and SETTLE adds each non-zero field once. 
     pruned:<limit>              dead letters the workers' sweepers deleted (``lua/prune.lua``):
                                 retention (older than GOALQUEUE_DEAD_RETENTION_DAYS), max (the
                                 oldest beyond GOALQUEUE_DEAD_MAX)
+    consumer_stalls             worker processes that found their consumer stalled (goals
+                                queued, room to take them, none received for
+                                GOALQUEUE_CONSUMER_STALL_SECONDS) and shut down to be started
+                                again (``workers/watchdog.py``, one HINCRBY each)
 
 Goals delivered are counted in ``<ns>:count:delivered``, which ``goalqueue stats`` reports.
 """
@@ -53,6 +57,7 @@ DEAD_REASONS = ("bad_request", "unknown_visitor", "client_error", "expired", "ma
 CORRUPT = "corrupt"
 LETTER_REASONS = (*DEAD_REASONS, CORRUPT)
 PRUNE_LIMITS = ("retention", "max")
+CONSUMER_STALLS = "consumer_stalls"
 DEFER_REASONS = ("rate_limited", "suspended", "auth", "redirect", "tls", "slow")
 ANSWER_CLASSES = ("2xx", "unexpected_2xx", "3xx", "4xx", "5xx", "timeout_before_send",
                   "timeout_after_send", "connection_refused", "connection_reset", "tls_error",
@@ -86,6 +91,7 @@ class Counters:
     outcomes: dict[tuple[str, str], int]
     answers: dict[str, int]
     pruned: dict[str, int]
+    consumer_stalls: int
     request_seconds: Histogram
     latency_seconds: Histogram
 
@@ -114,6 +120,7 @@ def read(client: redis.Redis, keys: Keys) -> Counters:
         outcomes,
         answers,
         pruned,
+        counts.get(CONSUMER_STALLS, 0),
         _histogram(counts, "request", REQUEST_BOUNDS),
         _histogram(counts, "latency", LATENCY_BOUNDS),
     )

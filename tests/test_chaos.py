@@ -55,6 +55,7 @@ from goalqueue import GoalQueue
 from goalqueue.deadletters import DeadLetters
 from goalqueue.event import GoalEvent
 from goalqueue.sandbox import Sandbox
+from tests.helpers.forms import short_and_long
 from tests.helpers.markers import marker
 from tests.helpers.messages import pop_message
 from tests.helpers.redis_server import RedisServer
@@ -334,24 +335,10 @@ def chaos_workers(tmp_path: Path, server: RedisServer, sandbox: Sandbox) -> Iter
             worker.kill()
 
 
-@pytest.mark.parametrize(
-    "form",
-    [
-        pytest.param(SHORT, id="short", marks=pytest.mark.timeout(SHORT.timeout + 60)),
-        pytest.param(
-            LONG,
-            id="long",
-            marks=[
-                pytest.mark.timeout(LONG.timeout + 120),
-                pytest.mark.slow,
-                pytest.mark.skipif(
-                    os.environ.get("GOALQUEUE_CHAOS") != "long",
-                    reason="the long chaos run needs GOALQUEUE_CHAOS=long",
-                ),
-            ],
-        ),
-    ],
-)
+FORMS = short_and_long(SHORT, LONG, SHORT.timeout + 60, LONG.timeout + 120)
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_chaos_loses_no_goal(
     form: Form,
     server: RedisServer,

@@ -21,6 +21,7 @@ SECONDS_VARS = [
     "GOALQUEUE_SWEEP_INTERVAL_SECONDS",
     "GOALQUEUE_OUTAGE_REMINDER_SECONDS",
     "GOALQUEUE_RECONNECT_MAX_SECONDS",
+    "GOALQUEUE_CONSUMER_STALL_SECONDS",
     "GOALQUEUE_DELIVERED_TTL_SECONDS",
     "GOALQUEUE_ENQUEUE_TIMEOUT_SECONDS",
 ]
@@ -164,6 +165,27 @@ def test_the_default_visibility_timeout_is_checked_against_a_longer_http_timeout
     # Given only the HTTP timeout, raised past the default visibility timeout (60 s)
     message = config_error({"GOALQUEUE_HTTP_TIMEOUT_SECONDS": "90"})
     assert "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS" in message
+
+
+@pytest.mark.parametrize(("stall", "reconnect"), [("30", "30"), ("10", "30"), ("60", "90")])
+def test_the_consumer_stall_limit_must_exceed_the_reconnect_back_off(
+    stall: str, reconnect: str
+) -> None:
+    # A consumer waiting out kombu's back-off would otherwise be taken for a stalled one
+    message = config_error(
+        {
+            "GOALQUEUE_CONSUMER_STALL_SECONDS": stall,
+            "GOALQUEUE_RECONNECT_MAX_SECONDS": reconnect,
+        }
+    )
+    assert "GOALQUEUE_CONSUMER_STALL_SECONDS" in message
+    assert "GOALQUEUE_RECONNECT_MAX_SECONDS" in message
+
+
+def test_the_consumer_stall_limit_defaults_to_a_minute() -> None:
+    assert Settings.from_env({}).consumer_stall_seconds == 60.0
+    env = {"GOALQUEUE_CONSUMER_STALL_SECONDS": "3", "GOALQUEUE_RECONNECT_MAX_SECONDS": "1"}
+    assert Settings.from_env(env).consumer_stall_seconds == 3.0
 
 
 # ----------------------------------------------------------------------------------- broker URL

@@ -20,6 +20,7 @@ import redis
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.sandbox import Sandbox
+from tests.helpers.clock import Clock
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
@@ -28,14 +29,6 @@ from workers.outage import Outage
 LONG = os.environ.get("GOALQUEUE_OUTAGE") == "long"
 OUTAGE_SECONDS, REMINDER_SECONDS = (60.0, 20.0) if LONG else (5.0, 2.0)
 REFUSED = redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

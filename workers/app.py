@@ -242,4 +242,4 @@ class Lifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
     requires = ("celery.worker.components:Pool",)
 
     def start(self, worker: Any) -> None:
-        worker.app.process.start(getattr(worker, "hostname", None))
+        worker.app.process.start(getattr(worker, "hostname", None), worker.consumer)

@@ -12,19 +12,23 @@ and is taken off the queue for good (see :mod:`workers.transport` for the layers
 * undecodable bodies, unknown task names and messages that are not task messages are buried
   as well as rejected with Celery's own log line.
 
-It also caps the pause between its attempts to reconnect to Redis at
-``GOALQUEUE_RECONNECT_MAX_SECONDS``: Celery retries with kombu's ``ensure_connection``, whose
-back-off grows by 2 s an attempt up to a cap Celery leaves at kombu's 30 s.
+It also tells the process's consumer watchdog (:mod:`workers.watchdog`) when it last received a
+task message and whether it has room for another, and it caps the pause between its attempts
+to reconnect to Redis at ``GOALQUEUE_RECONNECT_MAX_SECONDS``: Celery retries with kombu's
+``ensure_connection``, whose back-off grows by 2 s an attempt up to a cap Celery leaves at
+kombu's 30 s.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from celery.utils.functional import promise
+from celery.worker import state
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.utils import json as kombu_json
 
@@ -38,6 +42,15 @@ _dumps: Callable[[Any], str] = kombu_json.dumps
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """The consumer ``worker_consumer`` names in workers/app.py."""
+
+    received = 0.0  # time.monotonic() when the last task message reached it
+
+    def has_room(self) -> bool:
+        """Whether it may take another task message: it holds fewer than its prefetch limit
+        (as Celery counts them: received and not finished)."""
+        qos = getattr(self, "qos", None)
+        limit = qos.value if qos is not None else self.initial_prefetch_count
+        return not limit or len(state.reserved_requests) < limit
 
     def ensure_connected(self, conn: Any) -> Any:
         """Celery's, with the reconnect back-off capped at ``GOALQUEUE_RECONNECT_MAX_SECONDS``."""
@@ -63,6 +76,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         broker_trouble = tuple(e for e in self.connection_errors if e is not KeyError)
 
         def on_task_received(message: Any) -> Any:
+            self.received = time.monotonic()
             try:
                 return handle(message)
             except broker_trouble:

@@ -69,6 +69,11 @@ class Outage:
                 return
         logger.error("a goal's outcome was not recorded (the reconciler re-queues it): %s", exc)
 
+    @property
+    def ongoing(self) -> bool:
+        """Whether an outage is under way: a failure reported, and no success since."""
+        return self._since is not None
+
     def succeeded(self) -> None:
         """Redis answered: a line if that ends an outage."""
         if self._since is None:  # the common case, without the lock

@@ -15,12 +15,17 @@ A worker process (``celery -A workers worker``; ``goalqueue worker`` runs one pe
     events thread   Announcer: the claimed goals' task events, a group every 0.1 s at most
     sweeper thread  Sweeper: SWEEP due goals and RECONCILE lost ones every
                     GOALQUEUE_SWEEP_INTERVAL_SECONDS, on a blocking client of its own
+    watchdog thread Watchdog: LLEN of the queue every second at most; goals queued, Redis
+                    answering, room for a task message and none received for
+                    GOALQUEUE_CONSUMER_STALL_SECONDS: one line, a count, and a warm shutdown
+                    with exit status 1 (the consumer bumps its ``received`` per message)
 
 :class:`WorkerProcess` owns all of them, and the blocking client the consumer dead-letters
 poison with. Nothing runs until :meth:`~WorkerProcess.start`. Celery drives it (see
 :mod:`workers.app`): the ``Lifecycle`` bootstep starts it once the pool exists,
 ``worker_shutting_down`` tells it to claim nothing more, and ``worker_shutdown``, once the pool
 has finished its task, stops it: every goal in flight is recorded, then each thread ends.
+The watchdog ends the process the same way when its consumer has stalled.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from workers.engine import Engine
 from workers.events import Announcer
 from workers.outage import Outage
 from workers.sweeper import Sweeper
+from workers.watchdog import Consumption, Watchdog
 
 
 class WorkerProcess:
@@ -51,10 +57,12 @@ class WorkerProcess:
         self.announcer = Announcer(lambda: make_dispatcher(self.hostname))
         self.engine = Engine(settings, announce=self.announcer.announce, outage=self.outage)
         self.sweeper = Sweeper(settings, connections.client(settings), self.outage)
+        self.watchdog = Watchdog(settings, self.redis, self.outage)
         self._started = False
 
-    def start(self, hostname: str | None) -> None:
-        """Start every thread, the loop's last (a task may come as soon as it is up).
+    def start(self, hostname: str | None, consumer: Consumption) -> None:
+        """Start every thread, the loop's last (a task may come as soon as it is up); the
+        watchdog watches ``consumer``.
 
         Everything loaded by then (Celery, kombu, the app) is moved out of the garbage
         collector's sight first: with hundreds of requests in flight the collector runs often,
@@ -65,11 +73,13 @@ class WorkerProcess:
         self.announcer.start()
         self.sweeper.start()
         self.engine.start()
+        self.watchdog.start(consumer, self.stop_waiting)
         self._started = True
 
     def stop_waiting(self) -> None:
         """A shutdown has begun: claim nothing more (safe from a signal handler's thread)."""
         if self._started:
+            self.watchdog.stopping = True
             self.engine.stop_waiting()
 
     def stop(self) -> None:
@@ -79,5 +89,6 @@ class WorkerProcess:
             self.sweeper.stop()
             self.engine.close()
             self.announcer.close()
+            self.watchdog.stop()
             self.outage.close()
         self.redis.close()

@@ -142,6 +142,13 @@ def _counters(counters: tally.Counters) -> Iterator[Metric]:
                             "GOALQUEUE_DEAD_MAX (max).", labels=["limit"]),
         counters.pruned,
     )  # fmt: skip
+    yield CounterMetricFamily(
+        "goalqueue_consumer_stalls",
+        "Worker processes that found their consumer stalled (goals queued, room to take them, "
+        "no task message for GOALQUEUE_CONSUMER_STALL_SECONDS) and shut down to be started "
+        "again.",
+        value=counters.consumer_stalls,
+    )
     yield _histogram(
         "goalqueue_datafast_request_duration_seconds",
         "How long DataFast took to answer a goal request.",
