@@ -24,6 +24,7 @@ from celery.worker import state as celery_state
 
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
+from goalqueue.markers import Markers
 from goalqueue.sandbox import Sandbox
 from goalqueue.tally import CONSUMER_STALLS
 from tests.helpers.clock import Clock
@@ -279,7 +280,7 @@ def a_cancelled_consumer_is_a_stall_once_it_has_room(
     # The process exits with status 1 once that goal is delivered and recorded
     wait_for(lambda: "exited with 1; starting it again" in node.output(), 30)
     session.figures["exited-after-stall"] = round(time.monotonic() - stalled, 1)
-    assert client.exists(KEYS.delivered(second))
+    assert Markers(client, KEYS).get(second) is not None
     # And the node starts it again, and it delivers the queued goals
     sandbox.set_faults(latency_ms=0)
     wait_for(lambda: session.ids <= accepted_keys(sandbox), 30)
