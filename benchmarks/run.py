@@ -70,7 +70,8 @@ class Plan:
             base = n or 500
             return cls(base, 3 * base, 1, 5 * base, 10, 15.0, rounds or 1)
         base = n or 10000
-        return cls(base, min(base, 5000), 5, 2 * base, 200, 30.0, rounds or 3)
+        # At least 25,000 goals for memory: the delivered markers' hashes grow in steps.
+        return cls(base, min(base, 5000), 5, max(2 * base, 25_000), 200, 30.0, rounds or 3)
 
 
 @dataclass(frozen=True)

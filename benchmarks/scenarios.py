@@ -561,9 +561,8 @@ def _goalqueue_single_memory(n: int) -> Row:
 def _goalqueue_delivered_memory(n: int) -> Row:
     """What Redis keeps per delivered goal once the queue has drained: each goal enqueued, then
     settled as delivered at its first attempt, as a worker does (its marker, and no attempt
-    log). At least 25,000 goals: the markers' hashes grow in steps. The visitor index, which
-    keeps a goal an hour (not the markers' 24), is measured apart, and left out of the value."""
-    n = max(n, 25_000)
+    log). The visitor index, which keeps a goal an hour (not the markers' 24), is measured
+    apart, and left out of the value."""
     client, queue = _fresh_queue()
     try:
         _enqueue(queue, BULK_BATCH)  # load the scripts, and size the connection's buffers
