@@ -12,7 +12,7 @@ A worker process (``celery -A workers worker``; ``goalqueue worker`` runs one pe
     │               SETTLE (redis.asyncio); the task's own outcome goes back through its future
     │ each claimed goal, once recorded ──► SimpleQueue.put (never blocks the loop)
     ▼
-    events thread   Announcer: the claimed goals' task events, a group every 0.1 s at most
+    events thread   Announcer: the claimed goals' task events, a group every 0.5 s at most
     sweeper thread  Sweeper: SWEEP due goals and RECONCILE lost ones every
                     GOALQUEUE_SWEEP_INTERVAL_SECONDS, on a blocking client of its own
     watchdog thread Watchdog: LLEN of the queue every second at most; goals queued, Redis
