@@ -72,6 +72,12 @@ def goal_events(goals: Iterable[Mapping[str, Any]]) -> list[GoalEvent]:
     return events
 
 
+def minted(goals: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether every goal's event id is one :func:`new_event` makes (a random UUID, which no
+    goal can have yet): none of ``goals`` (valid goals) gives its own."""
+    return all(goal.get("event_id") is None for goal in goals)
+
+
 def event_id_of(value: object) -> str | None:
     """A caller's event id in canonical form (a UUID, as text or ``uuid.UUID``), or None."""
     if value is None or isinstance(value, uuid.UUID):

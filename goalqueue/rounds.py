@@ -20,7 +20,7 @@ are found known and add nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis
 
@@ -43,10 +43,13 @@ def pairs(events: Sequence[GoalEvent]) -> list[Pair]:
 
 @dataclass(frozen=True)
 class Round:
-    """The goals of one enqueue call, in chunks of at most :data:`PER_CALL`."""
+    """The goals of one enqueue call, in chunks of at most :data:`PER_CALL`; ``new_ids``: every
+    event id was made by the producer for this call (none can be known: ENQUEUE_NEW, no
+    lookups)."""
 
     pairs: Sequence[Pair]
     settings: Settings
+    new_ids: bool = False
     chunks: list[Sequence[Pair]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,8 +71,13 @@ class Round:
         return len(self.chunks) == 1 and not self.replicas
 
     def commands(self, script: EnqueueScript) -> list[list[ScriptArg]]:
-        """The keys and arguments of each chunk's ``EVALSHA``."""
-        return [script.arguments(chunk) for chunk in self.chunks]
+        """Each chunk's ``EVALSHA`` arguments."""
+        return [script.command(chunk, self.new_ids) for chunk in self.chunks]
+
+    def again(self) -> Round:
+        """The round to send after ``NOSCRIPT``: by ENQUEUE, whose lookups find the goals of any
+        chunk that did run."""
+        return replace(self, new_ids=False)
 
     def shortfall(self, replies: Sequence[object]) -> Shortfall | None:
         """What the replies leave unconfirmed (None: every goal): ``replies`` has one per chunk
