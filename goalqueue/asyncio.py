@@ -198,12 +198,13 @@ class AsyncGoalQueue:
         commands = this.commands(self.script)
         if this.single:
             try:
-                return [await self.redis.execute_command("EVALSHA", *commands[0])]
+                sha, args = commands[0]
+                return [await self.redis.evalsha(sha, 0, *args)]
             except NoScriptError as exc:
                 return [exc]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command("EVALSHA", *command)
+            for sha, args in commands:
+                pipe.evalsha(sha, 0, *args)
             if this.replicas:
                 pipe.wait(this.replicas, current.wait_ms())
             replies: list[object] = await pipe.execute(raise_on_error=False)

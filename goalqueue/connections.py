@@ -87,7 +87,7 @@ def call(client: redis.Redis, *args: str | int | float) -> Any:
     call's Python. The pool's checks of the connection it hands out, and the connection's
     writing, reading and dropping after an error, are redis-py's as ever."""
     pool = client.connection_pool
-    connection = pool.get_connection()
+    connection: Any = pool.get_connection()
     try:
         connection.send_command(*args)
         return connection.read_response()

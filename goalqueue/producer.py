@@ -144,12 +144,13 @@ class GoalQueue:
         commands = this.commands(self.script)
         if this.single:
             try:
-                return [call(self.redis, "EVALSHA", *commands[0])]
+                sha, args = commands[0]
+                return [call(self.redis, "EVALSHA", sha, 0, *args)]
             except NoScriptError as exc:
                 return [exc]
         with self.redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command("EVALSHA", *command)
+            for sha, args in commands:
+                pipe.evalsha(sha, 0, *args)
             if this.replicas:
                 pipe.wait(this.replicas, wait_ms())
             replies: list[object] = pipe.execute(raise_on_error=False)

@@ -70,8 +70,8 @@ class Round:
         """One bare EVALSHA, no pipeline: one chunk and no WAIT."""
         return len(self.chunks) == 1 and not self.replicas
 
-    def commands(self, script: EnqueueScript) -> list[list[ScriptArg]]:
-        """Each chunk's ``EVALSHA`` arguments."""
+    def commands(self, script: EnqueueScript) -> list[tuple[str, list[ScriptArg]]]:
+        """Each chunk's ``EVALSHA``: its SHA1 and its arguments (no keys)."""
         return [script.command(chunk, self.new_ids) for chunk in self.chunks]
 
     def again(self) -> Round:

@@ -68,14 +68,17 @@ class EnqueueScript:
         self.new = LuaScript(source("enqueue_new", "push", "enqueued", head=head))
         self.both = (self.checked, self.new)
 
-    def command(self, goals: Sequence[tuple[str, str]], new_ids: bool) -> list[ScriptArg]:
-        """``EVALSHA``'s arguments to enqueue ``(event id, payload)`` pairs in one call: by
-        ENQUEUE_NEW when ``new_ids`` (ids the producer has just made, none known), else by
-        ENQUEUE; its reply is each goal's sequence number, 0 for an event id already known."""
-        args: list[ScriptArg] = [(self.new if new_ids else self.checked).sha, 0]
+    def command(
+        self, goals: Sequence[tuple[str, str]], new_ids: bool
+    ) -> tuple[str, list[ScriptArg]]:
+        """The SHA1 and the arguments (after ``numkeys``, 0) of the ``EVALSHA`` that enqueues
+        ``(event id, payload)`` pairs in one call: ENQUEUE_NEW when ``new_ids`` (ids the
+        producer has just made, none known), else ENQUEUE. Its reply is each goal's sequence
+        number, 0 for an event id already known."""
+        args: list[ScriptArg] = []
         for event_id, payload in goals:
             args += (event_id, payload)
-        return args
+        return (self.new if new_ids else self.checked).sha, args
 
 
 class Scripts:
@@ -169,6 +172,7 @@ def lua_constants(**values: str | int) -> str:
 def _lua_literal(value: str | int) -> str:
     if isinstance(value, int):
         return str(value)
-    return "'" + "".join(
+    quoted = (
         chr(b) if 32 <= b < 127 and b not in (39, 92) else f"\\{b:03d}" for b in value.encode()
-    ) + "'"
+    )
+    return "'" + "".join(quoted) + "'"

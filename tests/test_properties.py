@@ -321,9 +321,10 @@ def assert_enqueued(
 ) -> None:
     """Exactly one queue message, one ledger entry and one pending id per goal, holding the
     validated fields, and the visitor index's entries."""
-    index = {key for key in client.keys("*") if key.startswith(KEYS.visitors)}
+    index = {key for key in client.keys("*") if key.startswith(KEYS.visitor_prefix)}
     assert set(client.keys("*")) - index == {KEYS.queue, KEYS.ledger, KEYS.seq, KEYS.pending}
-    assert sum(int(count) for count in client.hvals(KEYS.visitors)) == len(goals)
+    assert index == {KEYS.visitor(goal["visitor_id"]) for goal in goals}
+    assert sum(client.llen(key) for key in index) == len(goals)
     assert client.smembers(KEYS.pending) == set(event_ids)
     assert client.llen(KEYS.queue) == len(goals)
     assert client.zcard(KEYS.ledger) == len(goals)
