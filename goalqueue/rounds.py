@@ -53,8 +53,9 @@ class Round:
     chunks: list[Sequence[Pair]] = field(init=False)
 
     def __post_init__(self) -> None:
-        chunks = [self.pairs[i : i + PER_CALL] for i in range(0, len(self.pairs), PER_CALL)]
-        object.__setattr__(self, "chunks", chunks)
+        pairs = self.pairs
+        chunks = [pairs[i : i + PER_CALL] for i in range(0, len(pairs), PER_CALL)]
+        object.__setattr__(self, "chunks", chunks if len(pairs) > PER_CALL else [pairs])
 
     @property
     def event_ids(self) -> list[str]:
@@ -82,14 +83,16 @@ class Round:
     def shortfall(self, replies: Sequence[object]) -> Shortfall | None:
         """What the replies leave unconfirmed (None: every goal): ``replies`` has one per chunk
         (its sequence numbers, or the error Redis gave it), then WAIT's count if one was sent."""
-        confirmed: set[str] = set()
-        refusal: redis.RedisError | None = None
-        for chunk, reply in zip(self.chunks, replies, strict=False):
-            if isinstance(reply, redis.RedisError):
-                refusal = refusal or reply
-            else:
-                confirmed.update(event_id for event_id, _ in chunk)
-        if refusal is not None:
+        refused = [isinstance(reply, redis.RedisError) for reply in replies[: len(self.chunks)]]
+        if any(refused):
+            refusal = replies[refused.index(True)]
+            assert isinstance(refusal, redis.RedisError)
+            confirmed = {
+                event_id
+                for chunk, no in zip(self.chunks, refused, strict=False)
+                if not no
+                for event_id, _ in chunk
+            }
             return Shortfall(NotEnqueued, explain(refusal, self.settings), confirmed)
         if self.replicas:
             return self._replicas_shortfall(replies[-1])

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, cast
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from goalqueue.errors import FIELDS_SHOWN, InvalidGoal, quote
 
@@ -116,6 +116,11 @@ def _refuse(message: str) -> bool:
 
 class GoalSchema(Schema):
     """What ``track_goal`` accepts."""
+
+    class Meta:
+        # validate_goal passes exactly the four fields: no unknown one to look for (a set
+        # difference a call saved)
+        unknown = EXCLUDE
 
     visitor_id = fields.String(
         required=True,
