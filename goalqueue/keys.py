@@ -36,11 +36,10 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 40 B a delivered goal (see lua/marker.lua, goalqueue/markers.py)
 <ns>:visitor:<visitor id>
                         list    the visitor index (`goalqueue show --visitor`): the visitor's
-                                last VISITOR_KEEP goals enqueued, newest first, each
-                                "<enqueued at> <event id>" (the
-                                goal's enqueued_at, unix seconds); it expires an hour
-                                (VISITOR_WINDOW_SECONDS) after the visitor's last goal (written
-                                by lua/enqueued.lua): a key per visitor of the last hour
+                                last VISITOR_KEEP goals enqueued, newest first, each "<enqueued
+                                at> <event id>" (the goal's enqueued_at, unix seconds); it
+                                expires an hour (VISITOR_WINDOW_SECONDS) after the visitor's last
+                                goal (lua/enqueued.lua): one small key per visitor of the hour
 <ns>:attempts:<id>      list    the goal's last 10 attempts (goalqueue/attempts.py), oldest
                                 first, for a goal that needed more than one, or waits, or died;
                                 kept after its last attempt for GOALQUEUE_DELIVERED_TTL_SECONDS

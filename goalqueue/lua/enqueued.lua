@@ -3,9 +3,9 @@
 -- goalqueue/scripts.py): SEQ_KEY, LEDGER_KEY, QUEUE_KEY, PENDING_KEY, DEAD_KEY, DELIVERED_KEY,
 -- TEMPLATE, and the visitor index's VISITOR_PREFIX, VISITOR_KEEP and VISITOR_WINDOW_MS.
 
--- The visitor and the enqueue time (unix seconds, as text) of a stored goal (see
--- goalqueue/event.py: its id, then its visitor, come first; its time is the one number whose key
--- is "t"), or nil.
+-- The visitor and the enqueue time (unix seconds, as text) of a stored goal, or nil. In the
+-- form goalqueue/event.py writes, its id and then its visitor come first, and ,"t": followed by
+-- a digit is its time: any quote inside a JSON string is escaped. Any other form is decoded.
 local function visit_of(payload)
   local visitor = string.match(payload, '^{"i":"[^"\\]*","v":"([^"\\]*)"')
   local at = visitor and string.match(payload, ',"t":([%d.]+)')
