@@ -120,6 +120,9 @@ class GoalQueue:
         """
         if not pairs:
             return
+        if len(pairs) == 1 and not self.settings.replicas_to_wait_for:
+            self._enqueue_one(*pairs[0], new_ids)
+            return
         this = Round(pairs, self.settings, new_ids)
         with deadline(self.settings.enqueue_timeout_seconds) as current:
             try:
@@ -129,16 +132,35 @@ class GoalQueue:
         if shortfall is not None:
             raise this.error(shortfall)
 
+    def _enqueue_one(self, event_id: str, payload: str, new_id: bool) -> None:
+        """One goal and no WAIT (a web request's ``track_goal``): one bare EVALSHA, and a
+        :class:`Round` only to explain a failure. After NOSCRIPT (the call did not run) the
+        scripts are loaded and it goes again."""
+        sha = (self.script.new if new_id else self.script.checked).sha
+        with deadline(self.settings.enqueue_timeout_seconds) as current:
+            try:
+                try:
+                    call(self.redis, "EVALSHA", sha, 0, event_id, payload)
+                except NoScriptError:
+                    self._load_scripts()
+                    call(self.redis, "EVALSHA", sha, 0, event_id, payload)
+            except redis.RedisError as exc:
+                this = Round([(event_id, payload)], self.settings, new_id)
+                raise this.error(this.failure(exc, current.sent)) from exc
+
     def _send(self, this: Round, wait_ms: Callable[[], int]) -> list[object]:
         """Each chunk's reply (or error), then WAIT's, in one round trip; after NOSCRIPT (no
         call ran) the script is loaded and the round sent again."""
         replies = self._send_once(this, wait_ms)
         if any(isinstance(reply, NoScriptError) for reply in replies):
             this = this.again()
-            for script in self.script.both:
-                self.redis.script_load(script.source)
+            self._load_scripts()
             replies = self._send_once(this, wait_ms)
         return replies
+
+    def _load_scripts(self) -> None:
+        for script in self.script.both:
+            self.redis.script_load(script.source)
 
     def _send_once(self, this: Round, wait_ms: Callable[[], int]) -> list[object]:
         commands = this.commands(self.script)
