@@ -31,7 +31,7 @@ from goalqueue.config import Settings, get_settings
 from goalqueue.deadline import Deadline, async_connection_class, deadline
 from goalqueue.errors import EnqueueError
 from goalqueue.event import GoalEvent
-from goalqueue.goals import goal_event, goal_events
+from goalqueue.goals import goal_event, goal_events, minted
 from goalqueue.producer import GoalQueue, open_backlog
 from goalqueue.rounds import Pair, Round, Shortfall, pairs
 from goalqueue.scripts import EnqueueScript
@@ -43,11 +43,13 @@ class _Call:
     its way at a time, and calls made meanwhile go together in the next one, so that 64
     concurrent calls cost a few round trips rather than 64, while a lone call goes at once.
     ``future`` gets what its round left unconfirmed; ``deadline`` is the loop time by which the
-    call must have its answer."""
+    call must have its answer; ``new_ids``: its ids were all just made (a round of such calls
+    only looks none up)."""
 
     pairs: Sequence[Pair]
     future: asyncio.Future[Shortfall | None]
     deadline: float
+    new_ids: bool
 
 
 def _settle(calls: list[_Call], shortfall: Shortfall | None) -> None:
@@ -95,33 +97,36 @@ class AsyncGoalQueue:
         """Validate and enqueue one goal; returns its event id (see
         :meth:`goalqueue.GoalQueue.track_goal`)."""
         event = goal_event(visitor_id, name, metadata, description, event_id)
-        await self.enqueue([event])
+        await self.enqueue([event], new_ids=event_id is None)
         return event.event_id
 
     async def track_goals(self, goals: Iterable[Mapping[str, Any]]) -> list[str]:
         """Validate every goal, then enqueue them all in one round trip (see
         :meth:`goalqueue.GoalQueue.track_goals`)."""
+        goals = list(goals)
         events = goal_events(goals)
-        await self.enqueue(events)
+        await self.enqueue(events, new_ids=minted(goals))
         return [event.event_id for event in events]
 
-    async def enqueue(self, events: Sequence[GoalEvent]) -> None:
-        """Enqueue events that carry their ids: to Redis or, failing that, to the spool."""
+    async def enqueue(self, events: Sequence[GoalEvent], *, new_ids: bool = False) -> None:
+        """Enqueue events that carry their ids: to Redis or, failing that, to the spool (see
+        :meth:`goalqueue.GoalQueue.enqueue`)."""
         backlog = self.backlog
         if backlog is None:
-            await self.enqueue_payloads(pairs(events))
+            await self.enqueue_payloads(pairs(events), new_ids=new_ids)
         elif backlog.redis_down:
             await asyncio.to_thread(backlog.keep, events)
         else:
             try:
-                await self.enqueue_payloads(pairs(events))
+                await self.enqueue_payloads(pairs(events), new_ids=new_ids)
             except EnqueueError as exc:
                 await asyncio.to_thread(backlog.keep_unconfirmed, events, exc)
             else:
                 backlog.sent()
 
-    async def enqueue_payloads(self, pairs: Sequence[Pair]) -> None:
-        """Enqueue ``(event id, event JSON)`` pairs to Redis only; raises
+    async def enqueue_payloads(self, pairs: Sequence[Pair], *, new_ids: bool = False) -> None:
+        """Enqueue ``(event id, event JSON)`` pairs to Redis only (``new_ids``: as
+        :meth:`goalqueue.GoalQueue.enqueue_payloads`); raises
         :class:`~goalqueue.EnqueueError` when Redis does not confirm them all in time.
 
         One round is on its way at a time; calls made meanwhile wait and go together in the
@@ -131,7 +136,7 @@ class AsyncGoalQueue:
             return
         loop = asyncio.get_running_loop()
         timeout = self.settings.enqueue_timeout_seconds
-        call = _Call(pairs, loop.create_future(), loop.time() + timeout)
+        call = _Call(pairs, loop.create_future(), loop.time() + timeout, new_ids)
         self._waiting.append(call)
         if self._round is None:
             self._next_round()
@@ -165,7 +170,8 @@ class AsyncGoalQueue:
                 self._next_round()
 
     async def _send_before(self, calls: list[_Call], timeout: float) -> Shortfall | None:
-        this = Round([pair for call in calls for pair in call.pairs], self.settings)
+        new_ids = all(call.new_ids for call in calls)
+        this = Round([pair for call in calls for pair in call.pairs], self.settings, new_ids)
         with deadline(timeout) as current:
             try:
                 async with asyncio.timeout(timeout):
@@ -182,21 +188,23 @@ class AsyncGoalQueue:
     async def _send(self, this: Round, current: Deadline) -> list[object]:
         replies = await self._send_once(this, current)
         if any(isinstance(reply, NoScriptError) for reply in replies):
-            await self.redis.script_load(self.script.source)
+            this = this.again()
+            for script in self.script.both:
+                await self.redis.script_load(script.source)
             replies = await self._send_once(this, current)
         return replies
 
     async def _send_once(self, this: Round, current: Deadline) -> list[object]:
-        sha, numkeys = self.script.sha, self.script.numkeys
         commands = this.commands(self.script)
         if this.single:
             try:
-                return [await self.redis.evalsha(sha, numkeys, *commands[0])]
+                sha, args = commands[0]
+                return [await self.redis.evalsha(sha, 0, *args)]
             except NoScriptError as exc:
                 return [exc]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.evalsha(sha, numkeys, *command)
+            for sha, args in commands:
+                pipe.evalsha(sha, 0, *args)
             if this.replicas:
                 pipe.wait(this.replicas, current.wait_ms())
             replies: list[object] = await pipe.execute(raise_on_error=False)

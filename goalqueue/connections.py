@@ -80,6 +80,24 @@ def async_client(
     return master
 
 
+def call(client: redis.Redis, *args: str | int | float) -> Any:
+    """One command on a connection of ``client``'s pool, its reply decoded as the client's are:
+    for the producer's one-goal ENQUEUE, where redis-py's own path for a command (a retry
+    wrapper, response callbacks, per-call metrics) costs about as much as the rest of the
+    call's Python. The pool's checks of the connection it hands out, and the connection's
+    writing, reading and dropping after an error, are redis-py's as ever."""
+    pool = client.connection_pool
+    connection: Any = pool.get_connection()
+    try:
+        connection.send_command(*args)
+        return connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError):
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+
+
 def explain(exc: redis.RedisError, settings: Settings) -> str:
     """What went wrong talking to the broker, in one line that names it (never its password)
     and, for a password problem, says what to fix."""

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -40,10 +40,12 @@ WAIT_REPLY_MARGIN = 0.15
 
 @dataclass(slots=True)
 class Deadline:
-    """When the enqueue in progress must end, and whether a command went out."""
+    """When the enqueue in progress must end, and whether a command went out; as a context
+    manager, the enqueue in progress (see :func:`deadline`)."""
 
     at: float
     sent: bool = False
+    _token: Token[Deadline | None] | None = None
 
     def left(self) -> float:
         """Seconds left; raises :class:`redis.TimeoutError` once none is."""
@@ -57,19 +59,22 @@ class Deadline:
         left = self.left()
         return max(1, int((left - max(left / 10, WAIT_REPLY_MARGIN)) * 1000))
 
+    def __enter__(self) -> Deadline:
+        self._token = _CURRENT.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+
 
 _CURRENT: ContextVar[Deadline | None] = ContextVar("goalqueue_enqueue_deadline", default=None)
 
 
-@contextmanager
-def deadline(seconds: float) -> Iterator[Deadline]:
-    """Every wait on a connection made by :func:`connect` ends within ``seconds`` from now."""
-    current = Deadline(time.monotonic() + seconds)
-    token = _CURRENT.set(current)
-    try:
-        yield current
-    finally:
-        _CURRENT.reset(token)
+def deadline(seconds: float) -> Deadline:
+    """``with deadline(seconds) as current:`` every wait on a connection made by
+    :func:`connect` ends within ``seconds`` from now."""
+    return Deadline(time.monotonic() + seconds)
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -109,6 +114,10 @@ class _DeadlineMixin:
             self.socket_connect_timeout = configured
         self._cut_to = self.socket_timeout
         return sock
+
+    def connect(self) -> None:
+        if self._sock is None:  # redis-py wraps even a connected one's check in its retries
+            super().connect()  # type: ignore[misc]
 
     def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         with _handshake():

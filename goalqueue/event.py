@@ -48,15 +48,26 @@ class GoalEvent:
     unknown_attempts: int = 0  # attempts whose outcome is unknown: DataFast may have the goal
 
     def to_json(self) -> str:
-        """The compact stored form (no unknown attempts: no ``u``, as most goals have none)."""
-        # getattr, not dataclasses.asdict: asdict deep-copies every field and costs 4x the time.
-        stored = {
-            wire: value
-            for name, wire in _WIRE.items()
-            if (value := getattr(self, name)) is not None
-        }
-        if not self.unknown_attempts:
-            del stored["u"]
+        """The compact stored form (no unknown attempts: no ``u``, as most goals have none).
+        Keys in :data:`_WIRE`'s order; written out field by field, as it runs for every goal
+        enqueued and every attempt."""
+        stored: dict[str, Any] = {"i": self.event_id, "v": self.visitor_id, "n": self.name}
+        if self.metadata is not None:
+            stored["m"] = self.metadata
+        if self.description is not None:
+            stored["d"] = self.description
+        stored["t"] = self.enqueued_at
+        stored["a"] = self.attempts
+        if self.first_attempt_at is not None:
+            stored["f"] = self.first_attempt_at
+        if self.last_attempt_at is not None:
+            stored["l"] = self.last_attempt_at
+        if self.last_status is not None:
+            stored["s"] = self.last_status
+        if self.last_error is not None:
+            stored["e"] = self.last_error
+        if self.unknown_attempts:
+            stored["u"] = self.unknown_attempts
         return _dumps(stored)
 
     @classmethod

@@ -11,6 +11,7 @@ id enqueued again while goalqueue knows it adds nothing.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -26,12 +27,12 @@ FIELDS = frozenset({"visitor_id", "name", "metadata", "description", "event_id"}
 def new_event(fields: Mapping[str, Any], event_id: str | None = None) -> GoalEvent:
     """The event for validated ``fields``: ``event_id`` (a new UUID by default) and the time."""
     return GoalEvent(
-        event_id=event_id or str(uuid.uuid4()),
+        event_id=event_id or new_id(),
         visitor_id=fields["visitor_id"],
         name=fields["name"],
         metadata=fields["metadata"],
         description=fields["description"],
-        enqueued_at=round(time.time(), 3),
+        enqueued_at=time.time_ns() // 1_000_000 / 1000,  # in ms: round(time.time(), 3) costs 3x
     )
 
 
@@ -70,6 +71,24 @@ def goal_events(goals: Iterable[Mapping[str, Any]]) -> list[GoalEvent]:
     if errors:
         raise InvalidGoal(errors)
     return events
+
+
+def new_id() -> str:
+    """A random UUID (version 4) in canonical form: ``str(uuid.uuid4())``'s bits and text, made
+    without the UUID object (at half the cost)."""
+    bits = int.from_bytes(os.urandom(16)) & _CLEARED | _VERSION_4
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_CLEARED = ~(0xF000 << 64 | 0xC000 << 48)  # the version and the variant bits (RFC 4122)
+_VERSION_4 = 0x4000 << 64 | 0x8000 << 48
+
+
+def minted(goals: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether every goal's event id is one :func:`new_event` makes (a random UUID, which no
+    goal can have yet): none of ``goals`` (valid goals) gives its own."""
+    return all(goal.get("event_id") is None for goal in goals)
 
 
 def event_id_of(value: object) -> str | None:

@@ -34,13 +34,12 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 ends (a sixth of that TTL long). Shards split as a bucket fills,
                                 so that each stays in Redis's compact listpack encoding: about
                                 40 B a delivered goal (see lua/marker.lua, goalqueue/markers.py)
-<ns>:visitors           hash    the visitor index's time buckets, as <ns>:delivered's
-<ns>:visitors:<start ms>:<shard>
-                        hash    the goals enqueued in the last hour (VISITOR_WINDOW_SECONDS), a
-                                bucket of ten minutes at a time, sharded by a hash of the visitor:
-                                the event id packed as in the markers -> the visitor's hash and
-                                the enqueue time, packed (lua/visitors.lua): what
-                                `goalqueue show --visitor` reads
+<ns>:visitor:<visitor id>
+                        list    the visitor index (`goalqueue show --visitor`): the visitor's
+                                last VISITOR_KEEP goals enqueued, newest first, each "<enqueued
+                                at> <event id>" (the goal's enqueued_at, unix seconds); it
+                                expires an hour (VISITOR_WINDOW_SECONDS) after the visitor's last
+                                goal (lua/enqueued.lua): one small key per visitor of the hour
 <ns>:attempts:<id>      list    the goal's last 10 attempts (goalqueue/attempts.py), oldest
                                 first, for a goal that needed more than one, or waits, or died;
                                 kept after its last attempt for GOALQUEUE_DELIVERED_TTL_SECONDS
@@ -79,7 +78,8 @@ import re
 from dataclasses import dataclass, field
 
 TASK_NAME = "goalqueue.deliver"
-VISITOR_WINDOW_SECONDS = 3600  # how long the visitor index keeps a goal (lua/visitors.lua)
+VISITOR_WINDOW_SECONDS = 3600  # the visitor index keeps a visitor's goals this long after its last
+VISITOR_KEEP = 100  # a visitor's newest goals the visitor index keeps
 # Items one Redis call carries at most (goals per enqueue or sweep script, fields per HSCAN,
 # keys per DEL): large enough to amortise the round trip, small enough that no call holds
 # Redis for long.
@@ -103,7 +103,7 @@ class Keys:
     waiting: str = field(init=False)
     dead: str = field(init=False)
     delivered: str = field(init=False)
-    visitors: str = field(init=False)
+    visitor_prefix: str = field(init=False)
     attempts_prefix: str = field(init=False)
     delivered_count: str = field(init=False)
     metrics: str = field(init=False)
@@ -129,7 +129,7 @@ class Keys:
             "waiting": f"{ns}:waiting",
             "dead": f"{ns}:dead",
             "delivered": f"{ns}:delivered",
-            "visitors": f"{ns}:visitors",
+            "visitor_prefix": f"{ns}:visitor:",
             "attempts_prefix": f"{ns}:attempts:",
             "delivered_count": f"{ns}:count:delivered",
             "metrics": f"{ns}:metrics",
@@ -152,6 +152,10 @@ class Keys:
     def replaying(self, fingerprint: str) -> str:
         """Key of an unfinished ``goalqueue dead replay`` by the filters of ``fingerprint``."""
         return f"{self.namespace}:replaying:{fingerprint}"
+
+    def visitor(self, visitor_id: str) -> str:
+        """Key of ``visitor_id``'s goals in the visitor index."""
+        return self.visitor_prefix + visitor_id
 
     def attempts(self, event_id: str) -> str:
         """Key of ``event_id``'s attempt log."""

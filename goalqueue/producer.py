@@ -31,10 +31,11 @@ import redis
 from redis.exceptions import NoScriptError
 
 from goalqueue.config import Settings, get_settings
+from goalqueue.connections import call
 from goalqueue.deadline import connect, deadline
 from goalqueue.errors import ConfigError, EnqueueError
 from goalqueue.event import GoalEvent
-from goalqueue.goals import goal_event, goal_events
+from goalqueue.goals import goal_event, goal_events, minted
 from goalqueue.rounds import Pair, Round, pairs
 from goalqueue.scripts import EnqueueScript
 from goalqueue.spool import Backlog, Spool
@@ -78,7 +79,7 @@ class GoalQueue:
         :class:`~goalqueue.EnqueueError` when Redis did not confirm it and no spool kept it.
         """
         event = goal_event(visitor_id, name, metadata, description, event_id)
-        self.enqueue([event])
+        self.enqueue([event], new_ids=event_id is None)
         return event.event_id
 
     def track_goals(self, goals: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -88,34 +89,41 @@ class GoalQueue:
         ``description`` and ``event_id``. If any goal is invalid, none is enqueued, and
         :class:`~goalqueue.InvalidGoal` names each bad field as ``[index].field``.
         """
+        goals = list(goals)
         events = goal_events(goals)
-        self.enqueue(events)
+        self.enqueue(events, new_ids=minted(goals))
         return [event.event_id for event in events]
 
-    def enqueue(self, events: Sequence[GoalEvent]) -> None:
-        """Enqueue events that carry their ids: to Redis or, failing that, to the spool."""
+    def enqueue(self, events: Sequence[GoalEvent], *, new_ids: bool = False) -> None:
+        """Enqueue events that carry their ids: to Redis or, failing that, to the spool.
+        ``new_ids``: every id was made for its event by this call (see :func:`minted`), so
+        none is looked up."""
         backlog = self.backlog
         if backlog is None:
-            self.enqueue_payloads(pairs(events))
+            self.enqueue_payloads(pairs(events), new_ids=new_ids)
         elif backlog.redis_down:
             backlog.keep(events)
         else:
             try:
-                self.enqueue_payloads(pairs(events))
+                self.enqueue_payloads(pairs(events), new_ids=new_ids)
             except EnqueueError as exc:
                 backlog.keep_unconfirmed(events, exc)
             else:
                 backlog.sent()
 
-    def enqueue_payloads(self, pairs: Sequence[Pair]) -> None:
-        """Enqueue stored ``(event id, event JSON)`` pairs byte for byte, to Redis only.
+    def enqueue_payloads(self, pairs: Sequence[Pair], *, new_ids: bool = False) -> None:
+        """Enqueue stored ``(event id, event JSON)`` pairs byte for byte, to Redis only; an id
+        goalqueue knows adds nothing, unless ``new_ids`` says none can be known (ids just made).
 
         Never spools: this is how the spool's flusher re-sends what it holds. Raises
         :class:`~goalqueue.EnqueueError` when Redis does not confirm them all in time.
         """
         if not pairs:
             return
-        this = Round(pairs, self.settings)
+        if len(pairs) == 1 and not self.settings.replicas_to_wait_for:
+            self._enqueue_one(*pairs[0], new_ids)
+            return
+        this = Round(pairs, self.settings, new_ids)
         with deadline(self.settings.enqueue_timeout_seconds) as current:
             try:
                 shortfall = this.shortfall(self._send(this, current.wait_ms))
@@ -124,26 +132,47 @@ class GoalQueue:
         if shortfall is not None:
             raise this.error(shortfall)
 
+    def _enqueue_one(self, event_id: str, payload: str, new_id: bool) -> None:
+        """One goal and no WAIT (a web request's ``track_goal``): one bare EVALSHA, and a
+        :class:`Round` only to explain a failure. After NOSCRIPT (the call did not run) the
+        scripts are loaded and it goes again."""
+        sha = (self.script.new if new_id else self.script.checked).sha
+        with deadline(self.settings.enqueue_timeout_seconds) as current:
+            try:
+                try:
+                    call(self.redis, "EVALSHA", sha, 0, event_id, payload)
+                except NoScriptError:
+                    self._load_scripts()
+                    call(self.redis, "EVALSHA", sha, 0, event_id, payload)
+            except redis.RedisError as exc:
+                this = Round([(event_id, payload)], self.settings, new_id)
+                raise this.error(this.failure(exc, current.sent)) from exc
+
     def _send(self, this: Round, wait_ms: Callable[[], int]) -> list[object]:
         """Each chunk's reply (or error), then WAIT's, in one round trip; after NOSCRIPT (no
         call ran) the script is loaded and the round sent again."""
         replies = self._send_once(this, wait_ms)
         if any(isinstance(reply, NoScriptError) for reply in replies):
-            self.redis.script_load(self.script.source)
+            this = this.again()
+            self._load_scripts()
             replies = self._send_once(this, wait_ms)
         return replies
 
+    def _load_scripts(self) -> None:
+        for script in self.script.both:
+            self.redis.script_load(script.source)
+
     def _send_once(self, this: Round, wait_ms: Callable[[], int]) -> list[object]:
-        sha, numkeys = self.script.sha, self.script.numkeys
         commands = this.commands(self.script)
         if this.single:
             try:
-                return [self.redis.evalsha(sha, numkeys, *commands[0])]
+                sha, args = commands[0]
+                return [call(self.redis, "EVALSHA", sha, 0, *args)]
             except NoScriptError as exc:
                 return [exc]
         with self.redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.evalsha(sha, numkeys, *command)
+            for sha, args in commands:
+                pipe.evalsha(sha, 0, *args)
             if this.replicas:
                 pipe.wait(this.replicas, wait_ms())
             replies: list[object] = pipe.execute(raise_on_error=False)

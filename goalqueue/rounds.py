@@ -20,7 +20,7 @@ are found known and add nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis
 
@@ -43,15 +43,19 @@ def pairs(events: Sequence[GoalEvent]) -> list[Pair]:
 
 @dataclass(frozen=True)
 class Round:
-    """The goals of one enqueue call, in chunks of at most :data:`PER_CALL`."""
+    """The goals of one enqueue call, in chunks of at most :data:`PER_CALL`; ``new_ids``: every
+    event id was made by the producer for this call (none can be known: ENQUEUE_NEW, no
+    lookups)."""
 
     pairs: Sequence[Pair]
     settings: Settings
+    new_ids: bool = False
     chunks: list[Sequence[Pair]] = field(init=False)
 
     def __post_init__(self) -> None:
-        chunks = [self.pairs[i : i + PER_CALL] for i in range(0, len(self.pairs), PER_CALL)]
-        object.__setattr__(self, "chunks", chunks)
+        pairs = self.pairs
+        chunks = [pairs[i : i + PER_CALL] for i in range(0, len(pairs), PER_CALL)]
+        object.__setattr__(self, "chunks", chunks if len(pairs) > PER_CALL else [pairs])
 
     @property
     def event_ids(self) -> list[str]:
@@ -67,21 +71,28 @@ class Round:
         """One bare EVALSHA, no pipeline: one chunk and no WAIT."""
         return len(self.chunks) == 1 and not self.replicas
 
-    def commands(self, script: EnqueueScript) -> list[list[ScriptArg]]:
-        """The keys and arguments of each chunk's ``EVALSHA``."""
-        return [script.arguments(chunk) for chunk in self.chunks]
+    def commands(self, script: EnqueueScript) -> list[tuple[str, list[ScriptArg]]]:
+        """Each chunk's ``EVALSHA``: its SHA1 and its arguments (no keys)."""
+        return [script.command(chunk, self.new_ids) for chunk in self.chunks]
+
+    def again(self) -> Round:
+        """The round to send after ``NOSCRIPT``: by ENQUEUE, whose lookups find the goals of any
+        chunk that did run."""
+        return replace(self, new_ids=False)
 
     def shortfall(self, replies: Sequence[object]) -> Shortfall | None:
         """What the replies leave unconfirmed (None: every goal): ``replies`` has one per chunk
         (its sequence numbers, or the error Redis gave it), then WAIT's count if one was sent."""
-        confirmed: set[str] = set()
-        refusal: redis.RedisError | None = None
-        for chunk, reply in zip(self.chunks, replies, strict=False):
-            if isinstance(reply, redis.RedisError):
-                refusal = refusal or reply
-            else:
-                confirmed.update(event_id for event_id, _ in chunk)
-        if refusal is not None:
+        refused = [isinstance(reply, redis.RedisError) for reply in replies[: len(self.chunks)]]
+        if any(refused):
+            refusal = replies[refused.index(True)]
+            assert isinstance(refusal, redis.RedisError)
+            confirmed = {
+                event_id
+                for chunk, no in zip(self.chunks, refused, strict=False)
+                if not no
+                for event_id, _ in chunk
+            }
             return Shortfall(NotEnqueued, explain(refusal, self.settings), confirmed)
         if self.replicas:
             return self._replicas_shortfall(replies[-1])

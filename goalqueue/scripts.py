@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
 from redis import Redis
 
-from goalqueue.keys import Keys
+from goalqueue.keys import VISITOR_KEEP, VISITOR_WINDOW_SECONDS, Keys
 from goalqueue.message import template
 from goalqueue.tally import LETTER_REASONS
 
@@ -32,33 +33,52 @@ ScriptArg = str | int | float
 REASONS = " ".join(LETTER_REASONS)
 
 
-class EnqueueScript:
-    """ENQUEUE (``lua/enqueue.lua``) for one namespace, as ``EVALSHA`` arguments: the same for
-    the blocking and the asyncio producer, sent alone or in a pipeline.
+@dataclass(frozen=True)
+class LuaScript:
+    """A script's source and its SHA1, for ``EVALSHA``."""
 
-    ``EVALSHA`` goes out bare: redis-py's pipeline would first ask ``SCRIPT EXISTS``, a round
-    trip of its own. On ``NOSCRIPT`` (a master promoted by a failover starts with an empty
-    script cache) no call ran: load :attr:`source` and send again.
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+class EnqueueScript:
+    """ENQUEUE (``lua/enqueue.lua``) and ENQUEUE_NEW (``lua/enqueue_new.lua``) for one
+    namespace, as ``EVALSHA`` arguments: the same for the blocking and the asyncio producer, sent
+    alone or in a pipeline.
+
+    The namespace's keys and message template are constants of the scripts' source (so a
+    namespace has scripts of its own), and each call carries only its goals: no key goes in
+    KEYS. ``EVALSHA`` goes out bare: redis-py's pipeline would first ask ``SCRIPT EXISTS``, a
+    round trip of its own. On ``NOSCRIPT`` (a master promoted by a failover starts with an empty
+    script cache) that call did not run: load both scripts and send again (by ENQUEUE: another
+    chunk of the round may have run).
     """
 
     def __init__(self, keys: Keys) -> None:
-        self.source = source("enqueue", "push", "marker", "visitors")
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
-        keys_and_head: list[ScriptArg] = [
-            keys.seq, keys.ledger, keys.queue, keys.pending, keys.dead,
-            template(keys), keys.delivered, keys.visitors,
-        ]  # fmt: skip
-        self.numkeys = 5
-        self._head = keys_and_head
+        head = lua_constants(
+            SEQ_KEY=keys.seq, LEDGER_KEY=keys.ledger, QUEUE_KEY=keys.queue,
+            PENDING_KEY=keys.pending, DEAD_KEY=keys.dead, DELIVERED_KEY=keys.delivered,
+            TEMPLATE=template(keys), VISITOR_PREFIX=keys.visitor_prefix,
+            VISITOR_KEEP=VISITOR_KEEP, VISITOR_WINDOW_MS=VISITOR_WINDOW_SECONDS * 1000,
+        )  # fmt: skip
+        self.checked = LuaScript(source("enqueue", "push", "marker", "enqueued", head=head))
+        self.new = LuaScript(source("enqueue_new", "push", "enqueued", head=head))
+        self.both = (self.checked, self.new)
 
-    def arguments(self, goals: Sequence[tuple[str, str]]) -> list[ScriptArg]:
-        """The keys and arguments after ``EVALSHA sha numkeys`` to enqueue ``(event id,
-        payload)`` pairs in one call; its reply is each goal's sequence number, 0 for an event
-        id already known."""
-        args = list(self._head)
+    def command(
+        self, goals: Sequence[tuple[str, str]], new_ids: bool
+    ) -> tuple[str, list[ScriptArg]]:
+        """The SHA1 and the arguments (after ``numkeys``, 0) of the ``EVALSHA`` that enqueues
+        ``(event id, payload)`` pairs in one call: ENQUEUE_NEW when ``new_ids`` (ids the
+        producer has just made, none known), else ENQUEUE. Its reply is each goal's sequence
+        number, 0 for an event id already known."""
+        args: list[ScriptArg] = []
         for event_id, payload in goals:
             args += (event_id, payload)
-        return args
+        return (self.new if new_ids else self.checked).sha, args
 
 
 class Scripts:
@@ -132,11 +152,27 @@ class Scripts:
 
 
 @cache
-def source(name: str, *libraries: str) -> str:
-    """A script's source: its ``#!lua`` line (its flags), the shared functions it uses
-    (``lua/<library>.lua``), then its own code. Redis reads flags only on the first line."""
+def source(name: str, *libraries: str, head: str = "") -> str:
+    """A script's source: its ``#!lua`` line (its flags), ``head`` (its constants), the shared
+    functions it uses (``lua/<library>.lua``), then its own code. Redis reads flags only on the
+    first line."""
     lua = files("goalqueue") / "lua"
     own = (lua / f"{name}.lua").read_text()
     shebang, newline, code = own.partition("\n") if own.startswith("#!") else ("", "", own)
     shared = "".join((lua / f"{library}.lua").read_text() for library in libraries)
-    return shebang + newline + shared + code
+    return shebang + newline + head + shared + code
+
+
+def lua_constants(**values: str | int) -> str:
+    """Lua ``local`` lines that set each name to its value (text quoted byte by byte, so any
+    text makes a valid literal)."""
+    return "".join(f"local {name} = {_lua_literal(value)}\n" for name, value in values.items())
+
+
+def _lua_literal(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    quoted = (
+        chr(b) if 32 <= b < 127 and b not in (39, 92) else f"\\{b:03d}" for b in value.encode()
+    )
+    return "'" + "".join(quoted) + "'"

@@ -14,13 +14,15 @@ The ledger and the waiting set are found by a server-side scan for the goal's en
 matching its id): quick for the thousands a healthy queue holds, a second or so for a backlog
 of millions.
 
-A visitor's goals come from the visitor index, which keeps the goals enqueued in the last hour
-(:data:`~goalqueue.keys.VISITOR_WINDOW_SECONDS`), each then located as above.
+A visitor's goals come from the visitor index (a list per visitor of its newest goals, kept
+:data:`~goalqueue.keys.VISITOR_WINDOW_SECONDS` after its last): those enqueued in the last hour,
+each then located as above.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +32,8 @@ import redis
 from goalqueue.attempts import Attempt
 from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.event import GoalEvent
-from goalqueue.keys import PER_CALL, Keys
+from goalqueue.keys import PER_CALL, VISITOR_WINDOW_SECONDS, Keys
 from goalqueue.markers import Markers
-from goalqueue.scripts import source
-
-VISITS_SHOWN = 100  # a visitor's newest goals that --visitor shows
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 
@@ -103,14 +102,15 @@ def locate(client: redis.Redis, keys: Keys, event_id: str) -> Whereabouts:
 
 
 def visits(client: redis.Redis, keys: Keys, visitor_id: str) -> list[tuple[float, Whereabouts]]:
-    """``visitor_id``'s goals in the visitor index, newest first (at most ``VISITS_SHOWN``):
-    when each was enqueued, and where it is now."""
-    visited = client.register_script(source("visited", "marker", "visitors"))
-    replies = visited(keys=[keys.visitors], args=[visitor_id])
-    goals = sorted(
-        ((int(replies[i + 1]) / 1000, _text(replies[i])) for i in range(0, len(replies), 2)),
-        reverse=True,
-    )[:VISITS_SHOWN]
+    """``visitor_id``'s goals enqueued in the last hour, newest first (the visitor index keeps
+    its last :data:`~goalqueue.keys.VISITOR_KEEP`): when each was enqueued, and where it is
+    now."""
+    since = time.time() - VISITOR_WINDOW_SECONDS
+    goals = []
+    for entry in client.lrange(keys.visitor(visitor_id), 0, -1):
+        at, _, event_id = _text(entry).partition(" ")
+        if float(at) >= since:
+            goals.append((float(at), event_id))
     return [(enqueued, locate(client, keys, event_id)) for enqueued, event_id in goals]
 
 

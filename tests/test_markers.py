@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from goalqueue import GoalQueue
+from goalqueue.keys import VISITOR_KEEP, VISITOR_WINDOW_SECONDS
 from goalqueue.markers import Markers
 from goalqueue.whereabouts import visits
 from tests.helpers.markers import DAY
@@ -77,19 +78,26 @@ def test_a_full_bucket_splits_into_listpack_shards_within_64_bytes_a_goal(
     assert len(markers.find(ids[::7])) == len(ids[::7])
 
 
-def test_the_visitor_index_keeps_a_busy_hour_in_listpack_shards(
+def test_the_visitor_index_keeps_each_visitors_newest_goals_for_an_hour(
     redis_client: redis.Redis, queue: GoalQueue
 ) -> None:
-    # Given 3,000 goals of 300 visitors enqueued (and one visitor with an awkward id)
+    # Given 3,000 goals of 300 visitors enqueued, a busy visitor's 150, and an awkward id's one
     goals = [{"visitor_id": f"visitor-{n % 300}", "name": "signup"} for n in range(3000)]
     for start in range(0, len(goals), 500):
         queue.track_goals(goals[start : start + 500])
+    busy = queue.track_goals([{"visitor_id": "busy", "name": "signup"}] * VISITOR_KEEP)
+    busy += [queue.track_goal("busy", "signup") for _ in range(50)]
     awkward = queue.track_goal('vis"itor\\', "signup")
-    keys = list(redis_client.scan_iter(match=KEYS.visitors + ":*", count=1000))
-    # Then the index stays listpack-encoded, and each visitor finds its own goals
-    assert len(keys) > 40
-    assert {redis_client.object("encoding", key) for key in keys} == {"listpack"}
+    keys = list(redis_client.scan_iter(match=KEYS.visitor_prefix + "*", count=1000))
+    # Then there is a small list per visitor, gone an hour after its last goal
+    assert len(keys) == 302
+    assert all(0 < redis_client.pttl(key) <= VISITOR_WINDOW_SECONDS * 1000 for key in keys)
+    # (about 80 B a goal for its hour, 3 B a goal averaged over the markers' 24 h)
     usage = sum(redis_client.memory_usage(key, samples=0) or 0 for key in keys)
-    assert usage / 3001 <= 48
+    assert usage / 3151 <= 96
+    # And each visitor finds its own goals, newest first, the busy one its last VISITOR_KEEP
     assert len(visits(redis_client, KEYS, "visitor-7")) == 10
+    assert [found.event_id for _, found in visits(redis_client, KEYS, "busy")] == busy[::-1][
+        :VISITOR_KEEP
+    ]
     assert [found.event_id for _, found in visits(redis_client, KEYS, 'vis"itor\\')] == [awkward]

@@ -92,3 +92,18 @@ def test_module_level_track_goal_uses_the_environment(
 def test_an_explicit_broker_url_wins_over_settings(settings: Settings, redis_url: str) -> None:
     other = redis_url.rsplit("/", 1)[0] + "/14"
     assert GoalQueue(broker_url=other, settings=settings).settings.broker_url == other
+
+
+def test_an_empty_script_cache_is_refilled_and_known_ids_stay_known(
+    queue: GoalQueue, redis_client: redis.Redis
+) -> None:
+    # Given a Redis whose script cache was emptied (a restart, a failover) after the first goal
+    first = queue.track_goal("v", "signup")
+    redis_client.script_flush()
+    # When a new goal, then the first one again by its id, are tracked
+    second = queue.track_goal("v", "signup")
+    redis_client.script_flush()
+    assert queue.track_goal("v", "signup", event_id=first) == first
+    # Then each of the two is queued once
+    assert sorted(event.event_id for event, _ in ledger(redis_client)) == sorted([first, second])
+    assert redis_client.llen(KEYS.queue) == 2

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import unicodedata
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,11 +21,13 @@ import fakeredis
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from marshmallow import ValidationError
 
 from goalqueue import GoalQueue, InvalidGoal
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from goalqueue.schema import validate_goal
+from goalqueue.goals import new_id
+from goalqueue.schema import GoalSchema, validate_goal
 from tests.helpers.settings import KEYS
 
 # ------------------------------------------------------------------ DataFast's rules, re-derived
@@ -287,6 +290,31 @@ def test_validate_goal_returns_what_datafast_accepts_or_raises_invalid_goal(
         assert result["visitor_id"] == goal["visitor_id"]
 
 
+def test_new_ids_are_random_uuids_in_canonical_form() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        made = uuid.UUID(text)
+        assert (made.version, made.variant, str(made)) == (4, uuid.RFC_4122, text)
+
+
+@SETTINGS
+@given(pick(good_goals, any_goals()))
+def test_validate_goal_answers_as_the_marshmallow_schema_loads(goal: dict[str, Any]) -> None:
+    # Given any goal, validate_goal (the schema's fields one by one) and GoalSchema().load agree
+    try:
+        loaded: Any = GoalSchema().load(goal)
+    except ValidationError as exc:
+        with pytest.raises(InvalidGoal) as raised:
+            validate_goal(**goal)
+        messages: Any = exc.normalized_messages()  # type: ignore[no-untyped-call]
+        assert raised.value.errors == {
+            field: [str(why) for why in reasons] for field, reasons in messages.items()
+        }
+    else:
+        assert validate_goal(**goal) == loaded
+
+
 @SETTINGS
 @given(good_goals)
 def test_goals_within_the_rules_are_accepted_and_kept(goal: dict[str, Any]) -> None:
@@ -321,9 +349,10 @@ def assert_enqueued(
 ) -> None:
     """Exactly one queue message, one ledger entry and one pending id per goal, holding the
     validated fields, and the visitor index's entries."""
-    index = {key for key in client.keys("*") if key.startswith(KEYS.visitors)}
+    index = {key for key in client.keys("*") if key.startswith(KEYS.visitor_prefix)}
     assert set(client.keys("*")) - index == {KEYS.queue, KEYS.ledger, KEYS.seq, KEYS.pending}
-    assert sum(int(count) for count in client.hvals(KEYS.visitors)) == len(goals)
+    assert index == {KEYS.visitor(goal["visitor_id"]) for goal in goals}
+    assert sum(client.llen(key) for key in index) == len(goals)
     assert client.smembers(KEYS.pending) == set(event_ids)
     assert client.llen(KEYS.queue) == len(goals)
     assert client.zcard(KEYS.ledger) == len(goals)

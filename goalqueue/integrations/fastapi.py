@@ -75,7 +75,7 @@ class GoalTracker:
         event = self._event(name, metadata, description, event_id)
         if event is None:
             return None
-        (self.queue or default_queue()).enqueue([event])
+        (self.queue or default_queue()).enqueue([event], new_ids=event_id is None)
         return event.event_id
 
     async def track_async(
@@ -94,7 +94,9 @@ class GoalTracker:
         if self.async_queue is None and self.queue is not None:
             await asyncio.to_thread(self.queue.enqueue, [event])
         else:
-            await (self.async_queue or default_async_queue()).enqueue([event])
+            await (self.async_queue or default_async_queue()).enqueue(
+                [event], new_ids=event_id is None
+            )
         return event.event_id
 
     def _event(

@@ -66,5 +66,5 @@ def track_goal_from_request(
     )
     if event is None:
         return None
-    (default_queue() if queue is None else queue).enqueue([event])
+    (default_queue() if queue is None else queue).enqueue([event], new_ids=event_id is None)
     return event.event_id

@@ -147,7 +147,7 @@ class _Recording:
 class RecordingQueue(_Recording, GoalQueue):
     """A :class:`~goalqueue.GoalQueue` that records instead of enqueueing: no Redis, no spool."""
 
-    def enqueue(self, events: Sequence[GoalEvent]) -> None:
+    def enqueue(self, events: Sequence[GoalEvent], *, new_ids: bool = False) -> None:
         self.recorder.record(events)
 
     def close(self) -> None:
@@ -157,7 +157,7 @@ class RecordingQueue(_Recording, GoalQueue):
 class RecordingAsyncQueue(_Recording, AsyncGoalQueue):
     """An :class:`~goalqueue.AsyncGoalQueue` that records instead of enqueueing."""
 
-    async def enqueue(self, events: Sequence[GoalEvent]) -> None:
+    async def enqueue(self, events: Sequence[GoalEvent], *, new_ids: bool = False) -> None:
         self.recorder.record(events)
 
     async def aclose(self) -> None:

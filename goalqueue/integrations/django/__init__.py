@@ -73,12 +73,14 @@ def track_goal_from_request(
     )
     if event is None:
         return None
-    transaction.on_commit(lambda: _enqueue(queue or default_queue(), event), using=using)
+    transaction.on_commit(
+        lambda: _enqueue(queue or default_queue(), event, event_id is None), using=using
+    )
     return event.event_id
 
 
-def _enqueue(queue: GoalQueue, event: GoalEvent) -> None:
+def _enqueue(queue: GoalQueue, event: GoalEvent, new_id: bool) -> None:
     try:
-        queue.enqueue([event])
+        queue.enqueue([event], new_ids=new_id)
     except EnqueueError as exc:
         logger.error("goal %s not kept after commit (%s): %s", event.event_id, exc, event.to_json())
