@@ -35,9 +35,9 @@ database and never see each other's goals, pauses, counters or dead letters. For
                                 so that each stays in Redis's compact listpack encoding: about
                                 40 B a delivered goal (see lua/marker.lua, goalqueue/markers.py)
 <ns>:visitor:<visitor id>
-                        list    the visitor index (`goalqueue show --visitor`): the visitor's
-                                last VISITOR_KEEP goals enqueued, newest first, each "<enqueued
-                                at> <event id>" (the goal's enqueued_at, unix seconds); it
+                        string  the visitor index (`goalqueue show --visitor`): about the
+                                visitor's last VISITOR_KEEP goals enqueued, oldest first, each
+                                "<enqueued at> <event id>;" (enqueued_at in unix seconds); it
                                 expires an hour (VISITOR_WINDOW_SECONDS) after the visitor's last
                                 goal (lua/enqueued.lua): one small key per visitor of the hour
 <ns>:attempts:<id>      list    the goal's last 10 attempts (goalqueue/attempts.py), oldest

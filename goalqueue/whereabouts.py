@@ -107,8 +107,9 @@ def visits(client: redis.Redis, keys: Keys, visitor_id: str) -> list[tuple[float
     now."""
     since = time.time() - VISITOR_WINDOW_SECONDS
     goals = []
-    for entry in client.lrange(keys.visitor(visitor_id), 0, -1):
-        at, _, event_id = _text(entry).partition(" ")
+    records = _text(client.get(keys.visitor(visitor_id)) or "").split(";")
+    for record in reversed(records[:-1]):
+        at, _, event_id = record.partition(" ")
         if float(at) >= since:
             goals.append((float(at), event_id))
     return [(enqueued, locate(client, keys, event_id)) for enqueued, event_id in goals]

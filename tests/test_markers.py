@@ -89,12 +89,12 @@ def test_the_visitor_index_keeps_each_visitors_newest_goals_for_an_hour(
     busy += [queue.track_goal("busy", "signup") for _ in range(50)]
     awkward = queue.track_goal('vis"itor\\', "signup")
     keys = list(redis_client.scan_iter(match=KEYS.visitor_prefix + "*", count=1000))
-    # Then there is a small list per visitor, gone an hour after its last goal
+    # Then there is a small string per visitor, gone an hour after its last goal
     assert len(keys) == 302
     assert all(0 < redis_client.pttl(key) <= VISITOR_WINDOW_SECONDS * 1000 for key in keys)
-    # (about 80 B a goal for its hour, 3 B a goal averaged over the markers' 24 h)
+    # (about 60 B a goal for its hour, 2.5 B a goal averaged over the markers' 24 h)
     usage = sum(redis_client.memory_usage(key, samples=0) or 0 for key in keys)
-    assert usage / 3151 <= 96
+    assert usage / 3151 <= 72
     # And each visitor finds its own goals, newest first, the busy one its last VISITOR_KEEP
     assert len(visits(redis_client, KEYS, "visitor-7")) == 10
     assert [found.event_id for _, found in visits(redis_client, KEYS, "busy")] == busy[::-1][

@@ -3,13 +3,14 @@
 -- goalqueue/scripts.py): SEQ_KEY, LEDGER_KEY, QUEUE_KEY, PENDING_KEY, DEAD_KEY, DELIVERED_KEY,
 -- TEMPLATE, and the visitor index's VISITOR_PREFIX, VISITOR_KEEP and VISITOR_WINDOW_MS.
 
--- The visitor and the enqueue time (unix seconds, as text) of a stored goal, or nil. In the
--- form goalqueue/event.py writes, its id and then its visitor come first, and ,"t": followed by
--- a digit is its time: any quote inside a JSON string is escaped. Any other form is decoded.
+-- The visitor and the enqueue time (unix seconds, as text to the ms: records of one width) of a
+-- stored goal, or nil. In the form goalqueue/event.py writes, its id and then its visitor come
+-- first, and ,"t": followed by a digit is its time: any quote inside a JSON string is escaped.
+-- Any other form is decoded.
 local function visit_of(payload)
   local visitor = string.match(payload, '^{"i":"[^"\\]*","v":"([^"\\]*)"')
-  local at = visitor and string.match(payload, ',"t":([%d.]+)')
-  if at then return visitor, at end
+  local at = visitor and tonumber(string.match(payload, ',"t":([%d.]+)'))
+  if at then return visitor, string.format('%.3f', at) end
   local ok, event = pcall(cjson.decode, payload)
   if ok and type(event) == 'table' and type(event['v']) == 'string'
      and type(event['t']) == 'number' then
@@ -18,16 +19,19 @@ local function visit_of(payload)
   return nil
 end
 
--- The goal's id in the pending set, in its visitor's list in the visitor index (goalqueue/keys.py:
--- newest first, its last VISITOR_KEEP goals, kept VISITOR_WINDOW_MS after its last one), and
--- on the queue (push.lua); returns its sequence number.
+-- The goal's id in the pending set, in its visitor's entry in the visitor index
+-- (goalqueue/keys.py: a string of "<enqueued at> <event id>;" records, oldest first, about its
+-- last VISITOR_KEEP goals, kept VISITOR_WINDOW_MS after its last one: a string costs a third
+-- less than a list), and on the queue (push.lua); returns its sequence number.
 local function admit(event_id, payload)
   redis.call('SADD', PENDING_KEY, event_id)
   local visitor, at = visit_of(payload)
   if visitor then
-    local key = VISITOR_PREFIX .. visitor
-    if redis.call('LPUSH', key, at .. ' ' .. event_id) > VISITOR_KEEP then
-      redis.call('LTRIM', key, 0, VISITOR_KEEP - 1)
+    local key, record = VISITOR_PREFIX .. visitor, at .. ' ' .. event_id .. ';'
+    local most = VISITOR_KEEP * #record
+    if redis.call('APPEND', key, record) > most then
+      local kept = redis.call('GETRANGE', key, -most, -1)
+      redis.call('SET', key, string.sub(kept, string.find(kept, ';', 1, true) + 1))
     end
     redis.call('PEXPIRE', key, VISITOR_WINDOW_MS)
   end
