@@ -57,9 +57,7 @@ for i = 7 + answer_fields, #ARGV, 7 do
       live, expired = marker_window(markers_key, now_ms)
       marker_prune(markers_key, expired)
     end
-    -- The copy that owned the entry is the first to deliver the goal (delivering takes the entry
-    -- out in the same call that marks it), so only another copy looks for a marker first.
-    if mine == 1 or not marker_find(live, field, packed) then
+    if not marker_find(live, field, packed) then
       marker_add(markers_key, live, now_ms, bucket_ms, marker_ttl_ms, field, packed, b)
       redis.call('INCR', count_key)
       marked = marked + 1
