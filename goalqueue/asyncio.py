@@ -52,6 +52,12 @@ class _Call:
     new_ids: bool
 
 
+def _quietly(task: asyncio.Task[list[object]]) -> None:
+    """Retrieve what a round left behind by its deadline ended with: nobody waits for it."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _settle(calls: list[_Call], shortfall: Shortfall | None) -> None:
     for call in calls:
         if not call.future.done():
@@ -173,11 +179,20 @@ class AsyncGoalQueue:
         new_ids = all(call.new_ids for call in calls)
         this = Round([pair for call in calls for pair in call.pairs], self.settings, new_ids)
         with deadline(timeout) as current:
-            try:
-                async with asyncio.timeout(timeout):
-                    return this.shortfall(await self._send(this, current))
-            except TimeoutError:
+            # The round runs as a task of its own that the deadline leaves behind, rather than
+            # under asyncio.timeout: a cancellation can be swallowed on its way down (Python
+            # 3.11's asyncio.wait_for in redis-py's connection pool does), and the round would
+            # then wait for a hung Redis well past the deadline. One left behind ends when
+            # Redis answers or drops the connection; if it got through, the goals it carried
+            # are known to ENQUEUE, so sending them again (the spool does) adds nothing.
+            sending = asyncio.create_task(self._send(this, current))
+            done, _ = await asyncio.wait({sending}, timeout=timeout)
+            if not done:
+                sending.cancel()
+                sending.add_done_callback(_quietly)
                 return this.failure(self._timed_out, current.sent)
+            try:
+                return this.shortfall(sending.result())
             except redis.RedisError as exc:
                 return this.failure(exc, current.sent)
 

@@ -4,6 +4,7 @@ never blocks the loop, the spool, and the per-loop process-wide queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -191,3 +192,31 @@ def test_without_a_spool_each_concurrent_call_gets_its_own_error() -> None:
     ids = [outcome.event_ids for outcome in outcomes if isinstance(outcome, goalqueue.NotEnqueued)]
     assert all(len(one) == 1 for one in ids) and len({one[0] for one in ids}) == 64
     assert all("unreachable" in str(outcome) for outcome in outcomes)
+
+
+def test_a_round_whose_cancellation_is_swallowed_below_still_ends_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a producer whose sending ignores being cancelled for a second (Python 3.11's
+    # asyncio.wait_for, in redis-py's connection pool, can swallow a cancellation: a round then
+    # waited for a frozen Redis 1.6 s past its deadline under a web app's load)
+    settings = Settings(broker_url=dead_redis_url(), enqueue_timeout_seconds=TIMEOUT)
+    queue = AsyncGoalQueue(settings=settings)
+
+    async def stubborn(*_: object) -> list[object]:
+        end = time.monotonic() + 1.0
+        while (left := end - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(left)
+        return [1]
+
+    monkeypatch.setattr(queue, "_send_once", stubborn)
+
+    # When a goal is tracked
+    async def track() -> tuple[object, float, int]:
+        return await with_ticks(queue.track_goal(VISITOR, "signup"))
+
+    outcome, elapsed, _ = asyncio.run(track())
+    # Then the call fails by its deadline, not when the sending gives up
+    assert isinstance(outcome, goalqueue.EnqueueError), outcome
+    assert elapsed < TIMEOUT + MARGIN, f"{elapsed:.3f} s"
