@@ -80,6 +80,11 @@ def async_client(
     return master
 
 
+def text(reply: bytes | str | None) -> str:
+    """A reply as text, whether its client decodes replies or not ('' for none)."""
+    return reply.decode() if isinstance(reply, bytes) else (reply or "")
+
+
 def call(client: redis.Redis, *args: str | int | float) -> Any:
     """One command on a connection of ``client``'s pool, its reply decoded as the client's are:
     for the producer's one-goal ENQUEUE, where redis-py's own path for a command (a retry

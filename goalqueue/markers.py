@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from goalqueue.connections import text
 from goalqueue.keys import PER_CALL, Keys
 from goalqueue.scripts import ScriptArg, source
 
@@ -47,7 +48,7 @@ class Markers:
         for i, event_id in enumerate(event_ids):
             at, remote = replies[2 * i], replies[2 * i + 1]
             if at is not None:
-                found[event_id] = Marker(event_id, int(at) / 1000, _text(remote))
+                found[event_id] = Marker(event_id, int(at) / 1000, text(remote))
         return found
 
     def get(self, event_id: str) -> Marker | None:
@@ -70,16 +71,15 @@ class Markers:
         legacy = self.redis.scan_iter(
             match=f"{self.keys.delivered}:*", count=PER_CALL, _type="STRING"
         )
-        adopted = 0
+        adopted, prefix = 0, len(self.keys.delivered) + 1
         while chunk := list(itertools.islice(legacy, PER_CALL)):
             pipe = self.redis.pipeline(transaction=False)
             for key in chunk:
                 pipe.get(key)
                 pipe.pttl(key)
             replies = pipe.execute()
-            prefix = len(self.keys.delivered) + 1
             found = [
-                (_text(key)[prefix:], _text(value), ttl_ms)
+                (text(key)[prefix:], text(value), ttl_ms)
                 for key, value, ttl_ms in zip(chunk, replies[::2], replies[1::2], strict=True)
                 if ttl_ms != -2
             ]
@@ -90,8 +90,3 @@ class Markers:
             self.redis.delete(*chunk)
             adopted += len(found)
         return adopted
-
-
-def _text(value: bytes | str | None) -> str:
-    """A reply as text, whether the client decodes replies or not."""
-    return value.decode() if isinstance(value, bytes) else (value or "")

@@ -14,7 +14,7 @@ The ledger and the waiting set are found by a server-side scan for the goal's en
 matching its id): quick for the thousands a healthy queue holds, a second or so for a backlog
 of millions.
 
-A visitor's goals come from the visitor index (a list per visitor of its newest goals, kept
+A visitor's goals come from the visitor index (a string per visitor of its newest goals, kept
 :data:`~goalqueue.keys.VISITOR_WINDOW_SECONDS` after its last): those enqueued in the last hour,
 each then located as above.
 """
@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from goalqueue.attempts import Attempt
+from goalqueue.connections import text
 from goalqueue.deadletters import DeadLetter, DeadLetters
 from goalqueue.event import GoalEvent
 from goalqueue.keys import PER_CALL, VISITOR_WINDOW_SECONDS, Keys
@@ -107,16 +108,12 @@ def visits(client: redis.Redis, keys: Keys, visitor_id: str) -> list[tuple[float
     now."""
     since = time.time() - VISITOR_WINDOW_SECONDS
     goals = []
-    records = _text(client.get(keys.visitor(visitor_id)) or "").split(";")
+    records = text(client.get(keys.visitor(visitor_id))).split(";")
     for record in reversed(records[:-1]):
         at, _, event_id = record.partition(" ")
         if float(at) >= since:
             goals.append((float(at), event_id))
     return [(enqueued, locate(client, keys, event_id)) for enqueued, event_id in goals]
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _with(found: Whereabouts, attempts: list[Attempt]) -> Whereabouts:
@@ -138,7 +135,7 @@ def _entry(client: redis.Redis, key: str, event_id: str) -> tuple[str, float] | 
     """The member of the zset ``key`` that is ``event_id``'s stored event, and its score."""
     pattern = '{"i":"' + _GLOB.sub(r"\\\1", event_id) + '"*'
     for member, score in client.zscan_iter(key, match=pattern, count=PER_CALL):
-        return _text(member), float(score)
+        return text(member), float(score)
     return None
 
 

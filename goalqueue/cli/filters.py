@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from goalqueue.cli.context import parsed
 from goalqueue.selection import DIED, ENQUEUED, Selection, When, status, when
 from goalqueue.tally import DEAD_REASONS
 
@@ -17,21 +18,6 @@ from goalqueue.tally import DEAD_REASONS
 def _when(text: str) -> When:
     """``text`` as a time, durations counted back from now."""
     return when(text, time.time())
-
-
-def _parsed(parse: Callable[[str], object]) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """An option callback reading each value with ``parse``, whose ``ValueError`` is the
-    one-line error."""
-
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        try:
-            if isinstance(value, tuple):
-                return tuple(parse(item) for item in value)
-            return None if value is None else parse(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
-
-    return callback
 
 
 def filters(command: Callable[..., None]) -> Callable[..., None]:
@@ -43,14 +29,14 @@ def filters(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--name", "names", multiple=True,
                      help="Only goals of this name (repeatable)."),
         click.option("--status", "statuses", multiple=True, metavar="STATUS",
-                     callback=_parsed(status),
+                     callback=parsed(status),
                      help="Only letters whose last answer had this status: a code (404), a "
                      "class (4xx), or none (repeatable)."),
-        click.option("--since", metavar="WHEN", callback=_parsed(_when),
+        click.option("--since", metavar="WHEN", callback=parsed(_when),
                      help="Only letters that died (see --by) at or after WHEN: 2026-12-01, "
                      "2026-12-01T14:30 (local time unless it has an offset), a unix time, or "
                      "a duration before now (90s, 15m, 2h, 7d, 2w)."),
-        click.option("--until", metavar="WHEN", callback=_parsed(_when),
+        click.option("--until", metavar="WHEN", callback=parsed(_when),
                      help="Only letters that died (see --by) at or before WHEN."),
         click.option("--by", type=click.Choice([DIED, ENQUEUED]), default=DIED,
                      show_default=True,

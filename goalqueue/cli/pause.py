@@ -9,7 +9,7 @@ import click
 import redis
 
 from goalqueue import pausing
-from goalqueue.cli.context import read
+from goalqueue.cli.context import parsed, read
 from goalqueue.config import get_settings
 from goalqueue.errors import ConfigError
 from goalqueue.keys import Keys
@@ -18,22 +18,12 @@ from goalqueue.scripts import Scripts
 from goalqueue.terminal import printable
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    """``30s``, ``10m``, ``2h``, ``1d``, as seconds."""
-    if value is None:
-        return None
-    try:
-        return pausing.parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 @click.command()
 @click.option(
     "--for",
     "seconds",
     metavar="DURATION",
-    callback=_duration,
+    callback=parsed(pausing.parse_duration),
     help="How long: 30s, 10m, 2h, 1d. Without it, until `goalqueue resume`.",
 )
 @click.option("--reason", default="", help="Free text, shown wherever the pause is.")
