@@ -33,7 +33,7 @@ from tests.helpers.settings import KEYS, quick_settings
 from tests.helpers.tls import self_signed_certificate
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers, worker_env
-from workers.client import Answer, build_client, post_goal
+from workers.client import Answer, GoalPoster, build_client
 from workers.policy import Failed, Failure
 
 CANARY = "df_SECRET_canary_123"
@@ -235,7 +235,7 @@ def test_the_worker_refuses_a_certificate_it_cannot_verify_before_sending_the_ke
 
     async def post() -> Answer:
         async with build_client(settings) as client:
-            return await post_goal(client, url, event)
+            return await GoalPoster(client, settings).post(event)
 
     result = asyncio.run(post())
     # Then the TLS handshake fails, and the key never left the process

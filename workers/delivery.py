@@ -30,7 +30,7 @@ import redis.asyncio
 from goalqueue.attempts import worker_name
 from goalqueue.config import Settings
 from goalqueue.event import GoalEvent
-from workers.client import post_goal
+from workers.client import GoalPoster
 from workers.decide import Act, Decision, Rules, decide
 from workers.outage import Outage
 from workers.policy import RETRY_AFTER_MAX_SECONDS, Verdict, classify
@@ -83,7 +83,7 @@ class Deliverer:
     ) -> None:
         self.settings = settings
         self.redis = client
-        self.http = http
+        self.poster = GoalPoster(http, settings)
         self.scripts = WorkerScripts(client, settings.keys, Bound.of(settings))
         self.writer = Writer(settings, client, self.scripts, clock, outage)
         self.recorder = Recorder(self.writer.write)
@@ -218,7 +218,7 @@ class Deliverer:
     async def _ask(self, event: GoalEvent) -> tuple[Verdict, float]:
         """POST the goal: what DataFast's answer means, and how long it took."""
         sent = time.monotonic()
-        answer = await post_goal(self.http, self.settings.api_url, event)
+        answer = await self.poster.post(event)
         took = time.monotonic() - sent
         return classify(answer, now=self.clock(), max_wait=RETRY_AFTER_MAX_SECONDS), took
 

@@ -122,7 +122,7 @@ class Engine:
     async def _close(self) -> None:
         self._stopping()
         await self.deliverer.settled()
-        await self.deliverer.http.aclose()
+        await self.deliverer.poster.client.aclose()
         await self.deliverer.redis.aclose()
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
