@@ -100,6 +100,27 @@ def test_a_delivered_goal_is_posted_once_with_auth_and_idempotency_key(
     assert redis_client.zcard(KEYS.waiting) == 0
 
 
+def test_an_outcome_is_recorded_after_redis_lost_its_scripts(
+    settings: Settings,
+    queue: GoalQueue,
+    redis_client: redis.Redis,
+    clock: Clock,
+    deliverer: Callable[..., Engine],
+) -> None:
+    # Given a worker that has delivered and recorded a goal (its scripts are loaded)
+    worker = deliverer(settings, FakeDataFast(ok()), clock)
+    first = enqueue(queue, clock)
+    assert run_next(worker, redis_client) == "delivered"
+    # When Redis loses its scripts (a restart, a failover) before the next outcome is written
+    second = enqueue(queue, clock)
+    redis_client.script_flush()
+    # Then the next goal is still delivered and recorded: the write loads them again
+    assert run_next(worker, redis_client) == "delivered"
+    assert marker(redis_client, first) is not None and marker(redis_client, second) is not None
+    assert redis_client.get(KEYS.delivered_count) == "2"
+    assert redis_client.zcard(KEYS.ledger) == 0
+
+
 def test_a_dft_token_sends_the_website_id(
     settings: Settings,
     queue: GoalQueue,

@@ -206,9 +206,10 @@ def test_every_script_a_worker_runs_runs_on_a_full_redis_and_the_sweep_holds_bac
             settlement.park(second.entry, GoalEvent.from_json(second.entry), due=now + 60)
             for copy in rest:
                 settlement.delivered(copy.entry, copy.event_id, "remote", 0.1)
+            await scripts.load()
             async with worker.pipeline(transaction=False) as pipe:
-                await scripts.settle(settlement, pipe)
-                await scripts.defer(Defer(now + 1, "suspended", 0, halve=False), now, pipe)
+                scripts.settle(settlement, pipe)
+                scripts.defer(Defer(now + 1, "suspended", 0, halve=False), now, pipe)
                 owned, _ = await pipe.execute()
             return len(take.copies), owned
         finally:

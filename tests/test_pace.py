@@ -69,8 +69,9 @@ class Pace:
         return self.loop.run_until_complete(self._defer(now, "slow"))
 
     async def _defer(self, now: float, reason: str) -> str | None:
+        await self.scripts.load()
         async with self.worker_client.pipeline(transaction=False) as pipe:
-            await self.scripts.defer(Defer(now + 1, reason, 0, halve=True), now, pipe)
+            self.scripts.defer(Defer(now + 1, reason, 0, halve=True), now, pipe)
             (reply,) = await pipe.execute()
         return None if reply is None else str(reply)
 

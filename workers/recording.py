@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from goalqueue import attempts
 from goalqueue.attempts import Attempt
@@ -224,7 +225,15 @@ class Writer:
         _log(record, slowed)
 
     async def _write_once(self, record: Record) -> str | None:
-        """One pipeline: resume, pause, settle; returns the new pace if the pause slowed it."""
+        """One pipeline: resume, pause, settle; returns the new pace if the pause slowed it.
+        After NOSCRIPT (no script of it ran) the scripts are loaded and it goes again."""
+        try:
+            return await self._pipeline(record)
+        except NoScriptError:
+            await self.scripts.load()
+            return await self._pipeline(record)
+
+    async def _pipeline(self, record: Record) -> str | None:
         settings = self.settings
         async with self.redis.pipeline(transaction=False) as pipe:
             if record.resume:
@@ -233,9 +242,9 @@ class Writer:
                 pipe.delete(settings.keys.probe)
             if (pause := record.pause) is not None:
                 defer = Defer(pause.until, pause.reason, pause.streak, pause.slows)
-                await self.scripts.defer(defer, self.clock(), pipe)
+                self.scripts.defer(defer, self.clock(), pipe)
             if record.settlement.outcomes:
-                await self.scripts.settle(record.settlement, pipe)
+                self.scripts.settle(record.settlement, pipe)
             replies = await pipe.execute()
         return replies[int(record.resume or record.release)] if pause is not None else None
 

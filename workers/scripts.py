@@ -164,10 +164,16 @@ def log_ttls(settings: Settings) -> tuple[int, int]:
 
 
 class WorkerScripts:
-    """The worker's scripts, on its event loop's client, for the namespace of ``keys``;
-    ``pipe=`` queues one in a pipeline."""
+    """The worker's scripts, on its event loop's client, for the namespace of ``keys``.
+
+    SETTLE and DEFER are queued in a pipeline by SHA, with no ``SCRIPT EXISTS`` first: redis-py
+    checks that before every pipeline that holds a ``Script`` object, one more round trip per
+    write. A ``NoScriptError`` from such a pipeline (a restarted Redis, a flushed script cache)
+    means none of them ran: :meth:`load` them and write again.
+    """
 
     def __init__(self, client: AsyncRedis, keys: Keys, bound: Bound) -> None:
+        self.client = client
         self.keys = keys
         self.bound = bound
         self._take = client.register_script(
@@ -198,22 +204,25 @@ class WorkerScripts:
         paused = spans_of(reply[1]) if len(reply) > 1 and reply[1] else ()
         return TakeReply(int(reply[0]) / 1000, copies, paused)
 
-    async def settle(self, settlement: Settlement, pipe: Pipeline) -> None:
+    async def load(self) -> None:
+        """Load the scripts into Redis's script cache."""
+        for script in (self._take, self._defer, self._settle):
+            await self.client.script_load(script.script)
+
+    def settle(self, settlement: Settlement, pipe: Pipeline) -> None:
         """Queue SETTLE for ``settlement`` in ``pipe``."""
         bound = self.bound
+        keys = _settle_keys(self.keys)
         args = _settle_args(self.keys, settlement, bound.marker_ttl_ms, bound.log_ttls)
-        await self._settle(keys=_settle_keys(self.keys), args=args, client=pipe)
+        pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
 
-    async def defer(self, defer: Defer, now: float, pipe: Pipeline) -> None:
+    def defer(self, defer: Defer, now: float, pipe: Pipeline) -> None:
         """Queue DEFER in ``pipe``; its reply is the new pace (goals/s, as text) or None."""
         keys, bound = self.keys, self.bound
-        await self._defer(
-            keys=[keys.pause, keys.probe, keys.pace, keys.sent],
-            args=[
-                defer.until, defer.reason, defer.streak, bound.fingerprint, now, bound.max_rate,
-                int(defer.halve),
-            ],
-            client=pipe,
+        pipe.evalsha(
+            self._defer.sha, 4, keys.pause, keys.probe, keys.pace, keys.sent,
+            defer.until, defer.reason, defer.streak, bound.fingerprint, now, bound.max_rate,
+            int(defer.halve),
         )  # fmt: skip
 
 
