@@ -52,12 +52,6 @@ class _Call:
     new_ids: bool
 
 
-def _quietly(task: asyncio.Task[list[object]]) -> None:
-    """Retrieve what a round left behind by its deadline ended with: nobody waits for it."""
-    if not task.cancelled():
-        task.exception()
-
-
 def _settle(calls: list[_Call], shortfall: Shortfall | None) -> None:
     for call in calls:
         if not call.future.done():
@@ -90,6 +84,7 @@ class AsyncGoalQueue:
         self.backlog = open_backlog(settings, self._resender)
         self._waiting: list[_Call] = []
         self._round: asyncio.Task[None] | None = None
+        self._left_behind: set[asyncio.Task[list[object]]] = set()
 
     async def track_goal(
         self,
@@ -190,12 +185,20 @@ class AsyncGoalQueue:
             done, _ = await asyncio.wait({sending}, timeout=timeout)
             if not done:
                 sending.cancel()
-                sending.add_done_callback(_quietly)
+                self._left_behind.add(sending)
+                sending.add_done_callback(self._forget)
                 return this.failure(self._timed_out, current.sent)
             try:
                 return this.shortfall(sending.result())
             except redis.RedisError as exc:
                 return this.failure(exc, current.sent)
+
+    def _forget(self, sending: asyncio.Task[list[object]]) -> None:
+        """A round left behind by its deadline has ended: its goals were answered for already
+        (spooled, or reported as maybe enqueued), so what it ended with is only retrieved."""
+        self._left_behind.discard(sending)
+        if not sending.cancelled():
+            sending.exception()
 
     @property
     def _timed_out(self) -> redis.TimeoutError:
@@ -228,10 +231,13 @@ class AsyncGoalQueue:
 
     async def aclose(self) -> None:
         """Let the rounds on their way finish, close the Redis client, and stop the spool's
-        flusher if one runs."""
+        flusher if one runs. A round its deadline left behind ends once the client's connections
+        are closed under it; it is waited for at most the enqueue timeout more."""
         while self._round is not None:
             await asyncio.wait([self._round])
         await self.redis.aclose()
+        if self._left_behind:
+            await asyncio.wait(self._left_behind, timeout=self.settings.enqueue_timeout_seconds)
         if self.backlog is not None:
             await asyncio.to_thread(self.backlog.close)
         if self._resender is not None:

@@ -220,3 +220,32 @@ def test_a_round_whose_cancellation_is_swallowed_below_still_ends_at_the_deadlin
     # Then the call fails by its deadline, not when the sending gives up
     assert isinstance(outcome, goalqueue.EnqueueError), outcome
     assert elapsed < TIMEOUT + MARGIN, f"{elapsed:.3f} s"
+
+
+def test_aclose_waits_for_a_round_left_behind_by_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a producer whose sending ignores being cancelled until half an enqueue timeout
+    # past the deadline
+    settings = Settings(broker_url=dead_redis_url(), enqueue_timeout_seconds=TIMEOUT)
+    queue = AsyncGoalQueue(settings=settings)
+
+    async def stubborn(*_: object) -> list[object]:
+        end = time.monotonic() + TIMEOUT * 1.5
+        while (left := end - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(left)
+        return [1]
+
+    monkeypatch.setattr(queue, "_send_once", stubborn)
+
+    # When a goal's call fails by its deadline, and the queue is closed
+    async def track_then_close() -> tuple[object, list[asyncio.Task[object]]]:
+        outcome, _, _ = await with_ticks(queue.track_goal(VISITOR, "signup"))
+        await queue.aclose()
+        return outcome, [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    outcome, pending = asyncio.run(track_then_close())
+    # Then closing waited for the round left behind: nothing of the queue's is still running
+    assert isinstance(outcome, goalqueue.EnqueueError), outcome
+    assert pending == []
