@@ -36,6 +36,7 @@ from goalqueue.metrics.server import POOL_THREADS
 from goalqueue.sandbox import Sandbox
 from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, read
 from tests.helpers.ports import free_port
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
@@ -260,6 +261,7 @@ def test_prometheus_sees_what_goalqueue_stats_and_the_sandbox_count(
     wait_for(bad_key_alert, 10, 0.2)
 
 
+@TIMED
 def test_counters_stay_right_when_workers_are_sigkilled_and_restarted(
     queue: GoalQueue,
     sandbox: Sandbox,
