@@ -21,7 +21,7 @@ import redis
 from goalqueue import GoalQueue
 from goalqueue.config import Settings
 from goalqueue.sandbox import Sandbox
-from tests.helpers.databases import REDIS_URL, flush
+from tests.helpers.databases import REDIS_URL, SHARED, VARIABLE, flush
 from tests.helpers.datafast import Handler
 from tests.helpers.isolation import Isolation
 from tests.helpers.redis_server import RedisServer
@@ -32,6 +32,20 @@ from workers.engine import Engine
 REAL_FIXTURES = frozenset({"redis_url", "redis_server", "sandbox", "workers"})
 """The fixtures that start or reach real things; every test that uses one is an integration
 test."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """pytest-xdist workers (``-n`` in the addopts) each start a Redis of their own; when every
+    one would use the same Redis (named, or 127.0.0.1:6379), the tests run in one process."""
+    if SHARED and config.pluginmanager.hasplugin("xdist"):
+        config.option.numprocesses = 0
+
+
+def pytest_report_header() -> str | None:
+    if SHARED:
+        return f"one Redis for every test ({VARIABLE} or 127.0.0.1:6379): no pytest-xdist workers"
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

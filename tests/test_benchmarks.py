@@ -14,8 +14,9 @@ import pytest
 from benchmarks.run import median_round
 from benchmarks.scenarios import Row
 from tests.helpers.databases import BENCHMARK_DBS, SERVER, flush, url
+from tests.helpers.scheduling import TIMED
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, TIMED]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -59,6 +59,7 @@ from tests.helpers.forms import short_and_long
 from tests.helpers.markers import marker
 from tests.helpers.messages import pop_message
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import API_KEY, KEYS, quick_settings
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import WorkerProcess, Workers, worker_env
@@ -338,6 +339,7 @@ def chaos_workers(tmp_path: Path, server: RedisServer, sandbox: Sandbox) -> Iter
 FORMS = short_and_long(SHORT, LONG, SHORT.timeout + 60, LONG.timeout + 120)
 
 
+@TIMED
 @pytest.mark.parametrize("form", FORMS)
 def test_chaos_loses_no_goal(
     form: Form,

@@ -17,6 +17,7 @@ from goalqueue.deadletters import DeadLetters
 from goalqueue.keys import TASK_NAME
 from goalqueue.sandbox import Sandbox
 from tests.helpers.messages import pop_message
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
@@ -122,6 +123,7 @@ class Producer(threading.Thread):
             tick += 1
 
 
+@TIMED
 def test_workers_sigkilled_again_and_again_lose_no_goal(
     queue: GoalQueue, sandbox: Sandbox, workers: Workers, redis_client: redis.Redis
 ) -> None:

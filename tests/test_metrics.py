@@ -36,6 +36,7 @@ from goalqueue.metrics.server import POOL_THREADS
 from goalqueue.sandbox import Sandbox
 from goalqueue.tally import LATENCY_BOUNDS, REQUEST_BOUNDS, read
 from tests.helpers.ports import free_port
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers
@@ -206,7 +207,12 @@ def test_prometheus_sees_what_goalqueue_stats_and_the_sandbox_count(
     # Given the sandbox knowing one visitor and failing its first three requests with 503
     sandbox.register_visitors("known", mode="registered")
     sandbox.fail_next(503, count=3)
-    workers.start("-c", "4")
+    # (a pause of 2 s, then 4 s after the probe's 401: the goal waits out the second one in
+    # "waiting" while the workers stop; the quick settings' 0.1 s let their sweeper bring it back
+    # to the queue first when the stop was slow)
+    workers.start(
+        "-c", "4", env={"GOALQUEUE_RETRY_BASE_SECONDS": "2", "GOALQUEUE_RETRY_MAX_SECONDS": "4"}
+    )
     # When 20 good goals and one for an unknown visitor are delivered
     good = [queue.track_goal("known", "signup", metadata={"n": str(i)}) for i in range(20)]
     queue.track_goal("stranger", "signup")
@@ -260,6 +266,7 @@ def test_prometheus_sees_what_goalqueue_stats_and_the_sandbox_count(
     wait_for(bad_key_alert, 10, 0.2)
 
 
+@TIMED
 def test_counters_stay_right_when_workers_are_sigkilled_and_restarted(
     queue: GoalQueue,
     sandbox: Sandbox,

@@ -19,7 +19,7 @@ from typing import Any
 
 import fakeredis
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
@@ -351,7 +351,8 @@ def assert_enqueued(
     validated fields, and the visitor index's entries."""
     index = {key for key in client.keys("*") if key.startswith(KEYS.visitor_prefix)}
     assert set(client.keys("*")) - index == {KEYS.queue, KEYS.ledger, KEYS.seq, KEYS.pending}
-    assert index == {KEYS.visitor(goal["visitor_id"]) for goal in goals}
+    # (keyed by the visitor id as validated: bytes are decoded)
+    assert index == {KEYS.visitor(validate_goal(**goal)["visitor_id"]) for goal in goals}
     assert sum(client.get(key).count(";") for key in index) == len(goals)
     assert client.smembers(KEYS.pending) == set(event_ids)
     assert client.llen(KEYS.queue) == len(goals)
@@ -373,6 +374,7 @@ def assert_enqueued(
 
 @SETTINGS
 @given(pick(good_goals, any_goals()))
+@example({"visitor_id": b"!", "name": "0", "metadata": None, "description": None})
 def test_track_goal_writes_one_message_and_one_entry_or_nothing(goal: dict[str, Any]) -> None:
     # Given an empty Redis and arbitrary goal fields
     queue, client = fake_queue()

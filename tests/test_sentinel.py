@@ -47,6 +47,7 @@ from tests.helpers.markers import mark
 from tests.helpers.messages import pop_message
 from tests.helpers.ports import free_port
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import quick_settings
 from tests.helpers.spool import spooled_rows
 from tests.helpers.waiting import wait_for
@@ -636,6 +637,7 @@ def report(name: str, outcome: Outcome) -> None:
     )
 
 
+@TIMED
 def test_with_wait_every_acknowledged_goal_survives_a_failover(
     deployment: Deployment, sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -646,6 +648,7 @@ def test_with_wait_every_acknowledged_goal_survives_a_failover(
     assert outcome.duplicates <= DUPLICATE_BOUND
 
 
+@TIMED
 def test_without_wait_a_failover_may_lose_acknowledged_goals(
     deployment: Deployment, sandbox: Sandbox, tmp_path: Path
 ) -> None:

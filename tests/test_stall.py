@@ -28,6 +28,7 @@ import redis
 from goalqueue import GoalQueue
 from goalqueue.sandbox import Sandbox
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import KEYS, quick_settings
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import Workers, worker_env
@@ -65,6 +66,7 @@ def settled(client: redis.Redis) -> Callable[[], bool]:
     return check
 
 
+@TIMED
 @pytest.mark.timeout(600 if LONG else 120)
 def test_a_redis_stall_longer_than_half_the_visibility_timeout_sends_no_goal_twice(
     server: RedisServer, client: redis.Redis, sandbox: Sandbox, tmp_path: Path

@@ -30,6 +30,7 @@ from goalqueue.tally import CONSUMER_STALLS
 from tests.helpers.clock import Clock
 from tests.helpers.forms import short_and_long
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import KEYS
 from tests.helpers.waiting import wait_for
 from tests.helpers.workers import WorkerProcess, Workers
@@ -288,6 +289,7 @@ def a_cancelled_consumer_is_a_stall_once_it_has_room(
     assert "still running" not in node.output()
 
 
+@TIMED
 @pytest.mark.parametrize("freeze_seconds", short_and_long(20.0, 60.0, 120, 240))
 def test_a_stalled_worker_restarts_and_one_busy_or_cut_off_from_redis_does_not(
     server: RedisServer,

@@ -22,12 +22,13 @@ import pytest
 from goalqueue.sandbox import Sandbox
 from goalqueue.spool import Spool
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.scheduling import TIMED
 from tests.helpers.settings import KEYS, quick_settings
 from tests.helpers.waiting import wait_for
 from tests.helpers.webservers import SERVERS, Answer, Traffic, WebServer, goals_of
 from tests.helpers.workers import Workers, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, TIMED]
 
 ENQUEUE_TIMEOUT = 1.0
 MARGIN = 0.5

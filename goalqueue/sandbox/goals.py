@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from goalqueue.sandbox.answers import Refusal, SandboxJSON, refusal_response
 from goalqueue.sandbox.faults import OddAnswer, check_faults
@@ -100,10 +100,13 @@ _FRONT_ANSWERS = {
 
 
 class CountInFlight:
-    """Counts a goal request in flight from when it reaches its route until its answer is sent.
+    """Counts a goal request in flight from when it reaches its route until the last part of
+    its answer is handed to the server.
 
-    Route middleware, so the count also covers the sending of the answer, which Starlette does
-    after the endpoint returns; refusals and hung requests count like the others.
+    Route middleware, so the count also covers the sending of the answer's head, which Starlette
+    does after the endpoint returns; refusals and hung requests count like the others. The count
+    ends just before the last part goes, not after: a client can read an answer before the
+    server's send returns, and whoever sees the answer must find it no longer in flight.
     """
 
     def __init__(self, app: ASGIApp, state: SandboxState) -> None:
@@ -111,8 +114,14 @@ class CountInFlight:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with self.state.answering():
-            await self.app(scope, receive, send)
+        with self.state.answering() as answered:
+
+            async def send_counted(message: Message) -> None:
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    answered()
+                await send(message)
+
+            await self.app(scope, receive, send_counted)
 
 
 def goal_route(state: SandboxState) -> Route:

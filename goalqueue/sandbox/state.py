@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -85,15 +85,24 @@ class SandboxState:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @contextmanager
-    def answering(self) -> Iterator[None]:
-        """Count one goal request in flight for the duration of the block."""
+    def answering(self) -> Iterator[Callable[[], None]]:
+        """Count one goal request in flight until the block calls what it yields (once its
+        answer is ready to go), or ends."""
         with self._lock:
             self._in_flight += 1
-        try:
-            yield
-        finally:
+        counted = True
+
+        def answered() -> None:
+            nonlocal counted
             with self._lock:
-                self._in_flight -= 1
+                if counted:
+                    self._in_flight -= 1
+                    counted = False
+
+        try:
+            yield answered
+        finally:
+            answered()
 
     @property
     def in_flight(self) -> int:

@@ -7,7 +7,8 @@ data. So:
   the one the ``redis_url`` fixture flushes before each test; naming it is the consent;
 * otherwise, when ``redis-server`` is installed, the suite starts one of its own on a free port,
   keeping nothing on disk, for the session (and sets the variable, so that anything it starts
-  uses it too);
+  uses it too); each pytest-xdist worker starts its own, so that no worker flushes a database
+  another is using, and none freezes or fills the server another's tests run on;
 * otherwise the tests use 127.0.0.1:6379, and refuse to flush a database that holds a key the
   tests do not write (:data:`TEST_KEY_PATTERNS`).
 
@@ -33,6 +34,11 @@ import redis
 from tests.helpers.ports import free_port
 
 VARIABLE = "GOALQUEUE_TEST_REDIS_URL"
+STARTED_FOR = "GOALQUEUE_TEST_REDIS_STARTED_FOR"
+"""Set beside :data:`VARIABLE` when the suite started that server: for which pytest-xdist worker
+(``""``: a run without workers, or the controller of one). The workers inherit the controller's
+environment; this tells them its server is not theirs."""
+WORKER = "PYTEST_XDIST_WORKER"
 DEFAULT_DB = 15
 WEB_DB = 14
 FLOWER_DB = 13
@@ -84,12 +90,19 @@ def choose(environ: dict[str, str] | os._Environ[str], start: bool) -> tuple[str
     """The tests' Redis URL, and whether a database must be checked before it is flushed;
     ``start``: a redis-server can be started (and is, setting the variable in ``environ``)."""
     named = environ.get(VARIABLE)
-    if named:
+    this = environ.get(WORKER, "")
+    if named and environ.get(STARTED_FOR, this) == this:
         return named, False
     if start:
-        environ[VARIABLE] = _start_own_server()
+        environ[VARIABLE], environ[STARTED_FOR] = _start_own_server(), this
         return environ[VARIABLE], False
     return f"redis://127.0.0.1:6379/{DEFAULT_DB}", True
+
+
+def shared(environ: dict[str, str] | os._Environ[str]) -> bool:
+    """Whether pytest-xdist workers would all use one Redis (one named, or 127.0.0.1:6379), so
+    that the suite must run in one process; called after :func:`choose`."""
+    return STARTED_FOR not in environ
 
 
 def _server_and_database(url: str) -> tuple[str, int]:
@@ -104,6 +117,7 @@ def _server_and_database(url: str) -> tuple[str, int]:
 
 
 CHOSEN, CHECK_BEFORE_FLUSH = choose(os.environ, start=shutil.which("redis-server") is not None)
+SHARED = shared(os.environ)
 SERVER, MAIN_DB = _server_and_database(CHOSEN)
 
 
