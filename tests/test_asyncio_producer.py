@@ -194,23 +194,29 @@ def test_without_a_spool_each_concurrent_call_gets_its_own_error() -> None:
     assert all("unreachable" in str(outcome) for outcome in outcomes)
 
 
-def test_a_round_whose_cancellation_is_swallowed_below_still_ends_at_the_deadline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Given a producer whose sending ignores being cancelled for a second (Python 3.11's
-    # asyncio.wait_for, in redis-py's connection pool, can swallow a cancellation: a round then
-    # waited for a frozen Redis 1.6 s past its deadline under a web app's load)
+def stubborn_queue(monkeypatch: pytest.MonkeyPatch, seconds: float) -> AsyncGoalQueue:
+    """A queue whose sending ignores being cancelled for ``seconds``, then succeeds."""
     settings = Settings(broker_url=dead_redis_url(), enqueue_timeout_seconds=TIMEOUT)
     queue = AsyncGoalQueue(settings=settings)
 
     async def stubborn(*_: object) -> list[object]:
-        end = time.monotonic() + 1.0
+        end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(left)
         return [1]
 
     monkeypatch.setattr(queue, "_send_once", stubborn)
+    return queue
+
+
+def test_a_round_whose_cancellation_is_swallowed_below_still_ends_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a producer whose sending ignores being cancelled for a second (Python 3.11's
+    # asyncio.wait_for, in redis-py's connection pool, can swallow a cancellation: a round then
+    # waited for a frozen Redis 1.6 s past its deadline under a web app's load)
+    queue = stubborn_queue(monkeypatch, seconds=1.0)
 
     # When a goal is tracked
     async def track() -> tuple[object, float, int]:
@@ -227,17 +233,7 @@ def test_aclose_waits_for_a_round_left_behind_by_its_deadline(
 ) -> None:
     # Given a producer whose sending ignores being cancelled until half an enqueue timeout
     # past the deadline
-    settings = Settings(broker_url=dead_redis_url(), enqueue_timeout_seconds=TIMEOUT)
-    queue = AsyncGoalQueue(settings=settings)
-
-    async def stubborn(*_: object) -> list[object]:
-        end = time.monotonic() + TIMEOUT * 1.5
-        while (left := end - time.monotonic()) > 0:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(left)
-        return [1]
-
-    monkeypatch.setattr(queue, "_send_once", stubborn)
+    queue = stubborn_queue(monkeypatch, seconds=TIMEOUT * 1.5)
 
     # When a goal's call fails by its deadline, and the queue is closed
     async def track_then_close() -> tuple[object, list[asyncio.Task[object]]]:
