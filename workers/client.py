@@ -70,14 +70,6 @@ def build_client(
     )
 
 
-def goals_url(settings: Settings) -> httpx.URL:
-    """Where goals are POSTed, parsed once per process: a ``dft_`` account token also sends
-    ``?websiteId=``, a ``df_`` website key nothing more. A URL string (or client-wide params)
-    would be parsed again for every request, about 5% of a worker's CPU per goal."""
-    params = {"websiteId": settings.website_id} if settings.website_id else None
-    return httpx.URL(settings.api_url, params=params)
-
-
 class GoalPoster:
     """POSTs goals on ``client`` (see :func:`build_client`) to the goals endpoint.
 
