@@ -61,7 +61,12 @@ class Delivery:
     def summary(self) -> str:
         """What Flower shows as the task's result: ``delivered``, ``dead (bad_request)``,
         ``waiting (rate_limited)``, ``held (pace)`` ..."""
-        return f"{self.result} ({self.why})" if self.why else str(self.result)
+        return _summary(self.result, self.why)
+
+
+def _summary(act: Act, why: str) -> str:
+    """An outcome in words: ``delivered``, ``dead (bad_request)`` ..."""
+    return f"{act} ({why})" if why else str(act)
 
 
 class Deliverer:
@@ -245,7 +250,7 @@ def _log_outcome(
     attempt = None if event is None else event.attempts + (decision.act is Act.DELIVERED)
     status = None if verdict is None else verdict.status_code
     duration = None if answered is None else round(answered[1], 6)
-    summary = f"{decision.act} ({decision.why})" if decision.why else str(decision.act)
+    summary = _summary(decision.act, decision.why)
     answer = ""
     if verdict is not None:
         said = [str(status or verdict.answer), *([repr(verdict.error)] if verdict.error else [])]
