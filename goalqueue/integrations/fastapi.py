@@ -92,7 +92,7 @@ class GoalTracker:
         if event is None:
             return None
         if self.async_queue is None and self.queue is not None:
-            await asyncio.to_thread(self.queue.enqueue, [event])
+            await asyncio.to_thread(self.queue.enqueue, [event], new_ids=event_id is None)
         else:
             await (self.async_queue or default_async_queue()).enqueue(
                 [event], new_ids=event_id is None
