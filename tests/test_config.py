@@ -147,39 +147,33 @@ def test_retry_max_equal_to_retry_base_is_fine() -> None:
     assert Settings.from_env(env).retry_max_seconds == 5.0
 
 
+VISIBILITY, HTTP = "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS", "GOALQUEUE_HTTP_TIMEOUT_SECONDS"
+STALL, RECONNECT = "GOALQUEUE_CONSUMER_STALL_SECONDS", "GOALQUEUE_RECONNECT_MAX_SECONDS"
+
+
 @pytest.mark.parametrize(
-    ("visibility", "http"), [("10", "10"), ("5", "10"), ("0.5", "0.5"), ("0.2", "0.3")]
+    ("greater", "lesser", "values"),
+    [
+        (VISIBILITY, HTTP, ("10", "10")),
+        (VISIBILITY, HTTP, ("5", "10")),
+        (VISIBILITY, HTTP, ("0.5", "0.5")),
+        (VISIBILITY, HTTP, ("0.2", "0.3")),
+        # a consumer waiting out kombu's back-off would otherwise be taken for a stalled one
+        (STALL, RECONNECT, ("30", "30")),
+        (STALL, RECONNECT, ("10", "30")),
+        (STALL, RECONNECT, ("60", "90")),
+    ],
 )
-def test_visibility_timeout_must_exceed_the_http_timeout(visibility: str, http: str) -> None:
-    message = config_error(
-        {
-            "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS": visibility,
-            "GOALQUEUE_HTTP_TIMEOUT_SECONDS": http,
-        }
-    )
-    assert "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS" in message
-    assert "GOALQUEUE_HTTP_TIMEOUT_SECONDS" in message
+def test_a_setting_must_exceed_another(greater: str, lesser: str, values: tuple[str, str]) -> None:
+    message = config_error(dict(zip((greater, lesser), values, strict=True)))
+    assert greater in message
+    assert lesser in message
 
 
 def test_the_default_visibility_timeout_is_checked_against_a_longer_http_timeout() -> None:
     # Given only the HTTP timeout, raised past the default visibility timeout (60 s)
     message = config_error({"GOALQUEUE_HTTP_TIMEOUT_SECONDS": "90"})
     assert "GOALQUEUE_VISIBILITY_TIMEOUT_SECONDS" in message
-
-
-@pytest.mark.parametrize(("stall", "reconnect"), [("30", "30"), ("10", "30"), ("60", "90")])
-def test_the_consumer_stall_limit_must_exceed_the_reconnect_back_off(
-    stall: str, reconnect: str
-) -> None:
-    # A consumer waiting out kombu's back-off would otherwise be taken for a stalled one
-    message = config_error(
-        {
-            "GOALQUEUE_CONSUMER_STALL_SECONDS": stall,
-            "GOALQUEUE_RECONNECT_MAX_SECONDS": reconnect,
-        }
-    )
-    assert "GOALQUEUE_CONSUMER_STALL_SECONDS" in message
-    assert "GOALQUEUE_RECONNECT_MAX_SECONDS" in message
 
 
 def test_the_consumer_stall_limit_defaults_to_a_minute() -> None:
